@@ -1,0 +1,113 @@
+"""The application factory. Reads as a list of what the service is made of."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import REPO_ROOT, load_settings
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Flask:
+    """Build the app. ``env`` replaces ``os.environ`` (tests); ``test_config`` overrides last."""
+    if env is None:
+        load_dotenv(REPO_ROOT / ".env", override=False)
+    settings = load_settings(dict(env) if env is not None else None)
+    app = Flask(
+        __name__,
+        instance_path=settings["INSTANCE_PATH"],
+        template_folder=str(REPO_ROOT / "templates"),
+        static_folder=str(REPO_ROOT / "static"),
+    )
+    app.config.from_mapping(settings)
+    if test_config:
+        app.config.update(test_config)
+
+    configure_logging(app)
+    load_notice_files(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_security(app)
+    register_commands(app)
+    prepare_database(app)
+    return app
+
+
+def configure_logging(app: Flask) -> None:
+    # Logs go to stderr so commands keep stdout for their data.
+    root = logging.getLogger()
+    if not any(getattr(h, "_consent_service", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._consent_service = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def load_notice_files(app: Flask) -> None:
+    from .notices import load_notices
+
+    app.extensions["notices"] = load_notices(app.config["NOTICES_DIR"], app.config["ENV_SNAPSHOT"])
+
+
+def register_extensions(app: Flask) -> None:
+    from . import database  # noqa: F401  (installs the SQLite connection hooks)
+    from .extensions import babel, csrf, db, limiter, migrate
+    from .i18n import current_language, select_locale
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"))
+    csrf.init_app(app)
+    limiter.init_app(app)
+    babel.init_app(
+        app,
+        default_locale="sv",
+        locale_selector=select_locale,
+        default_translation_directories=str(REPO_ROOT / "app" / "translations"),
+    )
+    app.jinja_env.globals["current_lang"] = current_language
+    if app.config["TRUSTED_PROXY_COUNT"]:
+        count = app.config["TRUSTED_PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import subscriber_mail  # noqa: F401  (registers the outbox mail handler)
+    from .public import bp as public_bp
+
+    app.register_blueprint(public_bp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from .errors import register_errorhandlers as register
+
+    register(app)
+
+
+def register_security(app: Flask) -> None:
+    from .security import register_security_headers
+
+    register_security_headers(app)
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import register
+
+    register(app)
+
+
+def prepare_database(app: Flask) -> None:
+    from .schema import record_notice_versions, upgrade_if_needed
+
+    with app.app_context():
+        if app.config["AUTO_MIGRATE"]:
+            upgrade_if_needed()
+        record_notice_versions()

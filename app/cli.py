@@ -1,0 +1,102 @@
+"""Command-line interface: ``flask --app wsgi <group> <command>``.
+
+Commands print their data on stdout and their logs on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import consent, ledger, outbox
+from .extensions import db
+
+outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
+ledger_cli = AppGroup("ledger", help="The evidence chain.")
+subjects_cli = AppGroup("subjects", help="Data-subject requests: export and erasure.")
+
+
+@outbox_cli.command("run")
+@click.option("--once", is_flag=True, help="Drain what is due now, then exit.")
+def outbox_run(once: bool) -> None:
+    """Work through the outbox; runs until SIGTERM/SIGINT unless --once."""
+    if once:
+        total = 0
+        while done := outbox.run_due():
+            total += done
+        click.echo(json.dumps({"processed": total}))
+        return
+    stop = threading.Event()
+
+    def _stop(signum, _frame):  # type: ignore[no-untyped-def]
+        click.echo(f"signal {signum}: finishing the current job, then exiting", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    click.echo("outbox worker started", err=True)
+    outbox.run_forever(stop)
+    click.echo("outbox worker stopped", err=True)
+
+
+@outbox_cli.command("status")
+def outbox_status() -> None:
+    """Counts by state, the oldest pending job's age, dead letters."""
+    click.echo(json.dumps(outbox.status(), indent=2))
+
+
+@outbox_cli.command("retry")
+def outbox_retry() -> None:
+    """Put dead letters back in the queue."""
+    click.echo(json.dumps({"requeued": outbox.retry_dead()}))
+
+
+@ledger_cli.command("verify")
+def ledger_verify() -> None:
+    """Check the whole evidence chain; name the first broken event."""
+    result = ledger.verify(db.session)
+    if result.ok:
+        click.echo(f"ok: {result.count} events verified; head {result.head}")
+        return
+    click.echo(f"BROKEN at event {result.broken_seq}: {result.reason} ({result.count} events verified before it)")
+    sys.exit(1)
+
+
+def _address(email: str) -> str:
+    try:
+        return consent.normalise_email(email)
+    except consent.InvalidInput:
+        raise click.BadParameter("not a valid e-mail address", param_hint="EMAIL") from None
+
+
+@subjects_cli.command("export")
+@click.argument("email")
+def subjects_export(email: str) -> None:
+    """Print all data held about EMAIL as JSON."""
+    data = consent.export_subject(_address(email))
+    if data is None:
+        click.echo("nothing is held about that address", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@subjects_cli.command("erase")
+@click.argument("email")
+def subjects_erase(email: str) -> None:
+    """Erase EMAIL everywhere (keeps a suppression entry and anonymous evidence)."""
+    notices = consent.erase_subject(_address(email), consent.Facts(channel="cli", actor="cli"))
+    if not notices:
+        click.echo("nothing is held about that address", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"erased": notices}))
+
+
+def register(app: Flask) -> None:
+    for group in (outbox_cli, ledger_cli, subjects_cli):
+        app.cli.add_command(group)

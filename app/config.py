@@ -1,0 +1,152 @@
+"""Settings, read from the environment only, parsed strictly, failing fast.
+
+Every setting the service understands is listed in ``load_settings``; unknown
+values are rejected with a message naming the variable, so a typo in a
+deployment stops start-up instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENVIRONMENTS = ("development", "production", "testing")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _flag(name: str, env: dict[str, str], default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0 (or true/false), not {raw!r}")
+
+
+def _int(name: str, env: dict[str, str], default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def _kept_secret(instance: Path, filename: str) -> str:
+    """A random secret generated once and kept in the instance folder.
+
+    Only used outside production, so the embedded default works with nothing
+    set up while tokens and suppression hashes survive a restart.
+    """
+    path = instance / filename
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    log.info("generated %s in the instance folder", filename)
+    return value
+
+
+def _public_url(raw: str, production: bool) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"PUBLIC_URL must be an absolute http(s) URL, not {raw!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError("PUBLIC_URL must not carry a query or fragment")
+    if production and parts.scheme != "https":
+        # RFC 8058 requires an HTTPS List-Unsubscribe URI for one-click.
+        log.warning("PUBLIC_URL is not https: mail clients will not offer one-click unsubscribe")
+    return raw.rstrip("/")
+
+
+def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build the Flask config mapping from environment variables."""
+    env = dict(os.environ if env is None else env)
+    app_env = env.get("APP_ENV", "development").strip() or "development"
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {app_env!r}")
+    production = app_env == "production"
+
+    instance = Path(env.get("INSTANCE_PATH") or REPO_ROOT / "instance").resolve()
+    instance.mkdir(parents=True, exist_ok=True)
+
+    missing = [
+        name for name in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER") if not env.get(name)
+    ]
+    if production and missing:
+        raise ConfigError(
+            "APP_ENV=production needs " + ", ".join(missing) + " (see README.md, Settings)"
+        )
+
+    secret_key = env.get("SECRET_KEY") or _kept_secret(instance, "secret_key")
+    pepper = env.get("SUPPRESSION_PEPPER") or _kept_secret(instance, "suppression_pepper")
+    if pepper == secret_key:
+        raise ConfigError("SUPPRESSION_PEPPER must differ from SECRET_KEY")
+    fallbacks = [k.strip() for k in env.get("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()]
+
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'consent.sqlite3'}"
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql://" + database_url[len("postgres://") :]
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+
+    smtp_ssl = _flag("SMTP_SSL", env)
+    smtp_starttls = _flag("SMTP_STARTTLS", env)
+    if smtp_ssl and smtp_starttls:
+        raise ConfigError("set SMTP_SSL or SMTP_STARTTLS, not both")
+
+    return {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "testing",
+        "SECRET_KEY": secret_key,
+        "SECRET_KEY_FALLBACKS": fallbacks,
+        "SUPPRESSION_PEPPER": pepper,
+        "PUBLIC_URL": _public_url(env.get("PUBLIC_URL") or "http://127.0.0.1:5000", production),
+        "INSTANCE_PATH": str(instance),
+        "MAIL_DIR": str(instance / "mail"),
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "AUTO_MIGRATE": _flag("AUTO_MIGRATE", env, default=True),
+        "NOTICES_DIR": env.get("NOTICES_DIR") or str(REPO_ROOT / "notices"),
+        "SMTP_HOST": env.get("SMTP_HOST", ""),
+        "SMTP_PORT": _int("SMTP_PORT", env, 465 if smtp_ssl else 587 if smtp_starttls else 25, 1),
+        "SMTP_USER": env.get("SMTP_USER", ""),
+        "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
+        "SMTP_STARTTLS": smtp_starttls,
+        "SMTP_SSL": smtp_ssl,
+        "SMTP_TIMEOUT": _int("SMTP_TIMEOUT", env, 15, 1),
+        "MAIL_FROM": env.get("MAIL_FROM") or "nyhetsbrev@localhost",
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URL") or "memory://",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "SUBSCRIBE_RATE_LIMIT": env.get("SUBSCRIBE_RATE_LIMIT") or "20 per hour",
+        "CONFIRMATIONS_PER_ADDRESS": _int("CONFIRMATIONS_PER_ADDRESS", env, 3, 1),
+        "CONFIRM_MAX_AGE": _int("CONFIRM_MAX_AGE", env, 7 * 24 * 3600, 60),
+        "SCANNER_WINDOW_SECONDS": _int("SCANNER_WINDOW_SECONDS", env, 10, 0),
+        "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", env, 0, 0),
+        "OUTBOX_MAX_ATTEMPTS": _int("OUTBOX_MAX_ATTEMPTS", env, 12, 1),
+        "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", env, 60, 5),
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": app_env == "production",
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "ENV_SNAPSHOT": {k: v for k, v in env.items() if k.isupper()},
+    }

@@ -1,0 +1,446 @@
+"""The consent domain service: the one place notice rules are applied.
+
+Routes, the CLI, and later webhooks and the API call these functions; none of
+them touch subscriptions, evidence or suppressions directly. Each function is
+one unit of work: the state change, its evidence and its outbox jobs commit
+together, and mail goes out only after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from . import ledger, mail, outbox
+from .database import UnitOfWork, unit_of_work, wipe_free_space
+from .extensions import db
+from .ledger import Evidence
+from .models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
+from .notices import Notice
+
+log = logging.getLogger(__name__)
+
+MAX_EMAIL_LENGTH = 254
+MAX_NAME_LENGTH = 100
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+CONFIRMATION_EVENTS = ("signup_requested", "confirmation_resent")
+
+
+class InvalidInput(ValueError):
+    """User input that cannot be accepted; ``field`` names the form field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Who acted, through which channel; personal parts go outside the chain."""
+
+    channel: str
+    ip: str | None = None
+    user_agent: str | None = None
+    lang: str = "sv"
+    actor: str | None = None
+
+    def details(self, **extra: Any) -> dict[str, Any]:
+        found = {"ip": self.ip, "user_agent": (self.user_agent or "")[:300] or None, **extra}
+        return {k: v for k, v in found.items() if v}
+
+
+# --- notices and addresses -------------------------------------------------
+
+def notices() -> dict[str, Notice]:
+    return current_app.extensions["notices"]
+
+
+def get_notice(slug: object) -> Notice | None:
+    return notices().get(slug) if isinstance(slug, str) else None
+
+
+def _has_control_chars(value: str) -> bool:
+    return any(unicodedata.category(ch).startswith("C") for ch in value)
+
+
+def normalise_email(raw: str | None) -> str:
+    """The address as stored and hashed: validated, IDNA domain, lower case."""
+    value = (raw or "").strip()
+    if not value:
+        raise InvalidInput("email", "required")
+    if len(value) > MAX_EMAIL_LENGTH or _has_control_chars(value):
+        raise InvalidInput("email", "invalid")
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        raise InvalidInput("email", "invalid") from None
+    normalised = (checked.ascii_email or checked.normalized).lower()
+    if len(normalised) > MAX_EMAIL_LENGTH:
+        raise InvalidInput("email", "invalid")
+    return normalised
+
+
+def clean_name(raw: str | None) -> str | None:
+    value = " ".join((raw or "").split())
+    if not value:
+        return None
+    if len(value) > MAX_NAME_LENGTH or _has_control_chars(value):
+        raise InvalidInput("name", "invalid")
+    return value
+
+
+def email_hash(normalised_email: str) -> str:
+    """Keyed hash of an address: the suppression key, stable across key rotation."""
+    pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
+    return hmac.new(pepper, normalised_email.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+# --- helpers inside a unit of work ------------------------------------------
+
+def _subscription(uow: UnitOfWork, notice: str, ehash: str) -> Subscription | None:
+    return uow.session.execute(
+        select(Subscription).where(Subscription.notice == notice, Subscription.email_hash == ehash).with_for_update()
+    ).scalar_one_or_none()
+
+
+def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
+    """Ensure a suppression entry; True when it is new."""
+    exists = uow.session.execute(
+        select(Suppression.id).where(Suppression.notice == notice, Suppression.email_hash == ehash)
+    ).first()
+    if exists:
+        return False
+    uow.session.add(Suppression(notice=notice, email_hash=ehash, reason=reason))
+    return True
+
+
+def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
+    job = outbox.enqueue(uow.session, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template})
+    uow.session.flush()
+    job_id = job.id
+    uow.after_commit(lambda: outbox.deliver_now([job_id]))
+
+
+def _erase_subscription(uow: UnitOfWork, sub: Subscription, reason: str) -> Evidence:
+    """Delete one subscription's personal data; keep suppression and anonymous evidence."""
+    uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref == sub.ref))
+    _suppress(uow, sub.notice, sub.email_hash, reason)
+    outbox.cancel_pending(uow.session, sub.ref, ("mail",))
+    ehash = sub.email_hash
+    uow.session.delete(sub)
+    uow.after_commit(lambda: mail.forget_folder_mail(ehash))
+    uow.after_commit(wipe_free_space)
+    return Evidence(
+        type="personal_data_deleted",
+        channel="system",
+        notice=sub.notice,
+        notice_version=get_notice(sub.notice).version if get_notice(sub.notice) else None,
+        subscription_ref=sub.ref,
+        facts={"reason": reason},
+    )
+
+
+def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Facts, reason: str) -> list[Evidence]:
+    """The notice's opt-out rule, applied in one place."""
+    previous = sub.status
+    evidence = [
+        Evidence(
+            type="opted_out",
+            channel=facts.channel,
+            notice=notice.slug,
+            notice_version=notice.version,
+            subscription_ref=sub.ref,
+            facts={"rule": notice.opt_out_rule, "previous_status": previous, "reason": reason},
+            # Under the delete rule the details would be deleted at once; record none.
+            details=None if notice.deletes_on_opt_out else facts.details(),
+        )
+    ]
+    if notice.deletes_on_opt_out:
+        evidence.append(_erase_subscription(uow, sub, reason="opt_out"))
+        return evidence
+    _suppress(uow, notice.slug, sub.email_hash, "opt_out")
+    outbox.cancel_pending(uow.session, sub.ref, ("mail",))
+    sub.status = "unsubscribed"
+    sub.unsubscribed_at = utcnow()
+    sub.confirm_nonce = None
+    return evidence
+
+
+def _retry_on_insert_race(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Two first sign-ups for one address may race to insert; the loser retries once."""
+    try:
+        return fn(*args, **kwargs)
+    except IntegrityError:
+        log.info("concurrent insert detected; retrying once")
+        return fn(*args, **kwargs)
+
+
+# --- use cases ---------------------------------------------------------------
+
+def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | None, facts: Facts) -> None:
+    """Start double opt-in. Says nothing about whether the address was known."""
+    email = normalise_email(email_raw)
+    name = clean_name(name_raw) if "name" in notice.fields else None
+    if "name" in notice.required and not name:
+        raise InvalidInput("name", "required")
+    _retry_on_insert_race(_request_subscription, notice, email, name, facts)
+
+
+def _request_subscription(notice: Notice, email: str, name: str | None, facts: Facts) -> None:
+    ehash = email_hash(email)
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is not None and sub.status == "subscribed":
+            return  # nothing to do; the response is the same either way
+        if sub is None:
+            sub = Subscription(
+                notice=notice.slug,
+                email=email,
+                email_hash=ehash,
+                name=name,
+                status="pending",
+                lang=facts.lang,
+                source=f"sign-up form {current_app.config['PUBLIC_URL']}/{notice.slug}/subscribe",
+                lawful_basis=notice.lawful_basis,
+                notice_version=notice.version,
+                confirm_nonce=secrets.token_hex(8),
+            )
+            uow.session.add(sub)
+            uow.session.flush()
+        else:
+            if sub.status == "unsubscribed":
+                sub.status = "pending"
+                sub.confirm_nonce = secrets.token_hex(8)
+                sub.unsubscribed_at = None
+            elif name:
+                sub.name = name  # still unconfirmed: the latest request wins
+            sub.lang = facts.lang
+            sub.notice_version = notice.version
+        if not _under_confirmation_limit(uow, sub):
+            log.info("confirmation limit reached for one address; no mail sent")
+            return
+        ledger.append(uow.session, [
+            Evidence(
+                type="signup_requested",
+                channel=facts.channel,
+                notice=notice.slug,
+                notice_version=notice.version,
+                subscription_ref=sub.ref,
+                facts={"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis},
+                details=facts.details(email=email, name=name),
+            )
+        ])
+        _queue_mail(uow, sub, "confirmation")
+
+
+def _under_confirmation_limit(uow: UnitOfWork, sub: Subscription) -> bool:
+    since = utcnow() - timedelta(hours=24)
+    sent = uow.session.execute(
+        select(func.count()).select_from(ConsentEvent).where(
+            ConsentEvent.subscription_ref == sub.ref,
+            ConsentEvent.type.in_(CONFIRMATION_EVENTS),
+            ConsentEvent.at > since,
+        )
+    ).scalar_one()
+    return sent < current_app.config["CONFIRMATIONS_PER_ADDRESS"]
+
+
+def _token_target(payload: dict[str, Any]) -> tuple[Notice, str] | None:
+    notice = get_notice(payload.get("n"))
+    ehash = payload.get("h")
+    if notice is None or not isinstance(ehash, str) or not HASH_RE.match(ehash):
+        return None
+    return notice, ehash
+
+
+def confirm(payload: dict[str, Any], facts: Facts) -> str:
+    """Confirm a sign-up: 'confirmed', 'already' (harmless repeat) or 'stale'."""
+    target = _token_target(payload)
+    if target is None:
+        return "stale"
+    notice, ehash = target
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is not None and sub.status == "subscribed":
+            return "already"
+        if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
+            return "stale"
+        now = utcnow()
+        seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
+        window = current_app.config["SCANNER_WINDOW_SECONDS"]
+        lifted = uow.session.execute(
+            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
+        ).rowcount
+        sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
+        sub.notice_version = notice.version
+        ledger.append(uow.session, [
+            Evidence(
+                type="consent_confirmed",
+                channel=facts.channel,
+                notice=notice.slug,
+                notice_version=notice.version,
+                subscription_ref=sub.ref,
+                facts={
+                    "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
+                    "likely_scanner": seconds is not None and seconds < window,
+                    "suppression_lifted": bool(lifted),
+                },
+                details=facts.details(),
+            )
+        ])
+        _queue_mail(uow, sub, "welcome")
+    return "confirmed"
+
+
+def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
+    """From an expired link's page: send a fresh confirmation if still pending."""
+    target = _token_target(payload)
+    if target is None:
+        return
+    notice, ehash = target
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
+            return
+        if not _under_confirmation_limit(uow, sub):
+            return
+        ledger.append(uow.session, [
+            Evidence(
+                type="confirmation_resent",
+                channel=facts.channel,
+                notice=notice.slug,
+                notice_version=notice.version,
+                subscription_ref=sub.ref,
+                details=facts.details(),
+            )
+        ])
+        _queue_mail(uow, sub, "confirmation")
+
+
+def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
+    """Opt out under the notice's rule. Works after deletion; repeats are harmless.
+
+    Returns False when the token names no known notice (a bad link).
+    """
+    target = _token_target(payload)
+    if target is None:
+        return False
+    notice, ehash = target
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is None or sub.status == "unsubscribed":
+            # Already gone or already out: make sure the address stays suppressed.
+            if _suppress(uow, notice.slug, ehash, "opt_out"):
+                ledger.append(uow.session, [
+                    Evidence(
+                        type="opted_out",
+                        channel=facts.channel,
+                        notice=notice.slug,
+                        notice_version=notice.version,
+                        facts={"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"},
+                    )
+                ])
+            return True
+        ledger.append(uow.session, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
+    return True
+
+
+def erase_subject(email_raw: str, facts: Facts) -> list[str]:
+    """Full erasure regardless of notice; returns the notices that held data."""
+    ehash = email_hash(normalise_email(email_raw))
+    with unit_of_work() as uow:
+        subs = uow.session.execute(
+            select(Subscription).where(Subscription.email_hash == ehash).with_for_update()
+        ).scalars().all()
+        evidence = []
+        for sub in subs:
+            notice = get_notice(sub.notice)
+            evidence.append(Evidence(
+                type="erasure_requested",
+                channel=facts.channel,
+                notice=sub.notice,
+                notice_version=notice.version if notice else None,
+                subscription_ref=sub.ref,
+                facts={"actor": facts.actor} if facts.actor else {},
+            ))
+            evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
+        ledger.append(uow.session, evidence)
+    return sorted(sub.notice for sub in subs)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def export_subject(email_raw: str) -> dict[str, Any] | None:
+    """All we hold about one address (GDPR Art. 15/20), or None if nothing."""
+    email = normalise_email(email_raw)
+    ehash = email_hash(email)
+    subs = db.session.execute(
+        select(Subscription).where(Subscription.email_hash == ehash).order_by(Subscription.id)
+    ).scalars().all()
+    if not subs:
+        return None
+    refs = [sub.ref for sub in subs]
+    rows = db.session.execute(
+        select(ConsentEvent, EventDetail)
+        .outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
+        .where(ConsentEvent.subscription_ref.in_(refs))
+        .order_by(ConsentEvent.seq)
+    ).all()
+    notice_of = {sub.ref: sub.notice for sub in subs}
+    events = []
+    for event, detail in rows:
+        item: dict[str, Any] = {
+            "type": event.type,
+            "at": event.at.isoformat(timespec="microseconds") + "Z",
+            "notice": notice_of.get(event.subscription_ref, event.notice),
+            "notice_version": event.notice_version,
+            "channel": event.channel,
+            "seq": event.seq,
+            "facts": ledger_facts(event),
+        }
+        if detail is not None:
+            item["details"] = ledger_details(detail)
+        events.append(item)
+    subscriptions = []
+    for sub in subs:
+        notice = get_notice(sub.notice)
+        subscriptions.append({
+            "notice": sub.notice,
+            "controller": notice.controller["name"] if notice else None,
+            "status": sub.status,
+            "email": sub.email,
+            "name": sub.name,
+            "source": sub.source,
+            "lawful_basis": sub.lawful_basis,
+            "notice_version": sub.notice_version,
+            "language": sub.lang,
+            "created_at": _iso(sub.created_at),
+            "confirmed_at": _iso(sub.confirmed_at),
+            "unsubscribed_at": _iso(sub.unsubscribed_at),
+            "recipients": [notice.provider["kind"]] if notice else [],
+            "opt_out_rule": notice.opt_out_rule if notice else None,
+        })
+    return {"email": email, "subscriptions": subscriptions, "events": events}
+
+
+def ledger_facts(event: ConsentEvent) -> dict[str, Any]:
+    return json.loads(event.facts or "{}")
+
+
+def ledger_details(detail: EventDetail) -> dict[str, Any]:
+    return json.loads(detail.details)

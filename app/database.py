@@ -1,0 +1,99 @@
+"""Connection set-up and the unit of work.
+
+SQLite is the embedded default and must never answer "database is locked":
+connections run in WAL mode with a busy timeout, and a unit of work that reads
+then writes opens its transaction with ``BEGIN IMMEDIATE`` so two writers queue
+instead of deadlocking on a lock upgrade. ``secure_delete`` overwrites deleted
+content, so an erased address does not linger in free pages.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from flask import current_app
+from sqlalchemy import Engine, event, text
+from sqlalchemy.orm import Session
+
+from .extensions import db
+
+_IMMEDIATE = "immediate_transaction"
+
+
+@event.listens_for(Engine, "connect")
+def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    # Take transaction control from the driver so BEGIN is ours to emit.
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA secure_delete=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+@event.listens_for(Engine, "begin")
+def _begin_sqlite(conn) -> None:  # type: ignore[no-untyped-def]
+    if conn.dialect.name != "sqlite":
+        return
+    immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def is_sqlite() -> bool:
+    return db.engine.dialect.name == "sqlite"
+
+
+class UnitOfWork:
+    """One transaction: state change, evidence and outbox jobs commit together.
+
+    Work that must happen only once the transaction is durable (sending mail)
+    is registered with ``after_commit`` and runs after the commit succeeded.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+
+@contextmanager
+def unit_of_work() -> Iterator[UnitOfWork]:
+    session = db.session()
+    if session.in_transaction():
+        # A read earlier in the request left a transaction open; start afresh
+        # so the write transaction begins with the right lock.
+        session.rollback()
+    session.connection(execution_options={_IMMEDIATE: True})
+    uow = UnitOfWork(session)
+    try:
+        yield uow
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    for fn in uow._after_commit:
+        try:
+            fn()
+        except Exception:  # the durable state is committed; the outbox retries
+            current_app.logger.exception("post-commit step failed; the outbox will retry it")
+
+
+def wipe_free_space() -> None:
+    """Make deleted rows unrecoverable from the SQLite files (WAL included).
+
+    ``secure_delete`` zeroes freed cells in the main file; the WAL still holds
+    older page images until a checkpoint copies them back and truncates it.
+    """
+    if not is_sqlite():
+        return
+    db.session.remove()
+    with db.engine.connect() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))

@@ -1,0 +1,53 @@
+"""Error pages: every failure answers with a clear page in the visitor's language."""
+
+from __future__ import annotations
+
+from flask import Flask, render_template, request
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from .extensions import db
+
+
+def _messages() -> dict[int, tuple[str, str]]:
+    return {
+        400: (_("Something was wrong with the request"), _("Nothing was changed. Please go back and try again.")),
+        404: (_("Page not found"), _("There is no page at this address.")),
+        405: (_("Not allowed"), _("This page cannot be used that way.")),
+        410: (_("This link is no longer valid"), _("Nothing was changed.")),
+        413: (_("Too much data"), _("The request was too large. Nothing was changed.")),
+        429: (
+            _("Too many attempts"),
+            _("You have made too many requests in a short time. Please wait a while and try again."),
+        ),
+        500: (_("Something went wrong on our side"), _("Nothing was changed. Please try again later.")),
+    }
+
+
+def render_error(code: int, detail: str | None = None):  # type: ignore[no-untyped-def]
+    title, message = _messages().get(code, _messages()[400])
+    if request.path.startswith("/api/") or request.path.startswith("/webhooks/"):
+        return {"error": title, "detail": detail or message, "status": code}, code
+    return render_template("errors/error.html", code=code, title=title, message=detail or message), code
+
+
+def register_errorhandlers(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError):  # type: ignore[no-untyped-def]
+        return render_error(400, _("The form had expired. Please reload the page and submit it again."))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if exc.code is None or exc.code < 400:
+            return exc
+        response = render_error(exc.code)
+        if exc.code == 405 and exc.valid_methods:
+            body, code = response
+            return body, code, {"Allow": ", ".join(exc.valid_methods)}
+        return response
+
+    @app.errorhandler(InternalServerError)
+    def _internal(exc: InternalServerError):  # type: ignore[no-untyped-def]
+        db.session.rollback()
+        return render_error(500)

@@ -1,0 +1,135 @@
+"""The stored model: subscriptions, consent events, suppressions, outbox jobs.
+
+A person is held once per controller (notice): Munkeby and Mysoft are separate
+controllers, so one's opt-out rule never touches the other's data. Events refer
+to a subscription by an opaque ``subscription_ref`` that stays meaningless once
+the subscription row is erased.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the one time representation stored in every backend."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_ref() -> str:
+    return uuid.uuid4().hex
+
+
+class NoticeVersion(db.Model):
+    __tablename__ = "notice_versions"
+
+    notice: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[dict] = mapped_column(JSON)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(db.Model):
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("notice", "email_hash", name="uq_subscriptions_notice_email_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
+    notice: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str] = mapped_column(String(254))
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # pending | subscribed | unsubscribed
+    lang: Mapped[str] = mapped_column(String(8), default="sv")
+    source: Mapped[str] = mapped_column(String(500))
+    lawful_basis: Mapped[str] = mapped_column(String(32), default="consent")
+    notice_version: Mapped[str] = mapped_column(String(64))
+    confirm_nonce: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    confirmation_sent_at: Mapped[datetime | None]
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ConsentEvent(db.Model):
+    """One link of the evidence chain. Holds nothing personal but a digest.
+
+    ``hash`` covers every other column, including ``seq`` and ``prev_hash``,
+    so changing, removing or reordering an event breaks the chain.
+    """
+
+    __tablename__ = "consent_events"
+    __table_args__ = (Index("ix_consent_events_ref_type_at", "subscription_ref", "type", "at"),)
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    type: Mapped[str] = mapped_column(String(40))
+    notice: Mapped[str | None] = mapped_column(String(32))
+    notice_version: Mapped[str | None] = mapped_column(String(64))
+    subscription_ref: Mapped[str | None] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(24))
+    facts: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON
+    details_digest: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class EventDetail(db.Model):
+    """Personal details of an event, outside the chain; erasure deletes the row."""
+
+    __tablename__ = "event_details"
+
+    seq: Mapped[int] = mapped_column(ForeignKey("consent_events.seq"), primary_key=True)
+    subscription_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+
+
+class LedgerHead(db.Model):
+    """The chain's tip, one row, locked by every append so the chain cannot fork."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Suppression(db.Model):
+    """A keyed hash of an address that must not be mailed or re-added."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("notice", "email_hash", name="uq_suppressions_notice_email_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notice: Mapped[str] = mapped_column(String(32))
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxJob(db.Model):
+    """Work to do after a commit: a mail to send, later a provider call."""
+
+    __tablename__ = "outbox_jobs"
+    __table_args__ = (Index("ix_outbox_jobs_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    notice: Mapped[str | None] = mapped_column(String(32))
+    subscription_ref: Mapped[str | None] = mapped_column(String(32), index=True)
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | running | done | dead
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,156 @@
+"""Privacy notices as data: load, validate, and version them.
+
+A notice file holds one controller's identity, what its newsletter collects,
+its provider, its opt-out rule and retention periods, and the text shown at
+sign-up. The version is the SHA-256 of the shown text and the rules, so the
+evidence can say exactly what a person saw. Provider ids are configuration,
+not something the person is shown, and are left out of the version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+LANGUAGES = ("sv", "en")
+FIELDS = ("email", "name")
+OPT_OUT_RULES = ("unsubscribe", "delete")
+LAWFUL_BASES = ("consent", "legitimate_interest")
+PROVIDER_KEYS = {"mailchimp": ("list_id",), "apsis": ("section", "topic", "keyspace")}
+TEXT_KEYS = ("title", "summary", "consent_label", "body")
+
+
+class NoticeError(ValueError):
+    """A notice file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    slug: str
+    languages: tuple[str, ...]
+    controller: Mapping[str, str]
+    fields: tuple[str, ...]
+    required: tuple[str, ...]
+    lawful_basis: str
+    opt_out_rule: str
+    retention: Mapping[str, int]
+    texts: Mapping[str, Mapping[str, str]]
+    provider: Mapping[str, str]
+    shown: Mapping[str, Any] = field(repr=False)
+    version: str = ""
+
+    def text(self, lang: str) -> Mapping[str, str]:
+        return self.texts.get(lang) or self.texts[self.languages[0]]
+
+    @property
+    def deletes_on_opt_out(self) -> bool:
+        return self.opt_out_rule == "delete"
+
+
+def version_of(shown: Mapping[str, Any]) -> str:
+    canonical = json.dumps(shown, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise NoticeError(f"{where}: {message}")
+
+
+def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
+    where = path.name
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise NoticeError(f"{where}: not valid TOML ({exc})") from None
+
+    slug = raw.get("slug")
+    _require(isinstance(slug, str) and bool(SLUG_RE.match(slug)), where, "slug must be lower-case letters, digits, dashes")
+    _require(slug == path.stem, where, f"slug {slug!r} must match the file name")
+
+    languages = tuple(raw.get("languages") or ())
+    _require(bool(languages) and all(lang in LANGUAGES for lang in languages), where, f"languages must be from {LANGUAGES}")
+
+    controller = raw.get("controller") or {}
+    _require(isinstance(controller.get("name"), str) and bool(controller["name"]), where, "controller.name is required")
+    _require(isinstance(controller.get("email"), str) and "@" in controller["email"], where, "controller.email is required")
+
+    collection = raw.get("collection") or {}
+    fields = tuple(collection.get("fields") or ())
+    required = tuple(collection.get("required") or ("email",))
+    _require("email" in fields and all(f in FIELDS for f in fields), where, f"collection.fields must include email and be from {FIELDS}")
+    _require("email" in required and set(required) <= set(fields), where, "collection.required must include email and be among the fields")
+    basis = collection.get("lawful_basis", "consent")
+    _require(basis in LAWFUL_BASES, where, f"collection.lawful_basis must be one of {LAWFUL_BASES}")
+
+    rule = (raw.get("opt_out") or {}).get("rule")
+    _require(rule in OPT_OUT_RULES, where, f"opt_out.rule must be one of {OPT_OUT_RULES}")
+
+    retention = raw.get("retention") or {}
+    _require(
+        all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in retention.values()),
+        where,
+        "retention periods must be positive whole numbers of days",
+    )
+
+    texts = raw.get("text") or {}
+    for lang in languages:
+        block = texts.get(lang)
+        _require(isinstance(block, dict), where, f"text.{lang} is missing")
+        for key in TEXT_KEYS:
+            _require(isinstance(block.get(key), str) and bool(block[key].strip()), where, f"text.{lang}.{key} is required")
+    texts = {lang: {k: texts[lang][k].strip() for k in TEXT_KEYS} for lang in languages}
+
+    provider = dict(raw.get("provider") or {})
+    kind = provider.get("kind")
+    _require(kind in PROVIDER_KEYS, where, f"provider.kind must be one of {tuple(PROVIDER_KEYS)}")
+    for key in PROVIDER_KEYS[kind]:
+        override = env.get(f"{slug.upper().replace('-', '_')}_{key.upper()}")
+        if override:
+            provider[key] = override
+        _require(isinstance(provider.get(key), str) and bool(provider[key]), where, f"provider.{key} is required for {kind}")
+
+    # What the person is shown or bound by: text, controller, rules, and who
+    # receives the data (the provider kind) - but not the provider's ids.
+    shown = {
+        "slug": slug,
+        "controller": controller,
+        "collection": collection,
+        "opt_out": raw.get("opt_out"),
+        "retention": retention,
+        "provider_kind": kind,
+        "site": raw.get("site") or {},
+        "text": texts,
+    }
+    return Notice(
+        slug=slug,
+        languages=languages,
+        controller=controller,
+        fields=fields,
+        required=required,
+        lawful_basis=basis,
+        opt_out_rule=rule,
+        retention=retention,
+        texts=texts,
+        provider=provider,
+        shown=shown,
+        version=version_of(shown),
+    )
+
+
+def load_notices(directory: str | Path, env: Mapping[str, str]) -> dict[str, Notice]:
+    paths = sorted(Path(directory).glob("*.toml"))
+    if not paths:
+        raise NoticeError(f"no notice files (*.toml) in {directory}")
+    notices = {}
+    for path in paths:
+        notice = parse_notice(path, env)
+        notices[notice.slug] = notice
+    return notices

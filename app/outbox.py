@@ -1,0 +1,200 @@
+"""The transactional outbox: work written with a state change, done after commit.
+
+A job is written in the same transaction as the change that needs it. The web
+process tries it right after the commit (``deliver_now``); ``outbox run``
+retries what failed. A job is claimed by setting a lease (``locked_until``):
+on PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so several workers
+share the queue, and a worker killed mid-job leaves a lease that expires, after
+which the job is claimed again. Failures back off with full jitter; permanent
+errors and jobs past ``OUTBOX_MAX_ATTEMPTS`` become dead letters with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .database import unit_of_work
+from .extensions import db
+from .models import OutboxJob, utcnow
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_CAP_SECONDS = 3600.0
+
+
+class PermanentJobError(Exception):
+    """Retrying cannot help; the job becomes a dead letter with this reason."""
+
+
+class RetryJob(Exception):
+    """Try again later; ``retry_after`` (seconds) overrides the backoff."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+Handler = Callable[[OutboxJob], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def enqueue(
+    session: Session, kind: str, *, notice: str | None, subscription_ref: str | None, payload: dict[str, Any]
+) -> OutboxJob:
+    job = OutboxJob(kind=kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
+    session.add(job)
+    return job
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Full jitter: uniform between 0 and the exponential ceiling."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0))
+    return random.uniform(0, ceiling)
+
+
+def _claim(ids: list[int] | None, limit: int) -> list[int]:
+    now = utcnow()
+    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
+    with unit_of_work() as uow:
+        query = select(OutboxJob.id).where(
+            or_(
+                (OutboxJob.state == "pending") & (OutboxJob.next_attempt_at <= now),
+                (OutboxJob.state == "running") & (OutboxJob.locked_until < now),
+            )
+        )
+        if ids is not None:
+            query = query.where(OutboxJob.id.in_(ids))
+        query = query.order_by(OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
+        claimed = list(uow.session.execute(query.with_for_update(skip_locked=True)).scalars())
+        if claimed:
+            uow.session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_(claimed))
+                .values(state="running", locked_until=now + lease, attempts=OutboxJob.attempts + 1)
+            )
+    return claimed
+
+
+def _finish(job_id: int, error: Exception | None) -> None:
+    with unit_of_work() as uow:
+        job = uow.session.get(OutboxJob, job_id)
+        if job is None or job.state != "running":
+            return
+        now = utcnow()
+        job.locked_until = None
+        if error is None:
+            job.state, job.finished_at, job.last_error = "done", now, None
+            # A finished job keeps no personal data (e.g. an address to delete).
+            job.payload = {k: v for k, v in job.payload.items() if not k.startswith("personal_")}
+            return
+        job.last_error = f"{type(error).__name__}: {error}"[:1000]
+        if isinstance(error, PermanentJobError) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
+            job.state, job.finished_at = "dead", now
+            log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
+            return
+        delay = error.retry_after if isinstance(error, RetryJob) and error.retry_after else backoff_seconds(job.attempts)
+        job.state, job.next_attempt_at = "pending", now + timedelta(seconds=delay)
+
+
+def _process(job_id: int) -> None:
+    job = db.session.get(OutboxJob, job_id)
+    if job is None:
+        return
+    fn = HANDLERS.get(job.kind)
+    error: Exception | None
+    try:
+        if fn is None:
+            raise PermanentJobError(f"no handler for job kind {job.kind!r}")
+        fn(job)
+        error = None
+    except (PermanentJobError, RetryJob) as exc:
+        error = exc
+    except Exception as exc:  # unknown failures are retried, never dropped
+        log.exception("outbox job %s (%s) failed", job_id, job.kind)
+        error = exc
+    db.session.rollback()
+    _finish(job_id, error)
+
+
+def deliver_now(job_ids: list[int]) -> None:
+    """Run freshly committed jobs in this process (sign-up works with no worker)."""
+    for job_id in _claim(job_ids, len(job_ids)):
+        _process(job_id)
+
+
+def run_due(limit: int = 100) -> int:
+    claimed = _claim(None, limit)
+    for job_id in claimed:
+        _process(job_id)
+    return len(claimed)
+
+
+def run_forever(stop: threading.Event, poll_seconds: float = 1.0) -> None:
+    while not stop.is_set():
+        try:
+            done = run_due()
+        except Exception:
+            log.exception("outbox pass failed; trying again")
+            db.session.rollback()
+            done = 0
+        if not done:
+            stop.wait(poll_seconds)
+
+
+def cancel_pending(session: Session, subscription_ref: str, kinds: tuple[str, ...]) -> None:
+    """Drop queued jobs that no longer make sense (mail to a deleted person)."""
+    session.execute(
+        update(OutboxJob)
+        .where(
+            OutboxJob.subscription_ref == subscription_ref,
+            OutboxJob.kind.in_(kinds),
+            OutboxJob.state.in_(("pending", "running")),
+        )
+        .values(state="done", finished_at=utcnow(), last_error="cancelled", payload={})
+    )
+
+
+def status() -> dict[str, Any]:
+    counts = dict(db.session.execute(select(OutboxJob.state, func.count()).group_by(OutboxJob.state)).all())
+    dead = db.session.execute(
+        select(OutboxJob.id, OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error)
+        .where(OutboxJob.state == "dead")
+        .order_by(OutboxJob.id)
+        .limit(50)
+    ).all()
+    oldest = db.session.execute(
+        select(func.min(OutboxJob.created_at)).where(OutboxJob.state.in_(("pending", "running")))
+    ).scalar()
+    return {
+        "counts": {state: counts.get(state, 0) for state in ("pending", "running", "done", "dead")},
+        "oldest_pending_age_seconds": (utcnow() - oldest).total_seconds() if oldest else None,
+        "dead_letters": [{"id": r.id, "kind": r.kind, "notice": r.notice, "reason": r.last_error} for r in dead],
+    }
+
+
+def retry_dead() -> int:
+    with unit_of_work() as uow:
+        result = uow.session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.state == "dead")
+            .values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
+        )
+    return result.rowcount or 0

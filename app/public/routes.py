@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+from flask import abort, current_app, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from .. import consent, tokens
+from ..extensions import client_ip, csrf, limiter
+from ..i18n import current_language
+from . import bp
+from .forms import SubscribeForm
+
+ERROR_TEXT = {
+    "required": lambda: _("This field is required."),
+    "invalid": lambda: _("Please check this value."),
+}
+EMAIL_ERROR_TEXT = {
+    "required": lambda: _("Please enter your e-mail address."),
+    "invalid": lambda: _("That does not look like a valid e-mail address."),
+}
+
+
+def _facts(channel: str) -> consent.Facts:
+    return consent.Facts(
+        channel=channel,
+        ip=client_ip(),
+        user_agent=request.headers.get("User-Agent", "")[:300],
+        lang=current_language(),
+    )
+
+
+def _notice_or_404(slug: str):  # type: ignore[no-untyped-def]
+    notice = consent.get_notice(slug)
+    if notice is None:
+        abort(404)
+    return notice
+
+
+def _token_page(template: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
+    response = make_response(render_template(template, **context), status)
+    # Token URLs must not be cached or leak through Referer.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+def index():  # type: ignore[no-untyped-def]
+    return render_template("public/index.html", notices=consent.notices().values())
+
+
+@bp.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from ..extensions import db
+
+    db.session.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@bp.get("/<slug>/privacy")
+def privacy(slug: str):  # type: ignore[no-untyped-def]
+    notice = _notice_or_404(slug)
+    return render_template("public/privacy.html", notice=notice, text=notice.text(current_language(notice)))
+
+
+def _subscribe_limit() -> str:
+    return current_app.config["SUBSCRIBE_RATE_LIMIT"]
+
+
+@bp.route("/<slug>/subscribe", methods=["GET", "POST"])
+@limiter.limit(_subscribe_limit, methods=["POST"])
+def subscribe(slug: str):  # type: ignore[no-untyped-def]
+    notice = _notice_or_404(slug)
+    lang = current_language(notice)
+    form = SubscribeForm()
+    if form.validate_on_submit():
+        if form.website.data:
+            # A bot filled the hidden field: answer as if all went well.
+            current_app.logger.info("honeypot filled on %s sign-up; ignored", notice.slug)
+            return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
+        try:
+            consent.request_subscription(notice, form.email.data, form.name.data, _facts("form"))
+        except consent.InvalidInput as exc:
+            table = EMAIL_ERROR_TEXT if exc.field == "email" else ERROR_TEXT
+            getattr(form, exc.field).errors = [table[str(exc)]()]
+        else:
+            return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
+    status = 400 if request.method == "POST" else 200
+    return render_template(
+        "public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang
+    ), status
+
+
+@bp.get("/<slug>/subscribe/sent")
+def check_inbox(slug: str):  # type: ignore[no-untyped-def]
+    notice = _notice_or_404(slug)
+    return render_template("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
+
+
+def _read(purpose: str, token: str, max_age: int | None = None):  # type: ignore[no-untyped-def]
+    try:
+        return tokens.read(purpose, token, max_age=max_age), None
+    except tokens.TokenExpired as exc:
+        return exc.payload, "expired"
+    except tokens.TokenInvalid:
+        return None, "invalid"
+
+
+def _invalid_link():  # type: ignore[no-untyped-def]
+    return _token_page("public/link_invalid.html", 400)
+
+
+@csrf.exempt
+@bp.route("/confirm/<token>", methods=["GET", "POST"])
+def confirm(token: str):  # type: ignore[no-untyped-def]
+    payload, problem = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
+    if problem == "invalid":
+        return _invalid_link()
+    notice = consent.get_notice(payload.get("n"))
+    if notice is None:
+        return _invalid_link()
+    text = notice.text(current_language(notice))
+    if problem == "expired":
+        return _token_page("public/confirm_expired.html", 410, notice=notice, text=text, token=token)
+    if request.method == "GET":
+        return _token_page("public/confirm.html", notice=notice, text=text, token=token)
+    outcome = consent.confirm(payload, _facts("page"))
+    if outcome == "stale":
+        return _token_page("public/link_stale.html", 410, notice=notice, text=text)
+    return _token_page("public/confirmed.html", notice=notice, text=text, already=outcome == "already")
+
+
+@csrf.exempt
+@bp.post("/confirm/<token>/resend")
+def resend(token: str):  # type: ignore[no-untyped-def]
+    # A resend is allowed from an expired link too; the signature still proves
+    # the link was ours, and the per-address limit bounds the mail sent.
+    payload, problem = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
+    if problem == "invalid" or consent.get_notice(payload.get("n")) is None:
+        return _invalid_link()
+    notice = consent.get_notice(payload["n"])
+    consent.resend_confirmation(payload, _facts("page"))
+    return _token_page("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
+
+
+@csrf.exempt
+@bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
+def unsubscribe(token: str):  # type: ignore[no-untyped-def]
+    payload, problem = _read("unsubscribe", token)
+    notice = consent.get_notice(payload.get("n")) if payload else None
+    if problem or notice is None:
+        return _invalid_link()
+    text = notice.text(current_language(notice))
+    if request.method == "GET":
+        return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token)
+    # RFC 8058: only a POST whose body says List-Unsubscribe=One-Click acts;
+    # the page's own button sends the same field. Anything else changes nothing.
+    if request.form.get("List-Unsubscribe") != "One-Click":
+        return _token_page("public/unsubscribe.html", 400, notice=notice, text=text, token=token, stray=True)
+    channel = "page" if request.form.get("via") == "page" else "one-click"
+    consent.unsubscribe(payload, _facts(channel))
+    return _token_page("public/unsubscribed.html", notice=notice, text=text)
