@@ -65,8 +65,9 @@ def register_extensions(app: Flask) -> None:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"))
-    csrf.init_app(app)
+    # The limiter's check runs before CSRF's, so a flood is refused cheaply.
     limiter.init_app(app)
+    csrf.init_app(app)
     babel.init_app(
         app,
         default_locale="sv",

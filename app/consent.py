@@ -94,10 +94,15 @@ def normalise_email(raw: str | None) -> str:
 
 
 def clean_name(raw: str | None) -> str | None:
-    value = " ".join((raw or "").split())
+    raw = raw or ""
+    # Reject line breaks and other control characters outright (header
+    # injection attempts), rather than folding them into spaces.
+    if _has_control_chars(raw):
+        raise InvalidInput("name", "invalid")
+    value = " ".join(raw.split())
     if not value:
         return None
-    if len(value) > MAX_NAME_LENGTH or _has_control_chars(value):
+    if len(value) > MAX_NAME_LENGTH:
         raise InvalidInput("name", "invalid")
     return value
 

@@ -72,7 +72,7 @@ def record_notice_versions() -> None:
     if not inspect(db.engine).has_table(NoticeVersion.__tablename__):
         log.warning("database schema missing; run `flask --app wsgi db upgrade`")
         return
-    known = set(db.session.execute(select(NoticeVersion.notice, NoticeVersion.version)).tuples())
+    known = {tuple(row) for row in db.session.execute(select(NoticeVersion.notice, NoticeVersion.version))}
     for notice in current_app.extensions["notices"].values():
         if (notice.slug, notice.version) in known:
             continue

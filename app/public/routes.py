@@ -67,6 +67,9 @@ def _subscribe_limit() -> str:
     return current_app.config["SUBSCRIBE_RATE_LIMIT"]
 
 
+# The form itself checks its CSRF token (FlaskForm), after the rate limit, so a
+# flood of token-less POSTs is still counted and refused with 429.
+@csrf.exempt
 @bp.route("/<slug>/subscribe", methods=["GET", "POST"])
 @limiter.limit(_subscribe_limit, methods=["POST"])
 def subscribe(slug: str):  # type: ignore[no-untyped-def]
@@ -85,6 +88,8 @@ def subscribe(slug: str):  # type: ignore[no-untyped-def]
             getattr(form, exc.field).errors = [table[str(exc)]()]
         else:
             return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
+    if form.csrf_token.errors:
+        form.csrf_token.errors = [_("The form had expired. Please reload the page and submit it again.")]
     status = 400 if request.method == "POST" else 200
     return render_template(
         "public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang

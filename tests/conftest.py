@@ -1,0 +1,128 @@
+"""Fixtures: every app-backed test runs on SQLite and on PostgreSQL.
+
+PostgreSQL is the one this machine runs on 127.0.0.1:5432 (override with
+TEST_POSTGRES_URL). Where none is reachable, the PostgreSQL half of the suite
+is skipped with the reason shown, so the suite still passes on a bare machine.
+Each session gets its own throwaway database; tables are emptied between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app import create_app
+from app.extensions import db, limiter
+
+from .support import PUBLIC_URL, Mailbox
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_reason() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: not reachable here
+        return f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__}); PostgreSQL tests skipped"
+
+
+def base_env(instance: Path, database_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        "APP_ENV": "testing",
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "SUPPRESSION_PEPPER": "test-pepper-" + "y" * 32,
+        "PUBLIC_URL": PUBLIC_URL,
+        "PATH": os.environ.get("PATH", ""),
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (faster than migrating each time)."""
+    instance = tmp_path_factory.mktemp("sqlite-template")
+    path = instance / "template.sqlite3"
+    app = create_app(env=base_env(instance, f"sqlite:///{path}"))
+    with app.app_context():
+        db.engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    reason = _postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"consent_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        target = tmp_path / "instance" / "consent.sqlite3"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, database_url: str) -> dict[str, str]:
+    """The environment the app under test is built from; tests may add to it."""
+    return base_env(tmp_path / "instance", database_url)
+
+
+@pytest.fixture
+def app(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    app = create_app(env=app_env)
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            tables = [t.name for t in db.metadata.sorted_tables]
+            db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            db.session.execute(text("INSERT INTO ledger_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
+            db.session.commit()
+            from app.schema import record_notice_versions
+
+            record_notice_versions()
+    limiter.reset()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def mailbox(app) -> Mailbox:  # type: ignore[no-untyped-def]
+    return Mailbox(Path(app.config["MAIL_DIR"]))
+
+

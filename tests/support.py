@@ -1,0 +1,71 @@
+"""Helpers for tests: read mail as a client would, fill in forms as a person would."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.message import EmailMessage
+from pathlib import Path
+
+PUBLIC_URL = "https://news.example.org"
+
+
+class Mailbox:
+    """Mail the service wrote to its folder transport, parsed as a client would."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def messages(self) -> list[EmailMessage]:
+        if not self.directory.exists():
+            return []
+        files = sorted(self.directory.glob("*.eml"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in files]  # type: ignore[misc]
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.messages() if m["To"] == address]
+
+    def last(self, address: str) -> EmailMessage:
+        found = self.to(address)
+        assert found, f"no mail to {address}"
+        return found[-1]
+
+
+def text_body(message: EmailMessage) -> str:
+    return message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+def link_in(message: EmailMessage, kind: str) -> str:
+    """The path of the first ``/kind/<token>`` link in the plain-text part."""
+    match = re.search(re.escape(PUBLIC_URL) + rf"(/{kind}/[A-Za-z0-9._-]+)", text_body(message))
+    assert match, f"no {kind} link in the mail"
+    return match.group(1)
+
+
+def unsubscribe_path(message: EmailMessage) -> str:
+    match = re.fullmatch(r"<" + re.escape(PUBLIC_URL) + r"(/unsubscribe/[A-Za-z0-9._-]+)>", message["List-Unsubscribe"])
+    assert match, message["List-Unsubscribe"]
+    return match.group(1)
+
+
+def csrf_token(client, path: str) -> str:  # type: ignore[no-untyped-def]
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert match, "no CSRF token on the form"
+    return match.group(1)
+
+
+def sign_up(client, slug: str, address: str, name: str | None = None, **headers: str):  # type: ignore[no-untyped-def]
+    data = {"csrf_token": csrf_token(client, f"/{slug}/subscribe"), "email": address, "consent": "y"}
+    if name is not None:
+        data["name"] = name
+    return client.post(f"/{slug}/subscribe", data=data, headers=headers)
+
+
+def subscribe_and_confirm(client, mailbox: Mailbox, slug: str, address: str, name: str | None = None) -> EmailMessage:  # type: ignore[no-untyped-def]
+    """Full double opt-in; returns the welcome mail."""
+    assert sign_up(client, slug, address, name).status_code == 303
+    confirm = link_in(mailbox.last(address), "confirm")
+    assert client.post(confirm).status_code == 200
+    return mailbox.last(address)
