@@ -127,7 +127,7 @@ def confirm(token: str):  # type: ignore[no-untyped-def]
     text = notice.text(current_language(notice))
     if problem == "expired":
         return _token_page("public/confirm_expired.html", 410, notice=notice, text=text, token=token)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only read
         return _token_page("public/confirm.html", notice=notice, text=text, token=token)
     outcome = consent.confirm(payload, _facts("page"))
     if outcome == "stale":
@@ -156,7 +156,7 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     if problem or notice is None:
         return _invalid_link()
     text = notice.text(current_language(notice))
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only read
         return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token)
     # RFC 8058: only a POST whose body says List-Unsubscribe=One-Click acts;
     # the page's own button sends the same field. Anything else changes nothing.

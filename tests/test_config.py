@@ -1,0 +1,92 @@
+"""Start-up: the embedded default needs nothing; production refuses missing secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_development_default_generates_and_keeps_a_secret_key(tmp_path):
+    env = {"INSTANCE_PATH": str(tmp_path)}
+    first = load_settings(env)
+    second = load_settings(env)
+    assert first["SECRET_KEY"] == second["SECRET_KEY"] and len(first["SECRET_KEY"]) >= 40
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert first["SUPPRESSION_PEPPER"] != first["SECRET_KEY"]
+    assert first["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'consent.sqlite3'}"
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER"])
+def test_production_refuses_to_start_without_its_secrets(tmp_path, missing):
+    env = {
+        "APP_ENV": "production",
+        "INSTANCE_PATH": str(tmp_path),
+        "SECRET_KEY": "k" * 40,
+        "PUBLIC_URL": "https://news.example.org",
+        "SUPPRESSION_PEPPER": "p" * 40,
+    }
+    del env[missing]
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(env)
+
+
+def test_production_start_up_fails_with_a_clear_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER")}
+    env.update(APP_ENV="production", INSTANCE_PATH=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "status"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "APP_ENV=production needs SECRET_KEY, PUBLIC_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("APP_ENV", "prod"), ("PUBLIC_URL", "news.example.org"), ("SMTP_PORT", "abc"), ("CONFIRMATIONS_PER_ADDRESS", "0")],
+)
+def test_malformed_settings_are_refused_by_name(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"INSTANCE_PATH": str(tmp_path), name: value})
+
+
+def test_links_use_public_url_not_the_request_host(app, client, mailbox):
+    from .support import sign_up
+
+    sign_up(client, "munkeby", "anna@example.com", Host="evil.example", **{"X-Forwarded-Host": "evil.example"})
+    mail = mailbox.last("anna@example.com")
+    assert "evil.example" not in mail.as_string()
+    assert mail["List-Unsubscribe"].startswith("<https://news.example.org/unsubscribe/")
+
+
+def test_every_page_carries_the_security_headers(client):
+    for path in ("/", "/munkeby/subscribe", "/mysoft/privacy", "/confirm/bad", "/unsubscribe/bad", "/nowhere"):
+        response = client.get(path)
+        csp = response.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "http" not in csp
+        assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_health_check_answers(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_app_builds_from_the_environment_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    app = create_app()
+    assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    assert (tmp_path / "consent.sqlite3").exists()
+    from app.extensions import db
+
+    with app.app_context():
+        db.engine.dispose()

@@ -1,0 +1,75 @@
+"""The evidence ledger is tamper-evident: every kind of change is found."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, text, update
+
+from app.extensions import db
+from app.models import ConsentEvent, EventDetail, LedgerHead
+
+from .support import subscribe_and_confirm, unsubscribe_path
+
+
+def make_history(client, mailbox) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):
+        mail = subscribe_and_confirm(client, mailbox, "munkeby", f"p{i}@example.com", f"Person {i}")
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+
+
+def verify(runner):  # type: ignore[no-untyped-def]
+    return runner.invoke(args=["ledger", "verify"])
+
+
+def test_untouched_chain_verifies(client, mailbox, runner):
+    make_history(client, mailbox)
+    result = verify(runner)
+    assert result.exit_code == 0 and result.stdout.startswith("ok: 10 events verified")
+
+
+def test_changed_field_is_found_and_named(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    with app.app_context():
+        db.session.execute(update(ConsentEvent).where(ConsentEvent.seq == 4).values(channel="api"))
+        db.session.commit()
+    result = verify(runner)
+    assert result.exit_code == 1 and "BROKEN at event 4" in result.stdout
+
+
+def test_changed_personal_details_are_found(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    with app.app_context():
+        db.session.execute(update(EventDetail).where(EventDetail.seq == 1).values(details='{"email":"x@evil.example"}'))
+        db.session.commit()
+    result = verify(runner)
+    assert result.exit_code == 1 and "BROKEN at event 1" in result.stdout
+
+
+def test_deleted_middle_event_is_found(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    with app.app_context():
+        db.session.execute(text("DELETE FROM event_details WHERE seq = 5"))
+        db.session.execute(text("DELETE FROM consent_events WHERE seq = 5"))
+        db.session.commit()
+    result = verify(runner)
+    assert result.exit_code == 1 and "event 5 is missing" in result.stdout
+
+
+def test_swapped_events_are_found(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    with app.app_context():
+        a, b = (db.session.get(ConsentEvent, seq) for seq in (3, 4))
+        a_type, b_type = a.type, b.type
+        a.type, b.type = b_type, a_type
+        db.session.commit()
+    assert verify(runner).exit_code == 1
+
+
+def test_truncated_tail_is_found_against_the_recorded_head(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    with app.app_context():
+        db.session.execute(text("DELETE FROM event_details WHERE seq >= 9"))
+        db.session.execute(text("DELETE FROM consent_events WHERE seq >= 9"))
+        db.session.commit()
+        assert db.session.execute(select(LedgerHead.seq)).scalar_one() == 10
+    result = verify(runner)
+    assert result.exit_code == 1 and "chain ends at event 8" in result.stdout

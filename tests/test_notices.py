@@ -1,0 +1,69 @@
+"""Notice files are data: validated, versioned by what the person is shown."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.notices import NoticeError, load_notices
+
+NOTICES = Path(__file__).resolve().parent.parent / "notices"
+
+
+def copy_notices(tmp_path: Path) -> Path:
+    target = tmp_path / "notices"
+    shutil.copytree(NOTICES, target)
+    return target
+
+
+def test_both_controllers_load_with_their_rules():
+    notices = load_notices(NOTICES, {})
+    assert notices["munkeby"].opt_out_rule == "unsubscribe"
+    assert notices["munkeby"].provider["kind"] == "mailchimp"
+    assert notices["mysoft"].opt_out_rule == "delete"
+    assert notices["mysoft"].provider["kind"] == "apsis"
+    assert notices["mysoft"].fields == ("email",)
+    assert len(notices["munkeby"].version) == 64
+
+
+def test_changing_the_shown_text_makes_a_new_version(tmp_path):
+    directory = copy_notices(tmp_path)
+    before = load_notices(directory, {})["munkeby"].version
+    path = directory / "munkeby.toml"
+    path.write_text(path.read_text().replace("info@munkeby.se. Du kan", "info@munkeby.se.  Du kan"))
+    assert load_notices(directory, {})["munkeby"].version != before
+
+
+def test_provider_ids_from_the_environment_do_not_change_the_version():
+    plain = load_notices(NOTICES, {})["munkeby"]
+    overridden = load_notices(NOTICES, {"MUNKEBY_LIST_ID": "abc123"})["munkeby"]
+    assert overridden.provider["list_id"] == "abc123"
+    assert overridden.version == plain.version
+
+
+def test_a_third_controller_is_just_a_new_file(tmp_path):
+    directory = copy_notices(tmp_path)
+    text = (directory / "mysoft.toml").read_text().replace('slug = "mysoft"', 'slug = "acme"')
+    (directory / "acme.toml").write_text(text)
+    assert set(load_notices(directory, {})) == {"munkeby", "mysoft", "acme"}
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('rule = "delete"', 'rule = "forget"', "opt_out.rule"),
+        ('fields = ["email"]', 'fields = ["name"]', "collection.fields"),
+        ('topic = "mysoft-newsletter"', 'topic = ""', "provider.topic"),
+        ('unconfirmed_days = 30', 'unconfirmed_days = -1', "retention"),
+        ('slug = "mysoft"', 'slug = "other"', "file name"),
+    ],
+)
+def test_malformed_notice_is_refused_with_the_key_named(tmp_path, old, new, message):
+    directory = copy_notices(tmp_path)
+    path = directory / "mysoft.toml"
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
+    with pytest.raises(NoticeError, match=message):
+        load_notices(directory, {})
