@@ -88,13 +88,9 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     instance = Path(env.get("INSTANCE_PATH") or REPO_ROOT / "instance").resolve()
     instance.mkdir(parents=True, exist_ok=True)
 
-    missing = [
-        name for name in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER") if not env.get(name)
-    ]
+    missing = [name for name in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER") if not env.get(name)]
     if production and missing:
-        raise ConfigError(
-            "APP_ENV=production needs " + ", ".join(missing) + " (see README.md, Settings)"
-        )
+        raise ConfigError("APP_ENV=production needs " + ", ".join(missing) + " (see README.md, Settings)")
 
     secret_key = env.get("SECRET_KEY") or _kept_secret(instance, "secret_key")
     pepper = env.get("SUPPRESSION_PEPPER") or _kept_secret(instance, "suppression_pepper")

@@ -64,6 +64,7 @@ class Facts:
 
 # --- notices and addresses -------------------------------------------------
 
+
 def notices() -> dict[str, Notice]:
     return current_app.extensions["notices"]
 
@@ -115,6 +116,7 @@ def email_hash(normalised_email: str) -> str:
 
 # --- helpers inside a unit of work ------------------------------------------
 
+
 def _subscription(uow: UnitOfWork, notice: str, ehash: str) -> Subscription | None:
     return uow.session.execute(
         select(Subscription).where(Subscription.notice == notice, Subscription.email_hash == ehash).with_for_update()
@@ -133,7 +135,9 @@ def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
 
 
 def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
-    job = outbox.enqueue(uow.session, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template})
+    job = outbox.enqueue(
+        uow.session, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template}
+    )
     uow.session.flush()
     job_id = job.id
     uow.after_commit(lambda: outbox.deliver_now([job_id]))
@@ -195,6 +199,7 @@ def _retry_on_insert_race(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 
 # --- use cases ---------------------------------------------------------------
 
+
 def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | None, facts: Facts) -> None:
     """Start double opt-in. Says nothing about whether the address was known."""
     email = normalise_email(email_raw)
@@ -237,24 +242,33 @@ def _request_subscription(notice: Notice, email: str, name: str | None, facts: F
         if not _under_confirmation_limit(uow, sub):
             log.info("confirmation limit reached for one address; no mail sent")
             return
-        ledger.append(uow.session, [
-            Evidence(
-                type="signup_requested",
-                channel=facts.channel,
-                notice=notice.slug,
-                notice_version=notice.version,
-                subscription_ref=sub.ref,
-                facts={"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis},
-                details=facts.details(email=email, name=name),
-            )
-        ])
+        ledger.append(
+            uow.session,
+            [
+                Evidence(
+                    type="signup_requested",
+                    channel=facts.channel,
+                    notice=notice.slug,
+                    notice_version=notice.version,
+                    subscription_ref=sub.ref,
+                    facts={
+                        "consent_checkbox": True,
+                        "fields": list(notice.fields),
+                        "lawful_basis": notice.lawful_basis,
+                    },
+                    details=facts.details(email=email, name=name),
+                )
+            ],
+        )
         _queue_mail(uow, sub, "confirmation")
 
 
 def _under_confirmation_limit(uow: UnitOfWork, sub: Subscription) -> bool:
     since = utcnow() - timedelta(hours=24)
     sent = uow.session.execute(
-        select(func.count()).select_from(ConsentEvent).where(
+        select(func.count())
+        .select_from(ConsentEvent)
+        .where(
             ConsentEvent.subscription_ref == sub.ref,
             ConsentEvent.type.in_(CONFIRMATION_EVENTS),
             ConsentEvent.at > since,
@@ -291,21 +305,24 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         ).rowcount
         sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
         sub.notice_version = notice.version
-        ledger.append(uow.session, [
-            Evidence(
-                type="consent_confirmed",
-                channel=facts.channel,
-                notice=notice.slug,
-                notice_version=notice.version,
-                subscription_ref=sub.ref,
-                facts={
-                    "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
-                    "likely_scanner": seconds is not None and seconds < window,
-                    "suppression_lifted": bool(lifted),
-                },
-                details=facts.details(),
-            )
-        ])
+        ledger.append(
+            uow.session,
+            [
+                Evidence(
+                    type="consent_confirmed",
+                    channel=facts.channel,
+                    notice=notice.slug,
+                    notice_version=notice.version,
+                    subscription_ref=sub.ref,
+                    facts={
+                        "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
+                        "likely_scanner": seconds is not None and seconds < window,
+                        "suppression_lifted": bool(lifted),
+                    },
+                    details=facts.details(),
+                )
+            ],
+        )
         _queue_mail(uow, sub, "welcome")
     return "confirmed"
 
@@ -322,16 +339,19 @@ def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
             return
         if not _under_confirmation_limit(uow, sub):
             return
-        ledger.append(uow.session, [
-            Evidence(
-                type="confirmation_resent",
-                channel=facts.channel,
-                notice=notice.slug,
-                notice_version=notice.version,
-                subscription_ref=sub.ref,
-                details=facts.details(),
-            )
-        ])
+        ledger.append(
+            uow.session,
+            [
+                Evidence(
+                    type="confirmation_resent",
+                    channel=facts.channel,
+                    notice=notice.slug,
+                    notice_version=notice.version,
+                    subscription_ref=sub.ref,
+                    details=facts.details(),
+                )
+            ],
+        )
         _queue_mail(uow, sub, "confirmation")
 
 
@@ -349,15 +369,18 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
         if sub is None or sub.status == "unsubscribed":
             # Already gone or already out: make sure the address stays suppressed.
             if _suppress(uow, notice.slug, ehash, "opt_out"):
-                ledger.append(uow.session, [
-                    Evidence(
-                        type="opted_out",
-                        channel=facts.channel,
-                        notice=notice.slug,
-                        notice_version=notice.version,
-                        facts={"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"},
-                    )
-                ])
+                ledger.append(
+                    uow.session,
+                    [
+                        Evidence(
+                            type="opted_out",
+                            channel=facts.channel,
+                            notice=notice.slug,
+                            notice_version=notice.version,
+                            facts={"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"},
+                        )
+                    ],
+                )
             return True
         ledger.append(uow.session, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
     return True
@@ -367,20 +390,24 @@ def erase_subject(email_raw: str, facts: Facts) -> list[str]:
     """Full erasure regardless of notice; returns the notices that held data."""
     ehash = email_hash(normalise_email(email_raw))
     with unit_of_work() as uow:
-        subs = uow.session.execute(
-            select(Subscription).where(Subscription.email_hash == ehash).with_for_update()
-        ).scalars().all()
+        subs = (
+            uow.session.execute(select(Subscription).where(Subscription.email_hash == ehash).with_for_update())
+            .scalars()
+            .all()
+        )
         evidence = []
         for sub in subs:
             notice = get_notice(sub.notice)
-            evidence.append(Evidence(
-                type="erasure_requested",
-                channel=facts.channel,
-                notice=sub.notice,
-                notice_version=notice.version if notice else None,
-                subscription_ref=sub.ref,
-                facts={"actor": facts.actor} if facts.actor else {},
-            ))
+            evidence.append(
+                Evidence(
+                    type="erasure_requested",
+                    channel=facts.channel,
+                    notice=sub.notice,
+                    notice_version=notice.version if notice else None,
+                    subscription_ref=sub.ref,
+                    facts={"actor": facts.actor} if facts.actor else {},
+                )
+            )
             evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
         ledger.append(uow.session, evidence)
     return sorted(sub.notice for sub in subs)
@@ -394,9 +421,11 @@ def export_subject(email_raw: str) -> dict[str, Any] | None:
     """All we hold about one address (GDPR Art. 15/20), or None if nothing."""
     email = normalise_email(email_raw)
     ehash = email_hash(email)
-    subs = db.session.execute(
-        select(Subscription).where(Subscription.email_hash == ehash).order_by(Subscription.id)
-    ).scalars().all()
+    subs = (
+        db.session.execute(select(Subscription).where(Subscription.email_hash == ehash).order_by(Subscription.id))
+        .scalars()
+        .all()
+    )
     if not subs:
         return None
     refs = [sub.ref for sub in subs]
@@ -424,22 +453,24 @@ def export_subject(email_raw: str) -> dict[str, Any] | None:
     subscriptions = []
     for sub in subs:
         notice = get_notice(sub.notice)
-        subscriptions.append({
-            "notice": sub.notice,
-            "controller": notice.controller["name"] if notice else None,
-            "status": sub.status,
-            "email": sub.email,
-            "name": sub.name,
-            "source": sub.source,
-            "lawful_basis": sub.lawful_basis,
-            "notice_version": sub.notice_version,
-            "language": sub.lang,
-            "created_at": _iso(sub.created_at),
-            "confirmed_at": _iso(sub.confirmed_at),
-            "unsubscribed_at": _iso(sub.unsubscribed_at),
-            "recipients": [notice.provider["kind"]] if notice else [],
-            "opt_out_rule": notice.opt_out_rule if notice else None,
-        })
+        subscriptions.append(
+            {
+                "notice": sub.notice,
+                "controller": notice.controller["name"] if notice else None,
+                "status": sub.status,
+                "email": sub.email,
+                "name": sub.name,
+                "source": sub.source,
+                "lawful_basis": sub.lawful_basis,
+                "notice_version": sub.notice_version,
+                "language": sub.lang,
+                "created_at": _iso(sub.created_at),
+                "confirmed_at": _iso(sub.confirmed_at),
+                "unsubscribed_at": _iso(sub.unsubscribed_at),
+                "recipients": [notice.provider["kind"]] if notice else [],
+                "opt_out_rule": notice.opt_out_rule if notice else None,
+            }
+        )
     return {"email": email, "subscriptions": subscriptions, "events": events}
 
 

@@ -82,9 +82,7 @@ def append(session: Session, items: list[Evidence]) -> list[ConsentEvent]:
     """
     if not items:
         return []
-    head = session.execute(
-        select(LedgerHead).where(LedgerHead.id == HEAD_ID).with_for_update()
-    ).scalar_one_or_none()
+    head = session.execute(select(LedgerHead).where(LedgerHead.id == HEAD_ID).with_for_update()).scalar_one_or_none()
     if head is None:
         head = LedgerHead(id=HEAD_ID, seq=0, hash=GENESIS)
         session.add(head)
@@ -142,31 +140,37 @@ def _events(session: Session, batch: int = 5000) -> Iterator[tuple[ConsentEvent,
         ).all()
         if not rows:
             return
-        for event, detail in rows:
-            yield event, detail
+        yield from rows  # type: ignore[misc]
         last = rows[-1][0].seq
         session.expunge_all()
 
 
+def _check(event: ConsentEvent, detail: EventDetail | None, prev_hash: str) -> str | None:
+    """Why this event does not fit after ``prev_hash``, or None if it does."""
+    if event.prev_hash != prev_hash:
+        return "its previous-hash does not match the event before it"
+    if record_hash(event) != event.hash:
+        return "its content does not match its hash (a field was changed)"
+    if detail is not None and details_digest(detail.salt, detail.details) != event.details_digest:
+        return "its personal details do not match their digest"
+    return None
+
+
 def verify(session: Session) -> Verification:
     """Walk the whole chain; report the first event that does not fit."""
-    prev_hash, expected_seq, count = GENESIS, 1, 0
+    prev_hash, count = GENESIS, 0
     for event, detail in _events(session):
-        def broken(reason: str) -> Verification:
-            return Verification(False, count, prev_hash, event.seq, reason)
-
-        if event.seq != expected_seq:
-            return Verification(False, count, prev_hash, expected_seq, f"event {expected_seq} is missing (next found: {event.seq})")
-        if event.prev_hash != prev_hash:
-            return broken("its previous-hash does not match the event before it")
-        if record_hash(event) != event.hash:
-            return broken("its content does not match its hash (a field was changed)")
-        if detail is not None and details_digest(detail.salt, detail.details) != event.details_digest:
-            return broken("its personal details do not match their digest")
-        prev_hash, expected_seq, count = event.hash, expected_seq + 1, count + 1
+        expected = count + 1
+        if event.seq != expected:
+            reason = f"event {expected} is missing (next found: {event.seq})"
+            return Verification(False, count, prev_hash, expected, reason)
+        problem = _check(event, detail, prev_hash)
+        if problem:
+            return Verification(False, count, prev_hash, event.seq, problem)
+        prev_hash, count = event.hash, count + 1
     head = session.get(LedgerHead, HEAD_ID)
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != count or head_hash != prev_hash:
-        return Verification(False, count, prev_hash, count + 1 if head_seq > count else None,
-                            f"the recorded head is event {head_seq}, but the chain ends at event {count}")
+        reason = f"the recorded head is event {head_seq}, but the chain ends at event {count}"
+        return Verification(False, count, prev_hash, count + 1 if head_seq > count else None, reason)
     return Verification(True, count, prev_hash)

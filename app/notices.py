@@ -72,21 +72,35 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         raise NoticeError(f"{where}: not valid TOML ({exc})") from None
 
     slug = raw.get("slug")
-    _require(isinstance(slug, str) and bool(SLUG_RE.match(slug)), where, "slug must be lower-case letters, digits, dashes")
+    _require(
+        isinstance(slug, str) and bool(SLUG_RE.match(slug)), where, "slug must be lower-case letters, digits, dashes"
+    )
     _require(slug == path.stem, where, f"slug {slug!r} must match the file name")
 
     languages = tuple(raw.get("languages") or ())
-    _require(bool(languages) and all(lang in LANGUAGES for lang in languages), where, f"languages must be from {LANGUAGES}")
+    _require(
+        bool(languages) and all(lang in LANGUAGES for lang in languages), where, f"languages must be from {LANGUAGES}"
+    )
 
     controller = raw.get("controller") or {}
     _require(isinstance(controller.get("name"), str) and bool(controller["name"]), where, "controller.name is required")
-    _require(isinstance(controller.get("email"), str) and "@" in controller["email"], where, "controller.email is required")
+    _require(
+        isinstance(controller.get("email"), str) and "@" in controller["email"], where, "controller.email is required"
+    )
 
     collection = raw.get("collection") or {}
     fields = tuple(collection.get("fields") or ())
     required = tuple(collection.get("required") or ("email",))
-    _require("email" in fields and all(f in FIELDS for f in fields), where, f"collection.fields must include email and be from {FIELDS}")
-    _require("email" in required and set(required) <= set(fields), where, "collection.required must include email and be among the fields")
+    _require(
+        "email" in fields and all(f in FIELDS for f in fields),
+        where,
+        f"collection.fields must include email and be from {FIELDS}",
+    )
+    _require(
+        "email" in required and set(required) <= set(fields),
+        where,
+        "collection.required must include email and be among the fields",
+    )
     basis = collection.get("lawful_basis", "consent")
     _require(basis in LAWFUL_BASES, where, f"collection.lawful_basis must be one of {LAWFUL_BASES}")
 
@@ -105,7 +119,9 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         block = texts.get(lang)
         _require(isinstance(block, dict), where, f"text.{lang} is missing")
         for key in TEXT_KEYS:
-            _require(isinstance(block.get(key), str) and bool(block[key].strip()), where, f"text.{lang}.{key} is required")
+            _require(
+                isinstance(block.get(key), str) and bool(block[key].strip()), where, f"text.{lang}.{key} is required"
+            )
     texts = {lang: {k: texts[lang][k].strip() for k in TEXT_KEYS} for lang in languages}
 
     provider = dict(raw.get("provider") or {})
@@ -115,7 +131,9 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         override = env.get(f"{slug.upper().replace('-', '_')}_{key.upper()}")
         if override:
             provider[key] = override
-        _require(isinstance(provider.get(key), str) and bool(provider[key]), where, f"provider.{key} is required for {kind}")
+        _require(
+            isinstance(provider.get(key), str) and bool(provider[key]), where, f"provider.{key} is required for {kind}"
+        )
 
     # What the person is shown or bound by: text, controller, rules, and who
     # receives the data (the provider kind) - but not the provider's ids.

@@ -110,7 +110,9 @@ def _finish(job_id: int, error: Exception | None) -> None:
             job.state, job.finished_at = "dead", now
             log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
             return
-        delay = error.retry_after if isinstance(error, RetryJob) and error.retry_after else backoff_seconds(job.attempts)
+        delay = (
+            error.retry_after if isinstance(error, RetryJob) and error.retry_after else backoff_seconds(job.attempts)
+        )
         job.state, job.next_attempt_at = "pending", now + timedelta(seconds=delay)
 
 

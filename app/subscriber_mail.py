@@ -54,6 +54,15 @@ def _record_sent(ref: str, notice_slug: str, version: str) -> None:
         if sub is None:
             return
         sub.confirmation_sent_at = utcnow()
-        ledger.append(uow.session, [
-            Evidence(type="confirmation_sent", channel="mail", notice=notice_slug, notice_version=version, subscription_ref=ref)
-        ])
+        ledger.append(
+            uow.session,
+            [
+                Evidence(
+                    type="confirmation_sent",
+                    channel="mail",
+                    notice=notice_slug,
+                    notice_version=version,
+                    subscription_ref=ref,
+                )
+            ],
+        )

@@ -124,5 +124,3 @@ def runner(app):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def mailbox(app) -> Mailbox:  # type: ignore[no-untyped-def]
     return Mailbox(Path(app.config["MAIL_DIR"]))
-
-

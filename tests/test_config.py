@@ -44,7 +44,11 @@ def test_production_start_up_fails_with_a_clear_message(tmp_path):
     env.update(APP_ENV="production", INSTANCE_PATH=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "status"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "APP_ENV=production needs SECRET_KEY, PUBLIC_URL" in result.stderr

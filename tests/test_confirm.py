@@ -32,7 +32,7 @@ def test_opening_the_link_shows_a_button_and_confirms_nothing(app, client, mailb
     for method in (client.get, client.head, client.options):
         assert method(link).status_code == 200
     page = client.get(link).get_data(as_text=True)
-    assert "<form method=\"post\"" in page and "Ja, bekräfta min prenumeration" in page
+    assert '<form method="post"' in page and "Ja, bekräfta min prenumeration" in page
     assert status_of(app, "anna@example.com") == "pending"
     assert len(mailbox.to("anna@example.com")) == 1  # no welcome mail yet
 
@@ -83,7 +83,9 @@ def test_expired_link_offers_a_new_one(app, client, mailbox):
     assert status_of(app, "late@example.com") == "subscribed"
 
 
-@pytest.mark.parametrize("mangle", [lambda t: t[:-2] + ("A" if t[-1] != "A" else "B") + t[-1], lambda t: t[:20], lambda t: "x" * 2000])
+@pytest.mark.parametrize(
+    "mangle", [lambda t: t[:-2] + ("A" if t[-1] != "A" else "B") + t[-1], lambda t: t[:20], lambda t: "x" * 2000]
+)
 def test_tampered_token_is_a_clear_400(app, client, mailbox, mangle):
     sign_up(client, "munkeby", "anna@example.com")
     token = link_in(mailbox.last("anna@example.com"), "confirm").split("/")[-1]

@@ -56,7 +56,7 @@ def test_a_third_controller_is_just_a_new_file(tmp_path):
         ('rule = "delete"', 'rule = "forget"', "opt_out.rule"),
         ('fields = ["email"]', 'fields = ["name"]', "collection.fields"),
         ('topic = "mysoft-newsletter"', 'topic = ""', "provider.topic"),
-        ('unconfirmed_days = 30', 'unconfirmed_days = -1', "retention"),
+        ("unconfirmed_days = 30", "unconfirmed_days = -1", "retention"),
         ('slug = "mysoft"', 'slug = "other"', "file name"),
     ],
 )

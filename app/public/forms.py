@@ -10,6 +10,8 @@ class SubscribeForm(FlaskForm):
     email = EmailField(_l("E-mail address"), render_kw={"autocomplete": "email", "maxlength": 254})
     name = StringField(_l("Name"), render_kw={"autocomplete": "name", "maxlength": 100})
     # Never pre-ticked: consent must be an active choice (GDPR Art. 4(11), 7).
-    consent = BooleanField(default=False, validators=[DataRequired(message=_l("You need to tick the box to subscribe."))])
+    consent = BooleanField(
+        default=False, validators=[DataRequired(message=_l("You need to tick the box to subscribe."))]
+    )
     # Honeypot: hidden from people, filled in by naive bots.
     website = StringField(render_kw={"autocomplete": "off", "tabindex": "-1"})

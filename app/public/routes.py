@@ -91,9 +91,7 @@ def subscribe(slug: str):  # type: ignore[no-untyped-def]
     if form.csrf_token.errors:
         form.csrf_token.errors = [_("The form had expired. Please reload the page and submit it again.")]
     status = 400 if request.method == "POST" else 200
-    return render_template(
-        "public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang
-    ), status
+    return render_template("public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang), status
 
 
 @bp.get("/<slug>/subscribe/sent")
