@@ -96,4 +96,8 @@ def wipe_free_space() -> None:
         return
     db.session.remove()
     with db.engine.connect() as conn:
-        conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        busy, _log_frames, _copied = conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+    if busy:
+        current_app.logger.warning(
+            "WAL checkpoint was blocked by a reader; deleted data stays in the WAL until the next one"
+        )

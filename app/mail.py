@@ -19,6 +19,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from pathlib import Path
 from typing import Protocol
@@ -78,7 +79,8 @@ def compose(
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)
 
-    msg = EmailMessage(policy=SMTP_POLICY)
+    # An internationalised address (RFC 6531) needs the SMTPUTF8 policy.
+    msg = EmailMessage(policy=SMTP_POLICY if to.isascii() else SMTPUTF8_POLICY)
     sender_name, sender_addr = parseaddr(current_app.config["MAIL_FROM"])
     msg["From"] = formataddr((sender_name or notice.controller["name"], sender_addr))
     msg["To"] = to

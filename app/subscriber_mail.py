@@ -36,6 +36,9 @@ def send_subscriber_mail(job: OutboxJob) -> None:
         template, notice=notice, to=sub.email, email_hash=sub.email_hash, lang=sub.lang, links=links
     )
     ref = sub.ref
+    # End the read transaction before network I/O: an open SQLite snapshot
+    # would hold back the WAL checkpoint that completes an erasure.
+    db.session.rollback()
     try:
         mail.transport().send(composed)
     except mail.PermanentMailError as exc:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
-from .support import subscribe_and_confirm, unsubscribe_path
+from app import create_app
+from app.extensions import db
+
+from .support import Mailbox, subscribe_and_confirm, unsubscribe_path
 
 
 def test_export_prints_subscriptions_and_evidence(app, client, mailbox, runner):
@@ -45,3 +49,22 @@ def test_export_of_an_unknown_or_deleted_address_fails_clearly(client, mailbox, 
 def test_export_rejects_a_malformed_address(runner):
     result = runner.invoke(args=["subjects", "export", "not an address"])
     assert result.exit_code == 2 and "not a valid e-mail address" in result.stderr
+
+
+def test_evidence_records_the_client_ip_seen_through_the_trusted_proxy(app, app_env, runner):
+    behind_proxy = create_app(env={**app_env, "TRUSTED_PROXY_COUNT": "1"})
+    client = behind_proxy.test_client()
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.7"
+    subscribe_and_confirm(client, Mailbox(Path(app.config["MAIL_DIR"])), "munkeby", "anna@example.com")
+    data = json.loads(runner.invoke(args=["subjects", "export", "anna@example.com"]).stdout)
+    ips = {e["details"]["ip"] for e in data["events"] if "details" in e}
+    assert ips == {"198.51.100.7"}
+    with behind_proxy.app_context():
+        db.engine.dispose()
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(client, mailbox, runner):
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.7"
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    data = json.loads(runner.invoke(args=["subjects", "export", "anna@example.com"]).stdout)
+    assert {e["details"]["ip"] for e in data["events"] if "details" in e} == {"127.0.0.1"}
