@@ -88,7 +88,8 @@ def normalise_email(raw: str | None) -> str:
         checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError:
         raise InvalidInput("email", "invalid") from None
-    normalised = (checked.ascii_email or checked.normalized).lower()
+    # Always the IDNA (ASCII) domain, so one mailbox has one hash however written.
+    normalised = f"{checked.local_part}@{checked.ascii_domain}".lower()
     if len(normalised) > MAX_EMAIL_LENGTH:
         raise InvalidInput("email", "invalid")
     return normalised

@@ -139,3 +139,11 @@ def test_sign_up_without_csrf_token_is_refused(app, client, mailbox):
     assert response.status_code == 400
     assert "Formuläret hade gått ut" in response.get_data(as_text=True)
     assert count(app, Subscription) == 0 and mailbox.messages() == []
+
+
+def test_an_address_has_one_identity_however_its_domain_is_written(app):
+    from app.consent import normalise_email
+
+    with app.app_context():
+        assert normalise_email("Åsa@Exämple.SE") == normalise_email("åsa@xn--exmple-cua.se") == "åsa@xn--exmple-cua.se"
+        assert normalise_email(" Anna@Example.COM ") == "anna@example.com"
