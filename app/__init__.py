@@ -31,6 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, s
 
     configure_logging(app)
     load_notice_files(app)
+    register_body_limit(app)
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)
@@ -56,6 +57,12 @@ def load_notice_files(app: Flask) -> None:
     from .notices import load_notices
 
     app.extensions["notices"] = load_notices(app.config["NOTICES_DIR"], app.config["ENV_SNAPSHOT"])
+
+
+def register_body_limit(app: Flask) -> None:
+    from .security import register_body_limit as register
+
+    register(app)
 
 
 def register_extensions(app: Flask) -> None:

@@ -6,7 +6,7 @@ origin. Tokens travel in URLs, so the Referer never leaves the site.
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Response, abort, request
 
 CSP = "; ".join(
     [
@@ -20,6 +20,20 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+def register_body_limit(app: Flask) -> None:
+    """Refuse an oversized body before anything else looks at the request.
+
+    Werkzeug enforces MAX_CONTENT_LENGTH only when the body is read; checking
+    the declared length first means no token check or rate-limit count happens.
+    """
+
+    @app.before_request
+    def _too_large() -> None:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.content_length is not None and request.content_length > limit:
+            abort(413)
 
 
 def register_security_headers(app: Flask) -> None:

@@ -134,3 +134,11 @@ def test_tampered_unsubscribe_token_is_400_and_changes_nothing(app, client, mail
     bad = path[:-3] + ("x" if path[-3] != "x" else "y") + path[-2:]
     assert one_click(client, bad).status_code == 400
     assert state(app, "anna@example.com", "munkeby") == "subscribed"
+
+
+def test_oversized_body_is_413_before_the_token_is_looked_at(app, client, mailbox):
+    path = unsubscribe_path(subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com"))
+    big = {"List-Unsubscribe": "One-Click", "pad": "x" * (1024 * 1024)}
+    assert client.post(path, data=big).status_code == 413
+    assert client.post("/unsubscribe/not-a-token", data=big).status_code == 413
+    assert state(app, "anna@example.com", "munkeby") == "subscribed"
