@@ -1,0 +1,259 @@
+"""The real service under gunicorn, driven over HTTP and SMTP as a person would.
+
+Each test starts gunicorn (two workers) on a free loopback port, with mail going
+to an aiosmtpd server in this process, and uses ``requests`` like a browser
+(keeping the session cookie) or like a mail client doing RFC 8058 one-click
+(no cookies, no token, no redirects followed). Every answer is checked for the
+security headers. All traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import requests
+
+from .test_mail_smtp import SmtpSink, free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN = r"[A-Za-z0-9._-]+"
+
+
+def check_security_headers(response: requests.Response, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    where = f"{response.request.method} {response.url}"
+    assert "frame-ancestors 'none'" in response.headers.get("Content-Security-Policy", ""), where
+    assert response.headers.get("Referrer-Policy") == "same-origin", where
+
+
+class Service:
+    """gunicorn serving wsgi:app, plus the CLI run with the same settings."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.url, self.log = env, f"http://127.0.0.1:{port}", log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                # No control socket: it would live in $HOME, shared by every run on the machine.
+                [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                 "--no-control-socket", "wsgi:app"],
+                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    def wait_until_healthy(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.log.read_text()}"
+            try:
+                with requests.get(self.url + "/healthz", timeout=2) as response:
+                    if response.status_code == 200:
+                        return
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or no worker has booted to take the request
+            time.sleep(0.2)
+        pytest.fail(f"gunicorn did not answer /healthz within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def flask(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+            cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+
+    def status_of(self, address: str) -> str | None:
+        """The subscription's status per `subjects export`, None when nothing is held."""
+        result = self.flask("subjects", "export", address)
+        if result.returncode != 0:
+            return None
+        [subscription] = json.loads(result.stdout)["subscriptions"]
+        return subscription["status"]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def web_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str], smtp: SmtpSink, web_port: int) -> dict[str, str]:
+    return {
+        **app_env,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp.port),
+        "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+    }
+
+
+@pytest.fixture
+def service(app, app_env: dict[str, str], web_port: int, tmp_path: Path) -> Iterator[Service]:  # type: ignore[no-untyped-def]
+    # Depending on `app` migrates the database and empties it; gunicorn then
+    # serves that same database with the same settings.
+    server = Service(app_env, web_port, tmp_path / "gunicorn.log")
+    try:
+        server.wait_until_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+def browser() -> requests.Session:
+    session = requests.Session()
+    session.hooks["response"].append(check_security_headers)
+    return session
+
+
+def link(service: Service, message: EmailMessage, kind: str) -> str:
+    body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(re.escape(service.url) + rf"/{kind}/{TOKEN}", body)
+    assert match, f"no {kind} link in the mail"
+    return match.group(0)
+
+
+def list_unsubscribe(service: Service, message: EmailMessage) -> str:
+    match = re.fullmatch(rf"<({re.escape(service.url)}/unsubscribe/{TOKEN})>", message["List-Unsubscribe"] or "")
+    assert match, message["List-Unsubscribe"]
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    return match.group(1)
+
+
+def sign_up(service: Service, smtp: SmtpSink, slug: str, address: str, name: str | None = None) -> EmailMessage:
+    """Fill in the Swedish form in a browser; returns the confirmation mail."""
+    with browser() as session:
+        with session.get(f"{service.url}/{slug}/subscribe") as form:
+            assert form.status_code == 200 and '<html lang="sv">' in form.text
+            token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        data = {"csrf_token": token, "email": address, "consent": "y"}
+        if name is not None:
+            data["name"] = name
+        with session.post(f"{service.url}/{slug}/subscribe", data=data) as answer:
+            assert answer.status_code == 200 and [r.status_code for r in answer.history] == [303]
+            assert "Titta i din inkorg" in answer.text
+    [mail] = smtp.messages(address)
+    return mail
+
+
+def confirm(service: Service, smtp: SmtpSink, mail: EmailMessage) -> EmailMessage:
+    """Open the confirm link, press the button; returns the welcome mail."""
+    url, address = link(service, mail, "confirm"), mail["To"]
+    with browser() as session:
+        with session.get(url) as page:
+            assert page.status_code == 200 and 'method="post"' in page.text
+        assert len(smtp.messages(address)) == 1  # opening the link confirmed nothing: no welcome mail
+        with session.post(url) as done:
+            # "Thank you", not "already confirmed": it was this press that confirmed.
+            assert done.status_code == 200 and "Tack! Nu får du" in done.text
+    _, welcome = smtp.messages(address)
+    return welcome
+
+
+def one_click(url: str, multipart: bool = False) -> requests.Response:
+    """What a mail client sends: a bare POST, no cookies, no CSRF token, no redirects."""
+    with browser() as session:
+        if multipart:
+            response = session.post(url, files={"List-Unsubscribe": (None, "One-Click")}, allow_redirects=False)
+            assert response.request.headers["Content-Type"].startswith("multipart/form-data")
+        else:
+            response = session.post(
+                url,
+                data="List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                allow_redirects=False,
+            )
+        assert "Cookie" not in response.request.headers and "Set-Cookie" not in response.headers
+        response.close()
+        return response
+
+
+def test_sign_up_confirm_and_one_click_unsubscribe_need_no_cookie(service, smtp):
+    welcome = confirm(service, smtp, sign_up(service, smtp, "munkeby", "anna@example.com", "Anna Berg"))
+    assert welcome["Subject"] == "Välkommen till Munkeby Systems nyhetsbrev"
+    url = list_unsubscribe(service, welcome)
+    for _ in range(2):  # a repeat is harmless and answers the same
+        response = one_click(url)
+        assert response.status_code == 200 and "Location" not in response.headers
+    assert service.status_of("anna@example.com") == "unsubscribed"
+
+
+def test_one_click_unsubscribe_accepts_a_multipart_body(service, smtp):
+    welcome = confirm(service, smtp, sign_up(service, smtp, "munkeby", "bo@example.com", "Bo Ek"))
+    response = one_click(list_unsubscribe(service, welcome), multipart=True)
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert service.status_of("bo@example.com") == "unsubscribed"
+
+
+def test_one_click_from_the_confirmation_mail_works_before_confirming(service, smtp):
+    mail = sign_up(service, smtp, "munkeby", "cia@example.com")
+    response = one_click(list_unsubscribe(service, mail))
+    assert response.status_code == 200 and "Location" not in response.headers
+    assert service.status_of("cia@example.com") == "unsubscribed"
+
+
+def test_mysoft_one_click_deletes_the_person_and_the_link_keeps_working(service, smtp):
+    welcome = confirm(service, smtp, sign_up(service, smtp, "mysoft", "dan@example.com"))
+    url = list_unsubscribe(service, welcome)
+    assert one_click(url).status_code == 200
+    export = service.flask("subjects", "export", "dan@example.com")
+    assert export.returncode != 0 and "dan@example.com" not in export.stdout
+    with browser() as session:
+        with session.get(url) as page:
+            assert page.status_code == 200
+    assert one_click(url).status_code == 200
+    assert one_click(url, multipart=True).status_code == 200
+    assert service.flask("subjects", "export", "dan@example.com").returncode != 0
+
+
+@pytest.mark.parametrize("slug", ["munkeby", "mysoft"])
+def test_a_stray_post_to_the_unsubscribe_link_changes_nothing(service, smtp, slug):
+    welcome = confirm(service, smtp, sign_up(service, smtp, slug, "eva@example.com"))
+    url = list_unsubscribe(service, welcome)
+    with browser() as session:
+        for body in ("foo=bar", "List-Unsubscribe=Yes", ""):
+            with session.post(
+                url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}, allow_redirects=False
+            ) as response:
+                assert "Location" not in response.headers
+                assert 'name="List-Unsubscribe" value="One-Click"' in response.text  # the button is offered
+    assert service.status_of("eva@example.com") == "subscribed"
+
+
+def test_healthz_and_public_pages_carry_the_security_headers(service):
+    with browser() as session:
+        for path in ("/healthz", "/", "/munkeby/subscribe", "/mysoft/privacy", "/static/style.css"):
+            with session.get(service.url + path) as response:  # the hook checks the headers
+                assert response.status_code == 200, path
+        refused = (("/unsubscribe/not-a-token", 400), ("/confirm/not-a-token", 400), ("/nowhere/subscribe", 404))
+        for path, status in refused:
+            with session.get(service.url + path) as response:
+                assert response.status_code == status, path
+
+
+def test_a_body_over_one_megabyte_is_refused_with_413(service, smtp):
+    with browser() as session:
+        body = {"email": "big@example.com", "consent": "y", "name": "A" * (1100 * 1024)}
+        with session.post(f"{service.url}/munkeby/subscribe", data=body, allow_redirects=False) as response:
+            assert response.status_code == 413
+    assert smtp.received == []
+    assert service.status_of("big@example.com") is None
