@@ -118,6 +118,26 @@ def email_hash(normalised_email: str) -> str:
 # --- helpers inside a unit of work ------------------------------------------
 
 
+def _evidence(
+    kind: str,
+    notice: Notice,
+    ref: str | None,
+    channel: str,
+    facts: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> Evidence:
+    """An event under a notice, stamped with the version the person was shown."""
+    return Evidence(
+        type=kind,
+        channel=channel,
+        notice=notice.slug,
+        notice_version=notice.version,
+        subscription_ref=ref,
+        facts=facts or {},
+        details=details,
+    )
+
+
 def _subscription(uow: UnitOfWork, notice: str, ehash: str) -> Subscription | None:
     return uow.session.execute(
         select(Subscription).where(Subscription.notice == notice, Subscription.email_hash == ehash).with_for_update()
@@ -145,48 +165,52 @@ def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
 
 
 def _erase_subscription(uow: UnitOfWork, sub: Subscription, reason: str) -> Evidence:
-    """Delete one subscription's personal data; keep suppression and anonymous evidence."""
+    """Delete one subscription's personal data; keep suppression and anonymous evidence.
+
+    The caller registers ``_wipe_after_commit`` once for the unit of work.
+    """
     uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref == sub.ref))
     _suppress(uow, sub.notice, sub.email_hash, reason)
     outbox.cancel_pending(uow.session, sub.ref, ("mail",))
     ehash = sub.email_hash
     uow.session.delete(sub)
     uow.after_commit(lambda: mail.forget_folder_mail(ehash))
-    uow.after_commit(wipe_free_space)
+    notice = get_notice(sub.notice)
     return Evidence(
         type="personal_data_deleted",
         channel="system",
         notice=sub.notice,
-        notice_version=get_notice(sub.notice).version if get_notice(sub.notice) else None,
+        notice_version=notice.version if notice else None,
         subscription_ref=sub.ref,
         facts={"reason": reason},
     )
 
 
+def _wipe_after_commit(uow: UnitOfWork) -> None:
+    uow.after_commit(wipe_free_space)
+
+
 def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Facts, reason: str) -> list[Evidence]:
     """The notice's opt-out rule, applied in one place."""
-    previous = sub.status
-    evidence = [
-        Evidence(
-            type="opted_out",
-            channel=facts.channel,
-            notice=notice.slug,
-            notice_version=notice.version,
-            subscription_ref=sub.ref,
-            facts={"rule": notice.opt_out_rule, "previous_status": previous, "reason": reason},
-            # Under the delete rule the details would be deleted at once; record none.
-            details=None if notice.deletes_on_opt_out else facts.details(),
-        )
-    ]
+    opted_out = _evidence(
+        "opted_out",
+        notice,
+        sub.ref,
+        facts.channel,
+        facts={"rule": notice.opt_out_rule, "previous_status": sub.status, "reason": reason},
+        # Under the delete rule the details would be deleted at once; record none.
+        details=None if notice.deletes_on_opt_out else facts.details(),
+    )
     if notice.deletes_on_opt_out:
-        evidence.append(_erase_subscription(uow, sub, reason="opt_out"))
-        return evidence
+        deleted = _erase_subscription(uow, sub, reason="opt_out")
+        _wipe_after_commit(uow)
+        return [opted_out, deleted]
     _suppress(uow, notice.slug, sub.email_hash, "opt_out")
     outbox.cancel_pending(uow.session, sub.ref, ("mail",))
     sub.status = "unsubscribed"
     sub.unsubscribed_at = utcnow()
     sub.confirm_nonce = None
-    return evidence
+    return [opted_out]
 
 
 def _retry_on_insert_race(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -243,20 +267,16 @@ def _request_subscription(notice: Notice, email: str, name: str | None, facts: F
         if not _under_confirmation_limit(uow, sub):
             log.info("confirmation limit reached for one address; no mail sent")
             return
+        signup_facts = {"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis}
         ledger.append(
             uow.session,
             [
-                Evidence(
-                    type="signup_requested",
-                    channel=facts.channel,
-                    notice=notice.slug,
-                    notice_version=notice.version,
-                    subscription_ref=sub.ref,
-                    facts={
-                        "consent_checkbox": True,
-                        "fields": list(notice.fields),
-                        "lawful_basis": notice.lawful_basis,
-                    },
+                _evidence(
+                    "signup_requested",
+                    notice,
+                    sub.ref,
+                    facts.channel,
+                    signup_facts,
                     details=facts.details(email=email, name=name),
                 )
             ],
@@ -286,6 +306,14 @@ def _token_target(payload: dict[str, Any]) -> tuple[Notice, str] | None:
     return notice, ehash
 
 
+def _pending_for(uow: UnitOfWork, notice: Notice, ehash: str, payload: dict[str, Any]) -> Subscription | None:
+    """The subscription a confirmation token still speaks for, if any."""
+    sub = _subscription(uow, notice.slug, ehash)
+    if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
+        return None
+    return sub
+
+
 def confirm(payload: dict[str, Any], facts: Facts) -> str:
     """Confirm a sign-up: 'confirmed', 'already' (harmless repeat) or 'stale'."""
     target = _token_target(payload)
@@ -296,7 +324,8 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         sub = _subscription(uow, notice.slug, ehash)
         if sub is not None and sub.status == "subscribed":
             return "already"
-        if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
+        sub = _pending_for(uow, notice, ehash, payload)
+        if sub is None:
             return "stale"
         now = utcnow()
         seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
@@ -306,23 +335,14 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         ).rowcount
         sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
         sub.notice_version = notice.version
+        confirm_facts = {
+            "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
+            "likely_scanner": seconds is not None and seconds < window,
+            "suppression_lifted": bool(lifted),
+        }
         ledger.append(
             uow.session,
-            [
-                Evidence(
-                    type="consent_confirmed",
-                    channel=facts.channel,
-                    notice=notice.slug,
-                    notice_version=notice.version,
-                    subscription_ref=sub.ref,
-                    facts={
-                        "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
-                        "likely_scanner": seconds is not None and seconds < window,
-                        "suppression_lifted": bool(lifted),
-                    },
-                    details=facts.details(),
-                )
-            ],
+            [_evidence("consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details())],
         )
         _queue_mail(uow, sub, "welcome")
     return "confirmed"
@@ -335,23 +355,12 @@ def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
         return
     notice, ehash = target
     with unit_of_work() as uow:
-        sub = _subscription(uow, notice.slug, ehash)
-        if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
-            return
-        if not _under_confirmation_limit(uow, sub):
+        sub = _pending_for(uow, notice, ehash, payload)
+        if sub is None or not _under_confirmation_limit(uow, sub):
             return
         ledger.append(
             uow.session,
-            [
-                Evidence(
-                    type="confirmation_resent",
-                    channel=facts.channel,
-                    notice=notice.slug,
-                    notice_version=notice.version,
-                    subscription_ref=sub.ref,
-                    details=facts.details(),
-                )
-            ],
+            [_evidence("confirmation_resent", notice, sub.ref, facts.channel, details=facts.details())],
         )
         _queue_mail(uow, sub, "confirmation")
 
@@ -370,18 +379,8 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
         if sub is None or sub.status == "unsubscribed":
             # Already gone or already out: make sure the address stays suppressed.
             if _suppress(uow, notice.slug, ehash, "opt_out"):
-                ledger.append(
-                    uow.session,
-                    [
-                        Evidence(
-                            type="opted_out",
-                            channel=facts.channel,
-                            notice=notice.slug,
-                            notice_version=notice.version,
-                            facts={"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"},
-                        )
-                    ],
-                )
+                anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"}
+                ledger.append(uow.session, [_evidence("opted_out", notice, None, facts.channel, anonymous)])
             return True
         ledger.append(uow.session, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
     return True
@@ -410,6 +409,8 @@ def erase_subject(email_raw: str, facts: Facts) -> list[str]:
                 )
             )
             evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
+        if subs:
+            _wipe_after_commit(uow)
         ledger.append(uow.session, evidence)
     return sorted(sub.notice for sub in subs)
 

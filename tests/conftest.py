@@ -20,7 +20,7 @@ from sqlalchemy import text
 from app import create_app
 from app.extensions import db, limiter
 
-from .support import PUBLIC_URL, Mailbox
+from .support import PUBLIC_URL, Mailbox, SmtpSink
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -124,3 +124,12 @@ def runner(app):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def mailbox(app) -> Mailbox:  # type: ignore[no-untyped-def]
     return Mailbox(Path(app.config["MAIL_DIR"]))
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server on 127.0.0.1 that keeps what it receives."""
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import socket
+import threading
 from email.message import EmailMessage
 from pathlib import Path
+
+from aiosmtpd.controller import Controller
 
 PUBLIC_URL = "https://news.example.org"
 
@@ -70,3 +74,39 @@ def subscribe_and_confirm(client, mailbox: Mailbox, slug: str, address: str, nam
     confirm = link_in(mailbox.last(stored), "confirm")
     assert client.post(confirm).status_code == 200
     return mailbox.last(stored)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SmtpSink:
+    """A real SMTP server on loopback that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[tuple[str, list[str], bytes]] = []  # (MAIL FROM, RCPT TO, content)
+        self._lock = threading.Lock()
+        self._controller: Controller | None = None
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def messages(self, to: str | None = None) -> list[EmailMessage]:
+        with self._lock:
+            raw = [content for _, _, content in self.received]
+        parsed = [email.message_from_bytes(r, policy=email.policy.default) for r in raw]
+        return [m for m in parsed if to is None or m["To"] == to]  # type: ignore[misc]

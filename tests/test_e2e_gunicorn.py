@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .test_mail_smtp import SmtpSink, free_port
+from .support import SmtpSink, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -82,14 +82,6 @@ class Service:
             return None
         [subscription] = json.loads(result.stdout)["subscriptions"]
         return subscription["status"]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

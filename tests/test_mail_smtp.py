@@ -7,72 +7,22 @@ again on the same port, to show that mail waits in the outbox while it is down.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import re
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from app.extensions import db
 from app.models import OutboxJob, Subscription, utcnow
 
-from .support import PUBLIC_URL, csrf_token, link_in, sign_up
+from .support import PUBLIC_URL, SmtpSink, csrf_token, link_in, sign_up
 
 MAIL_FROM = "nyhetsbrev@news.example.org"
 SUBJECT_SV = "Bekräfta din prenumeration på Munkeby Systems nyhetsbrev"
 UNSUBSCRIBE_HEADER = re.compile(r"<(" + re.escape(PUBLIC_URL) + r"/unsubscribe/[A-Za-z0-9._-]+)>")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class SmtpSink:
-    """A real SMTP server on loopback that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.received: list[tuple[str, list[str], bytes]] = []  # (MAIL FROM, RCPT TO, content)
-        self._lock = threading.Lock()
-        self._controller: Controller | None = None
-
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
-        with self._lock:
-            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-    def start(self) -> None:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def messages(self, to: str | None = None) -> list[EmailMessage]:
-        with self._lock:
-            raw = [content for _, _, content in self.received]
-        parsed = [email.message_from_bytes(r, policy=email.policy.default) for r in raw]
-        return [m for m in parsed if to is None or m["To"] == to]  # type: ignore[misc]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

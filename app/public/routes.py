@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from flask import abort, current_app, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from sqlalchemy import text
 
 from .. import consent, tokens
-from ..extensions import client_ip, csrf, limiter
+from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
 from . import bp
 from .forms import SubscribeForm
@@ -49,10 +50,6 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.get("/healthz")
 def healthz():  # type: ignore[no-untyped-def]
-    from sqlalchemy import text
-
-    from ..extensions import db
-
     db.session.execute(text("SELECT 1"))
     return {"status": "ok"}
 
@@ -138,10 +135,10 @@ def confirm(token: str):  # type: ignore[no-untyped-def]
 def resend(token: str):  # type: ignore[no-untyped-def]
     # A resend is allowed from an expired link too; the signature still proves
     # the link was ours, and the per-address limit bounds the mail sent.
-    payload, problem = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
-    if problem == "invalid" or consent.get_notice(payload.get("n")) is None:
+    payload, _expired = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
+    notice = consent.get_notice(payload.get("n")) if payload else None
+    if notice is None:
         return _invalid_link()
-    notice = consent.get_notice(payload["n"])
     consent.resend_confirmation(payload, _facts("page"))
     return _token_page("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
 
