@@ -88,7 +88,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import subscriber_mail  # noqa: F401  (registers the outbox mail handler)
+    from . import provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
     from .public import bp as public_bp
 
     app.register_blueprint(public_bp)

@@ -24,7 +24,7 @@ from flask import current_app
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from . import ledger, mail, outbox
+from . import ledger, mail, outbox, provider_sync
 from .database import UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
@@ -169,6 +169,8 @@ def _erase_subscription(uow: UnitOfWork, sub: Subscription, reason: str) -> Evid
 
     The caller registers ``_wipe_after_commit`` once for the unit of work.
     """
+    if sub.confirmed_at is not None:  # only a once-confirmed person was ever sent to the provider
+        provider_sync.enqueue_delete(uow, sub)
     uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref == sub.ref))
     _suppress(uow, sub.notice, sub.email_hash, reason)
     outbox.cancel_pending(uow.session, sub.ref, ("mail",))
@@ -210,6 +212,8 @@ def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Fa
     sub.status = "unsubscribed"
     sub.unsubscribed_at = utcnow()
     sub.confirm_nonce = None
+    if sub.confirmed_at is not None:
+        provider_sync.enqueue_sync(uow, sub, opt_out=True)
     return [opted_out]
 
 
@@ -344,6 +348,7 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
             uow.session,
             [_evidence("consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details())],
         )
+        provider_sync.enqueue_sync(uow, sub, opt_out=False)
         _queue_mail(uow, sub, "welcome")
     return "confirmed"
 

@@ -19,10 +19,10 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .database import unit_of_work
+from .database import unit_of_work, wipe_free_space
 from .extensions import db
 from .models import OutboxJob, utcnow
 
@@ -43,6 +43,19 @@ class RetryJob(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
 
+
+class WaitForConfiguration(Exception):
+    """The job cannot run until an operator configures something (credentials).
+
+    It stays pending, visibly, and does not use up attempts: a notice whose
+    provider is not configured must not turn its opt-outs into dead letters.
+    """
+
+
+WAIT_FOR_CONFIGURATION_SECONDS = 60
+# Opt-outs are legally urgent (Gmail and Yahoo expect them honoured within 48 h):
+# they are claimed before anything else that is due.
+URGENT_KINDS = ("sync_optout",)
 
 Handler = Callable[[OutboxJob], None]
 HANDLERS: dict[str, Handler] = {}
@@ -82,7 +95,8 @@ def _claim(ids: list[int] | None, limit: int) -> list[int]:
         )
         if ids is not None:
             query = query.where(OutboxJob.id.in_(ids))
-        query = query.order_by(OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
+        urgent_first = case((OutboxJob.kind.in_(URGENT_KINDS), 0), else_=1)
+        query = query.order_by(urgent_first, OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
         claimed = list(uow.session.execute(query.with_for_update(skip_locked=True)).scalars())
         if claimed:
             uow.session.execute(
@@ -102,10 +116,18 @@ def _finish(job_id: int, error: Exception | None) -> None:
         job.locked_until = None
         if error is None:
             job.state, job.finished_at, job.last_error = "done", now, None
-            # A finished job keeps no personal data (e.g. an address to delete).
-            job.payload = {k: v for k, v in job.payload.items() if not k.startswith("personal_")}
+            # A finished job keeps no personal data (e.g. an address to delete);
+            # the old row image must then leave the SQLite files too.
+            kept = {k: v for k, v in job.payload.items() if not k.startswith("personal_")}
+            if kept != job.payload:
+                job.payload = kept
+                uow.after_commit(wipe_free_space)
             return
         job.last_error = f"{type(error).__name__}: {error}"[:1000]
+        if isinstance(error, WaitForConfiguration):
+            job.state, job.attempts = "pending", max(job.attempts - 1, 0)
+            job.next_attempt_at = now + timedelta(seconds=WAIT_FOR_CONFIGURATION_SECONDS)
+            return
         if isinstance(error, PermanentJobError) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
             job.state, job.finished_at = "dead", now
             log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
@@ -127,7 +149,7 @@ def _process(job_id: int) -> None:
             raise PermanentJobError(f"no handler for job kind {job.kind!r}")
         fn(job)
         error = None
-    except (PermanentJobError, RetryJob) as exc:
+    except (PermanentJobError, RetryJob, WaitForConfiguration) as exc:
         error = exc
     except Exception as exc:  # unknown failures are retried, never dropped
         log.exception("outbox job %s (%s) failed", job_id, job.kind)
@@ -182,12 +204,26 @@ def status() -> dict[str, Any]:
         .order_by(OutboxJob.id)
         .limit(50)
     ).all()
-    oldest = db.session.execute(
-        select(func.min(OutboxJob.created_at)).where(OutboxJob.state.in_(("pending", "running")))
-    ).scalar()
+
+    def oldest(*kinds: str) -> float | None:
+        query = select(func.min(OutboxJob.created_at)).where(OutboxJob.state.in_(("pending", "running")))
+        if kinds:
+            query = query.where(OutboxJob.kind.in_(kinds))
+        found = db.session.execute(query).scalar()
+        return round((utcnow() - found).total_seconds(), 1) if found else None
+
+    waiting = db.session.execute(
+        select(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error, func.count())
+        .where(OutboxJob.state == "pending", OutboxJob.last_error.like("WaitForConfiguration%"))
+        .group_by(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error)
+    ).all()
     return {
         "counts": {state: counts.get(state, 0) for state in ("pending", "running", "done", "dead")},
-        "oldest_pending_age_seconds": (utcnow() - oldest).total_seconds() if oldest else None,
+        "oldest_pending_age_seconds": oldest(),
+        "oldest_pending_opt_out_age_seconds": oldest(*URGENT_KINDS),
+        "waiting_for_configuration": [
+            {"kind": kind, "notice": notice, "reason": reason, "jobs": n} for kind, notice, reason, n in waiting
+        ],
         "dead_letters": [{"id": r.id, "kind": r.kind, "notice": r.notice, "reason": r.last_error} for r in dead],
     }
 

@@ -1,0 +1,71 @@
+"""Mail providers behind one small interface.
+
+The outbox handler (``app/provider_sync.py``) tells a provider the *current*
+state of a subscription: subscribed, unsubscribed, or gone (delete). Pushing
+state rather than replaying events makes every job idempotent and makes their
+order not matter: a retried "subscribe" that runs after an opt-out finds the
+subscription unsubscribed and says so.
+
+Adapters raise ``ProviderNotConfigured`` (jobs wait, visibly), ``ProviderRetry``
+(transient: backoff, honouring Retry-After) or ``ProviderPermanent`` (dead letter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..notices import Notice
+
+
+class ProviderNotConfigured(Exception):
+    """Credentials for this provider are not set; jobs stay pending until they are."""
+
+
+class ProviderRetry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class ProviderPermanent(Exception):
+    """The provider refused in a way retrying cannot change."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """What a provider needs to know about a subscribed person."""
+
+    email: str
+    name: str | None
+    ip_signup: str | None
+    timestamp_signup: str | None
+    ip_opt: str | None
+    timestamp_opt: str | None
+    unsubscribe_url: str
+    language: str
+
+
+class Provider(Protocol):
+    def subscribe(self, notice: Notice, member: Member) -> str:
+        """Make the member subscribed; returns "subscribed", or "pending" when the
+        provider insists on its own confirmation (Mailchimp's compliance state)."""
+
+    def unsubscribe(self, notice: Notice, email: str) -> None: ...
+
+    def delete(self, notice: Notice, email: str) -> None:
+        """Delete the person at the provider; already gone counts as done."""
+
+
+def provider_for(notice: Notice, config: Mapping[str, object]) -> Provider:
+    kind = notice.provider["kind"]
+    if kind == "mailchimp":
+        from .mailchimp import MailchimpProvider
+
+        return MailchimpProvider.from_config(config)
+    if kind == "apsis":
+        from .apsis import ApsisProvider
+
+        return ApsisProvider.from_config(config)
+    raise ProviderPermanent(f"unknown provider kind {kind!r}")

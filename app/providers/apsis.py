@@ -1,0 +1,144 @@
+"""APSIS One through a small client on ``requests`` (no Python client exists).
+
+OAuth2 client credentials; the token is cached until shortly before it
+expires and fetched again on 401/403 (the token endpoint allows only 10 calls
+a minute, so it is never fetched per request). Profiles live in the email
+keyspace with the address, URL-encoded, as the key. A 404 on delete and a 409
+on a consent mean "already so". Requests are paced under the account limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import requests
+
+from ..notices import Notice
+from . import Member, ProviderNotConfigured, ProviderPermanent, ProviderRetry
+
+TIMEOUT_SECONDS = 10
+EMAIL_CHANNEL = "com.apsis1.channels.email"
+REQUESTS_PER_SECOND = 90  # APSIS allows 100 per second per account; keep a margin
+RETRYABLE = {408, 429, 500, 502, 503, 504}
+
+
+class _Pacer:
+    """Spaces requests evenly so one process stays under the account's rate."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self.next_at = 0.0
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            slot = max(now, self.next_at)
+            self.next_at = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class ApsisProvider:
+    _tokens: ClassVar[dict[tuple[str, str], tuple[str, float]]] = {}
+    _token_lock: ClassVar[threading.Lock] = threading.Lock()
+    _pacer: ClassVar[_Pacer] = _Pacer(REQUESTS_PER_SECOND)
+
+    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.session = requests.Session()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> ApsisProvider:
+        env = config["ENV_SNAPSHOT"]
+        assert isinstance(env, Mapping)
+        client_id, secret = env.get("APSIS_CLIENT_ID"), env.get("APSIS_CLIENT_SECRET")
+        if not client_id or not secret:
+            raise ProviderNotConfigured("set APSIS_CLIENT_ID and APSIS_CLIENT_SECRET")
+        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- transport -------------------------------------------------------
+
+    def _token(self, refresh: bool = False) -> str:
+        key = (self.base_url, self.client_id)
+        with self._token_lock:
+            cached = self._tokens.get(key)
+            if cached and not refresh and cached[1] > time.monotonic():
+                return cached[0]
+            body = {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            }
+            response = self._send("POST", "/oauth/token", body, token=None)
+            if response.status_code != 200:
+                self._fail(response, "token")
+            data = response.json()
+            lifetime = float(data.get("expires_in", 3600))
+            self._tokens[key] = (data["access_token"], time.monotonic() + max(lifetime - 60, lifetime / 2))
+            return data["access_token"]
+
+    def _send(self, method: str, path: str, body: Any, token: str | None) -> requests.Response:
+        self._pacer.wait()
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return self.session.request(
+                method, self.base_url + path, json=body, headers=headers, timeout=TIMEOUT_SECONDS
+            )
+        except requests.RequestException as exc:
+            raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None
+
+    def _fail(self, response: requests.Response, what: str) -> None:
+        try:
+            title = response.json().get("title", "")
+        except ValueError:
+            title = ""
+        reason = f"APSIS {response.status_code} on {what} {title}".strip()
+        if response.status_code in RETRYABLE:
+            retry_after = response.headers.get("Retry-After", "")
+            raise ProviderRetry(reason, float(retry_after) if retry_after.isdigit() else None)
+        if response.status_code in (401, 403):
+            raise ProviderRetry(reason)  # credentials may be fixed; retried, then a dead letter
+        raise ProviderPermanent(reason)
+
+    def _request(self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()) -> None:
+        response = self._send(method, path, body, self._token())
+        if response.status_code in (401, 403):
+            response = self._send(method, path, body, self._token(refresh=True))
+        if response.status_code < 300 or response.status_code in ok_statuses:
+            return
+        self._fail(response, f"{method} {path.split('/profiles/')[0]}")
+
+    # --- the provider interface -------------------------------------------
+
+    @staticmethod
+    def _profile(notice: Notice, email: str) -> str:
+        keyspace = notice.provider["keyspace"]
+        return f"/v2/audience/keyspaces/{quote(keyspace, safe='')}/profiles/{quote(email, safe='')}"
+
+    def _consent(self, notice: Notice, email: str, kind: str) -> None:
+        section = quote(notice.provider["section"], safe="")
+        body = {"topic_discriminator": notice.provider["topic"], "channel_discriminator": EMAIL_CHANNEL, "type": kind}
+        # 409: the consent is already in that state.
+        self._request("POST", f"{self._profile(notice, email)}/sections/{section}/consents", body, ok_statuses=(409,))
+
+    def subscribe(self, notice: Notice, member: Member) -> str:
+        self._consent(notice, member.email, "opt-in")
+        return "subscribed"
+
+    def unsubscribe(self, notice: Notice, email: str) -> None:
+        self._consent(notice, email, "opt-out")
+
+    def delete(self, notice: Notice, email: str) -> None:
+        self._request("DELETE", self._profile(notice, email), ok_statuses=(404,))

@@ -1,0 +1,156 @@
+"""Mailchimp through the official client, mailchimp-marketing 3.0.80.
+
+Traits of that client this adapter handles (read from its source):
+- ``set_config`` resets every key it is not given, ``timeout`` included (120 s
+  by default), so the whole config is passed every time, with a timeout.
+- The base URL is ``api_client.host``; the client replaces the substring
+  ``server`` in it with the data-centre name.
+- Errors raise ``ApiClientError`` whose ``.text`` is the body (a JSON string for
+  problem+json) and whose ``status_code`` is None for network failures.
+- An error answer with no body or no Content-Type (Mailchimp's bodiless 429 and
+  403 under load) is *returned* as a ``requests.Response`` instead of raising.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import mailchimp_marketing
+import requests
+from mailchimp_marketing.api_client import ApiClientError
+
+from ..notices import Notice
+from . import Member, ProviderNotConfigured, ProviderPermanent, ProviderRetry
+
+TIMEOUT_SECONDS = 10
+COMPLIANCE_TITLES = ("Member In Compliance State", "Forgotten Email Not Subscribed")
+PERMANENT_TITLES = ("Invalid Resource", "Member Exists", "Forgotten Email Not Subscribed")
+UNSUBSCRIBE_FIELD = "UNSUBURL"
+
+
+def subscriber_hash(email: str) -> str:
+    """Mailchimp's member key: MD5 of the lower-cased address (an identifier, not security)."""
+    return hashlib.md5(email.lower().encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _problem(exc: ApiClientError) -> dict[str, Any]:
+    try:
+        body = json.loads(exc.text) if isinstance(exc.text, str) else {}
+    except ValueError:
+        body = {}
+    return body if isinstance(body, dict) else {}
+
+
+class MailchimpProvider:
+    # Audiences known to have the UNSUBURL field, by (API host, list id).
+    _fields_checked: ClassVar[set[tuple[str, str]]] = set()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, api_key: str, api_url: str | None) -> None:
+        self.client = mailchimp_marketing.Client()
+        server = api_key.rsplit("-", 1)[-1] if "-" in api_key else "us1"
+        self.client.set_config({"api_key": api_key, "server": server, "timeout": TIMEOUT_SECONDS})
+        if api_url:
+            self.client.api_client.host = api_url.rstrip("/")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> MailchimpProvider:
+        env = config["ENV_SNAPSHOT"]
+        assert isinstance(env, Mapping)
+        api_key = env.get("MAILCHIMP_API_KEY")
+        if not api_key:
+            raise ProviderNotConfigured("set MAILCHIMP_API_KEY")
+        return cls(api_key, env.get("MAILCHIMP_API_URL"))
+
+    def _call(self, fn: Any, *args: Any, missing_ok: bool = False) -> Any:
+        """Run one client call; turn every failure shape into our three outcomes."""
+        try:
+            result = fn(*args)
+        except ApiClientError as exc:
+            if exc.status_code is None:
+                raise ProviderRetry(f"Mailchimp unreachable: {exc.text}") from None
+            problem = _problem(exc)
+            title = problem.get("title", "")
+            if exc.status_code == 404 and missing_ok:
+                return None
+            if exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408:
+                raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
+            if exc.status_code == 400 and title in COMPLIANCE_TITLES:
+                raise
+            if exc.status_code == 400 and title in PERMANENT_TITLES:
+                raise ProviderPermanent(f"Mailchimp 400 {title}: {problem.get('detail', '')}") from None
+            raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
+        if isinstance(result, requests.Response) and result.status_code >= 400:
+            if result.status_code == 404 and missing_ok:
+                return None
+            retry_after = result.headers.get("Retry-After")
+            wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+            raise ProviderRetry(f"Mailchimp {result.status_code} with no body", wait)
+        return result
+
+    def _ensure_unsubscribe_field(self, list_id: str) -> None:
+        key = (self.client.api_client.host, list_id)
+        if key in self._fields_checked:
+            return
+        with self._lock:
+            fields = self._call(self.client.lists.get_list_merge_fields, list_id) or {}
+            tags = {f.get("tag") for f in fields.get("merge_fields", [])} if isinstance(fields, dict) else set()
+            if UNSUBSCRIBE_FIELD not in tags:
+                body = {"tag": UNSUBSCRIBE_FIELD, "name": "Unsubscribe link", "type": "url", "public": False}
+                self._call(self.client.lists.add_list_merge_field, list_id, body)
+            self._fields_checked.add(key)
+
+    def subscribe(self, notice: Notice, member: Member) -> str:
+        list_id = notice.provider["list_id"]
+        self._ensure_unsubscribe_field(list_id)
+        merge = {UNSUBSCRIBE_FIELD: member.unsubscribe_url}
+        if member.name:
+            first, _, last = member.name.partition(" ")
+            merge.update({"FNAME": first, "LNAME": last})
+        body: dict[str, Any] = {
+            "email_address": member.email,
+            "status_if_new": "subscribed",
+            "status": "subscribed",
+            "merge_fields": merge,
+            "language": member.language,
+        }
+        for key in ("ip_signup", "timestamp_signup", "ip_opt", "timestamp_opt"):
+            if getattr(member, key):
+                body[key] = getattr(member, key)
+        permissions = notice.provider.get("marketing_permissions")
+        if permissions:
+            body["marketing_permissions"] = [
+                {"marketing_permission_id": pid, "enabled": True} for pid in str(permissions).split(",")
+            ]
+        key = subscriber_hash(member.email)
+        try:
+            self._call(self.client.lists.set_list_member, list_id, key, body)
+        except ApiClientError:
+            # Compliance state: Mailchimp will only take the person back through
+            # its own confirmation mail, so ask for that.
+            body["status"] = body["status_if_new"] = "pending"
+            self._call(self.client.lists.set_list_member, list_id, key, body)
+            return "pending"
+        return "subscribed"
+
+    def unsubscribe(self, notice: Notice, email: str) -> None:
+        body = {"status": "unsubscribed"}
+        self._call(
+            self.client.lists.update_list_member,
+            notice.provider["list_id"],
+            subscriber_hash(email),
+            body,
+            missing_ok=True,
+        )
+
+    def delete(self, notice: Notice, email: str) -> None:
+        self._call(
+            self.client.lists.delete_list_member_permanent,
+            notice.provider["list_id"],
+            subscriber_hash(email),
+            missing_ok=True,
+        )

@@ -1,0 +1,94 @@
+"""Sync to APSIS One: the worker carries out Mysoft's rule at the provider.
+
+The real adapter talks HTTP to a fake APSIS server on 127.0.0.1 (tests/fakes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import OutboxJob
+
+from .fakes.apsis import FakeApsis
+from .support import subscribe_and_confirm, unsubscribe_path
+
+KEYSPACE = "com.apsis1.keyspaces.email"
+
+
+@pytest.fixture
+def apsis() -> Iterator[FakeApsis]:
+    with FakeApsis() as fake:
+        yield fake
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
+    return {
+        **app_env,
+        "APSIS_API_URL": apsis.url,
+        "APSIS_CLIENT_ID": apsis.client_id,
+        "APSIS_CLIENT_SECRET": apsis.client_secret,
+    }
+
+
+def drain(runner) -> dict:  # type: ignore[no-untyped-def]
+    result = runner.invoke(args=["outbox", "run", "--once"])
+    assert result.exit_code == 0, result.output
+    return json.loads(runner.invoke(args=["outbox", "status"]).stdout)
+
+
+def test_confirmed_sign_up_becomes_an_opt_in_consent(client, mailbox, runner, apsis):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    assert apsis.profiles == {}  # nothing reaches the provider inside a request
+    status = drain(runner)
+    assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
+    assert apsis.consents(KEYSPACE, "bo@example.com") == {("mysoft-section", "mysoft-newsletter"): "opt-in"}
+
+
+def test_mysoft_opt_out_deletes_the_profile_at_apsis_and_forgets_the_address(app, client, mailbox, runner, apsis):
+    mail = subscribe_and_confirm(client, mailbox, "mysoft", "bo.unique.77@example.com")
+    drain(runner)
+    assert (KEYSPACE, "bo.unique.77@example.com") in apsis.profiles
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    status = drain(runner)
+    assert (KEYSPACE, "bo.unique.77@example.com") not in apsis.profiles
+    assert status["counts"]["pending"] == 0 and status["oldest_pending_opt_out_age_seconds"] is None
+    with app.app_context():
+        payloads = [job.payload for job in db.session.execute(select(OutboxJob)).scalars()]
+    assert all("bo.unique.77" not in json.dumps(p) for p in payloads)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        main = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+        for path in (main, Path(f"{main}-wal")):
+            if path.exists():
+                assert b"bo.unique.77" not in path.read_bytes(), path.name
+
+
+def test_a_failing_provider_is_retried_and_nothing_is_lost(app, client, mailbox, runner, apsis):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    apsis.enqueue_failure(503)
+    status = drain(runner)
+    assert status["counts"]["pending"] == 1 and status["counts"]["dead"] == 0
+    with app.app_context():
+        db.session.execute(OutboxJob.__table__.update().values(next_attempt_at=OutboxJob.created_at))
+        db.session.commit()
+    drain(runner)
+    assert apsis.consents(KEYSPACE, "bo@example.com") == {("mysoft-section", "mysoft-newsletter"): "opt-in"}
+
+
+def test_unconfigured_provider_keeps_jobs_pending_visibly(app, app_env, client, mailbox, runner):
+    app.config["ENV_SNAPSHOT"] = {k: v for k, v in app_env.items() if not k.startswith("APSIS_")}
+    mail = subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    for _ in range(3):
+        status = drain(runner)
+    assert status["counts"]["dead"] == 0 and status["counts"]["pending"] == 2
+    assert status["oldest_pending_opt_out_age_seconds"] is not None
+    waiting = status["waiting_for_configuration"]
+    assert sum(w["jobs"] for w in waiting) == 2
+    assert all(w["notice"] == "mysoft" and "APSIS_CLIENT_ID" in w["reason"] for w in waiting)

@@ -1,0 +1,100 @@
+"""Sync to Mailchimp: the real mailchimp-marketing client against a fake server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from app.extensions import db
+from app.models import OutboxJob
+
+from .fakes.mailchimp import FakeMailchimp
+from .support import PUBLIC_URL, subscribe_and_confirm, unsubscribe_path
+
+LIST_ID = "munkeby0001"
+
+
+@pytest.fixture
+def mailchimp() -> Iterator[FakeMailchimp]:
+    with FakeMailchimp() as fake:
+        fake.add_list(LIST_ID)
+        yield fake
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]:
+    return {**app_env, "MAILCHIMP_API_KEY": mailchimp.api_key, "MAILCHIMP_API_URL": mailchimp.url}
+
+
+def drain(runner) -> dict:  # type: ignore[no-untyped-def]
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    return json.loads(runner.invoke(args=["outbox", "status"]).stdout)
+
+
+def make_due(app) -> None:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        db.session.execute(OutboxJob.__table__.update().values(next_attempt_at=OutboxJob.created_at))
+        db.session.commit()
+
+
+def test_confirmation_upserts_a_subscribed_member_with_our_unsubscribe_link(client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com", "Anna Berg")
+    drain(runner)
+    member = mailchimp.member(LIST_ID, "anna@example.com")
+    assert member["status"] == "subscribed"
+    assert member["merge_fields"]["FNAME"] == "Anna" and member["merge_fields"]["LNAME"] == "Berg"
+    assert member["merge_fields"]["UNSUBURL"].startswith(PUBLIC_URL + "/unsubscribe/")
+    assert member["ip_opt"] == "127.0.0.1" and member["timestamp_opt"]
+    assert "UNSUBURL" in mailchimp.merge_tags(LIST_ID)  # created because the audience lacked it
+
+
+def test_munkeby_opt_out_marks_the_member_unsubscribed(client, mailbox, runner, mailchimp):
+    mail = subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    drain(runner)
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    status = drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "unsubscribed"
+    assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
+
+
+def test_erasure_permanently_deletes_the_member(client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    drain(runner)
+    assert runner.invoke(args=["subjects", "erase", "anna@example.com"]).exit_code == 0
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com") is None
+    assert any(path.endswith("/actions/delete-permanent") for path in mailchimp.paths("POST"))
+
+
+def test_bodiless_429_is_retried_not_taken_for_success(app, client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    mailchimp.enqueue_failure(429, headers={"Retry-After": "1"})
+    status = drain(runner)
+    assert status["counts"]["pending"] == 1
+    assert mailchimp.member(LIST_ID, "anna@example.com") is None
+    make_due(app)
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+
+
+def test_member_in_compliance_state_is_set_pending_and_recorded(client, mailbox, runner, mailchimp):
+    mailchimp.add_member(LIST_ID, "anna@example.com", status="unsubscribed")
+    mailchimp.compliance[LIST_ID].add(mailchimp.member(LIST_ID, "anna@example.com")["id"])
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "pending"
+    export = json.loads(runner.invoke(args=["subjects", "export", "anna@example.com"]).stdout)
+    assert "provider_confirmation_requested" in [e["type"] for e in export["events"]]
+
+
+def test_a_permanent_error_becomes_a_dead_letter_and_can_be_retried(app, client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    mailchimp.enqueue_failure(400, {"title": "Invalid Resource", "status": 400, "detail": "bad merge field"})
+    status = drain(runner)
+    [dead] = status["dead_letters"]
+    assert "Invalid Resource" in dead["reason"]
+    assert json.loads(runner.invoke(args=["outbox", "retry"]).stdout) == {"requeued": 1}
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
