@@ -20,6 +20,8 @@ from sqlalchemy import text
 from app import create_app
 from app.extensions import db, limiter
 
+from .fakes.apsis import FakeApsis
+from .fakes.mailchimp import FakeMailchimp
 from .support import PUBLIC_URL, Mailbox, SmtpSink
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -133,3 +135,18 @@ def smtp() -> Iterator[SmtpSink]:
     sink.start()
     yield sink
     sink.stop()
+
+
+@pytest.fixture
+def apsis() -> Iterator[FakeApsis]:
+    """A fake APSIS One API on 127.0.0.1."""
+    with FakeApsis() as fake:
+        yield fake
+
+
+@pytest.fixture
+def mailchimp() -> Iterator[FakeMailchimp]:
+    """A fake Mailchimp API on 127.0.0.1 with Munkeby's audience."""
+    with FakeMailchimp() as fake:
+        fake.add_list("munkeby0001")
+        yield fake

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from .fakes.apsis import FakeApsis
+from .fakes.mailchimp import FakeMailchimp
+
 PUBLIC_URL = "https://news.example.org"
 
 
@@ -110,3 +113,13 @@ class SmtpSink:
             raw = [content for _, _, content in self.received]
         parsed = [email.message_from_bytes(r, policy=email.policy.default) for r in raw]
         return [m for m in parsed if to is None or m["To"] == to]  # type: ignore[misc]
+
+
+def provider_env(apsis: FakeApsis | None = None, mailchimp: FakeMailchimp | None = None) -> dict[str, str]:
+    """Settings that point the service's providers at the fakes."""
+    env = {}
+    if apsis is not None:
+        env.update(APSIS_API_URL=apsis.url, APSIS_CLIENT_ID=apsis.client_id, APSIS_CLIENT_SECRET=apsis.client_secret)
+    if mailchimp is not None:
+        env.update(MAILCHIMP_API_KEY=mailchimp.api_key, MAILCHIMP_API_URL=mailchimp.url)
+    return env

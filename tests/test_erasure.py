@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,13 @@ from app.models import ConsentEvent, Suppression
 
 from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
-from .support import sign_up, subscribe_and_confirm, unsubscribe_path
+from .support import provider_env, sign_up, subscribe_and_confirm, unsubscribe_path
 
 
 @pytest.fixture
-def app_env(app_env: dict[str, str]) -> Iterator[dict[str, str]]:
+def app_env(app_env: dict[str, str], apsis: FakeApsis, mailchimp: FakeMailchimp) -> dict[str, str]:
     """Both providers configured, so the queue can drain and the promise hold."""
-    with FakeMailchimp() as mailchimp, FakeApsis() as apsis:
-        mailchimp.add_list("munkeby0001")
-        yield {
-            **app_env,
-            "MAILCHIMP_API_KEY": mailchimp.api_key,
-            "MAILCHIMP_API_URL": mailchimp.url,
-            "APSIS_API_URL": apsis.url,
-            "APSIS_CLIENT_ID": apsis.client_id,
-            "APSIS_CLIENT_SECRET": apsis.client_secret,
-        }
+    return {**app_env, **provider_env(apsis=apsis, mailchimp=mailchimp)}
 
 
 def drain(runner) -> None:  # type: ignore[no-untyped-def]

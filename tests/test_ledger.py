@@ -20,6 +20,14 @@ def verify(runner):  # type: ignore[no-untyped-def]
     return runner.invoke(args=["ledger", "verify"])
 
 
+def tamper(app, *statements) -> None:  # type: ignore[no-untyped-def]
+    """Change the stored evidence behind the service's back, as an attacker would."""
+    with app.app_context():
+        for statement in statements:
+            db.session.execute(text(statement) if isinstance(statement, str) else statement)
+        db.session.commit()
+
+
 def test_untouched_chain_verifies(client, mailbox, runner):
     make_history(client, mailbox)
     result = verify(runner)
@@ -28,28 +36,21 @@ def test_untouched_chain_verifies(client, mailbox, runner):
 
 def test_changed_field_is_found_and_named(app, client, mailbox, runner):
     make_history(client, mailbox)
-    with app.app_context():
-        db.session.execute(update(ConsentEvent).where(ConsentEvent.seq == 4).values(channel="api"))
-        db.session.commit()
+    tamper(app, update(ConsentEvent).where(ConsentEvent.seq == 4).values(channel="api"))
     result = verify(runner)
     assert result.exit_code == 1 and "BROKEN at event 4" in result.stdout
 
 
 def test_changed_personal_details_are_found(app, client, mailbox, runner):
     make_history(client, mailbox)
-    with app.app_context():
-        db.session.execute(update(EventDetail).where(EventDetail.seq == 1).values(details='{"email":"x@evil.example"}'))
-        db.session.commit()
+    tamper(app, update(EventDetail).where(EventDetail.seq == 1).values(details='{"email":"x@evil.example"}'))
     result = verify(runner)
     assert result.exit_code == 1 and "BROKEN at event 1" in result.stdout
 
 
 def test_deleted_middle_event_is_found(app, client, mailbox, runner):
     make_history(client, mailbox)
-    with app.app_context():
-        db.session.execute(text("DELETE FROM event_details WHERE seq = 5"))
-        db.session.execute(text("DELETE FROM consent_events WHERE seq = 5"))
-        db.session.commit()
+    tamper(app, "DELETE FROM event_details WHERE seq = 5", "DELETE FROM consent_events WHERE seq = 5")
     result = verify(runner)
     assert result.exit_code == 1 and "event 5 is missing" in result.stdout
 
@@ -66,10 +67,8 @@ def test_swapped_events_are_found(app, client, mailbox, runner):
 
 def test_truncated_tail_is_found_against_the_recorded_head(app, client, mailbox, runner):
     make_history(client, mailbox)
+    tamper(app, "DELETE FROM event_details WHERE seq >= 9", "DELETE FROM consent_events WHERE seq >= 9")
     with app.app_context():
-        db.session.execute(text("DELETE FROM event_details WHERE seq >= 9"))
-        db.session.execute(text("DELETE FROM consent_events WHERE seq >= 9"))
-        db.session.commit()
         assert db.session.execute(select(LedgerHead.seq)).scalar_one() == 10
     result = verify(runner)
     assert result.exit_code == 1 and "chain ends at event 8" in result.stdout

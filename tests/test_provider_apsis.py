@@ -6,7 +6,6 @@ The real adapter talks HTTP to a fake APSIS server on 127.0.0.1 (tests/fakes).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,14 @@ from app.extensions import db
 from app.models import OutboxJob
 
 from .fakes.apsis import FakeApsis
-from .support import subscribe_and_confirm, unsubscribe_path
+from .support import provider_env, subscribe_and_confirm, unsubscribe_path
 
 KEYSPACE = "com.apsis1.keyspaces.email"
 
 
 @pytest.fixture
-def apsis() -> Iterator[FakeApsis]:
-    with FakeApsis() as fake:
-        yield fake
-
-
-@pytest.fixture
 def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
-    return {
-        **app_env,
-        "APSIS_API_URL": apsis.url,
-        "APSIS_CLIENT_ID": apsis.client_id,
-        "APSIS_CLIENT_SECRET": apsis.client_secret,
-    }
+    return {**app_env, **provider_env(apsis=apsis)}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -11,21 +10,14 @@ from app.extensions import db
 from app.models import OutboxJob
 
 from .fakes.mailchimp import FakeMailchimp
-from .support import PUBLIC_URL, subscribe_and_confirm, unsubscribe_path
+from .support import PUBLIC_URL, provider_env, subscribe_and_confirm, unsubscribe_path
 
 LIST_ID = "munkeby0001"
 
 
 @pytest.fixture
-def mailchimp() -> Iterator[FakeMailchimp]:
-    with FakeMailchimp() as fake:
-        fake.add_list(LIST_ID)
-        yield fake
-
-
-@pytest.fixture
 def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]:
-    return {**app_env, "MAILCHIMP_API_KEY": mailchimp.api_key, "MAILCHIMP_API_URL": mailchimp.url}
+    return {**app_env, **provider_env(mailchimp=mailchimp)}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]
