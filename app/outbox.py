@@ -59,11 +59,24 @@ URGENT_KINDS = ("sync_optout",)
 
 Handler = Callable[[OutboxJob], None]
 HANDLERS: dict[str, Handler] = {}
+# A batch handler takes many jobs at once and answers, per job id, None (done)
+# or the exception that says why not. Provider sync uses it to batch calls.
+BatchHandler = Callable[[list[OutboxJob]], dict[int, Exception | None]]
+BATCH_HANDLERS: dict[str, BatchHandler] = {}
 
 
 def handler(kind: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def batch_handler(*kinds: str) -> Callable[[BatchHandler], BatchHandler]:
+    def register(fn: BatchHandler) -> BatchHandler:
+        for kind in kinds:
+            BATCH_HANDLERS[kind] = fn
         return fn
 
     return register
@@ -164,10 +177,52 @@ def deliver_now(job_ids: list[int]) -> None:
         _process(job_id)
 
 
-def run_due(limit: int = 100) -> int:
-    claimed = _claim(None, limit)
+def _finish_many(results: dict[int, Exception | None]) -> None:
+    """Mark the successes done in one statement; failures one by one."""
+    done = [job_id for job_id, error in results.items() if error is None]
+    if done:
+        with unit_of_work() as uow:
+            uow.session.execute(
+                update(OutboxJob)
+                .where(OutboxJob.id.in_(done), OutboxJob.state == "running")
+                .values(state="done", finished_at=utcnow(), locked_until=None, last_error=None, payload={})
+            )
+            # Some payloads held an address until now (provider deletes).
+            uow.after_commit(wipe_free_space)
+    for job_id, error in results.items():
+        if error is not None:
+            _finish(job_id, error)
+
+
+def _process_batch(fn: BatchHandler, job_ids: list[int]) -> None:
+    jobs = list(db.session.execute(select(OutboxJob).where(OutboxJob.id.in_(job_ids)).order_by(OutboxJob.id)).scalars())
+    try:
+        results = fn(jobs)
+    except Exception as exc:  # unknown failures are retried, never dropped
+        log.exception("outbox batch of %d jobs failed", len(job_ids))
+        results = {job_id: exc for job_id in job_ids}
+    db.session.rollback()
+    _finish_many({job_id: results.get(job_id, RetryJob("no outcome reported")) for job_id in job_ids})
+
+
+def run_due(limit: int | None = None) -> int:
+    claimed = _claim(None, limit or current_app.config["OUTBOX_CLAIM_SIZE"])
+    if not claimed:
+        return 0
+    kinds = {
+        row.id: row.kind
+        for row in db.session.execute(select(OutboxJob.id, OutboxJob.kind).where(OutboxJob.id.in_(claimed)))
+    }
+    db.session.rollback()
+    batches: dict[BatchHandler, list[int]] = {}
     for job_id in claimed:
-        _process(job_id)
+        fn = BATCH_HANDLERS.get(kinds.get(job_id, ""))
+        if fn is None:
+            _process(job_id)
+        else:
+            batches.setdefault(fn, []).append(job_id)
+    for fn, job_ids in batches.items():
+        _process_batch(fn, job_ids)
     return len(claimed)
 
 

@@ -19,9 +19,17 @@ from . import ledger, mail, outbox
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, EventDetail, Subscription
+from .models import ConsentEvent, EventDetail, OutboxJob, Subscription
 from .notices import Notice
-from .providers import Member, ProviderNotConfigured, ProviderPermanent, ProviderRetry, provider_for
+from .providers import (
+    Member,
+    Operation,
+    Outcome,
+    ProviderNotConfigured,
+    ProviderPermanent,
+    ProviderRetry,
+    provider_for,
+)
 
 CONSENT_JOB = "sync_consent"
 OPT_OUT_JOB = "sync_optout"
@@ -48,34 +56,67 @@ def _stamp(value: Any) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S+00:00") if value else None
 
 
-def _member(sub: Subscription) -> Member:
-    """Sign-up and opt-in facts from our own evidence, as Mailchimp wants them."""
+def _members(subs: list[Subscription]) -> dict[str, Member]:
+    """Sign-up and opt-in facts from our own evidence, as Mailchimp wants them (one query)."""
+    refs = [sub.ref for sub in subs]
     rows = db.session.execute(
-        select(ConsentEvent.type, ConsentEvent.at, EventDetail.details)
+        select(ConsentEvent.subscription_ref, ConsentEvent.type, ConsentEvent.at, EventDetail.details)
         .join(EventDetail, EventDetail.seq == ConsentEvent.seq)
         .where(
-            ConsentEvent.subscription_ref == sub.ref, ConsentEvent.type.in_(("signup_requested", "consent_confirmed"))
+            ConsentEvent.subscription_ref.in_(refs),
+            ConsentEvent.type.in_(("signup_requested", "consent_confirmed")),
         )
         .order_by(ConsentEvent.seq.desc())
     ).all()
-    latest: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for kind, at, details in rows:
-        latest.setdefault(kind, (at, json.loads(details)))
-    signup_at, signup = latest.get("signup_requested", (None, {}))
-    opt_at, opt = latest.get("consent_confirmed", (sub.confirmed_at, {}))
-    return Member(
-        email=sub.email,
-        name=sub.name,
-        ip_signup=signup.get("ip"),
-        timestamp_signup=_stamp(signup_at),
-        ip_opt=opt.get("ip"),
-        timestamp_opt=_stamp(opt_at),
-        unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.email_hash),
-        language=sub.lang,
-    )
+    latest: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+    for ref, kind, at, details in rows:
+        latest.setdefault((ref, kind), (at, json.loads(details)))
+    members = {}
+    for sub in subs:
+        signup_at, signup = latest.get((sub.ref, "signup_requested"), (None, {}))
+        opt_at, opt = latest.get((sub.ref, "consent_confirmed"), (sub.confirmed_at, {}))
+        members[sub.ref] = Member(
+            email=sub.email,
+            name=sub.name,
+            ip_signup=signup.get("ip"),
+            timestamp_signup=_stamp(signup_at),
+            ip_opt=opt.get("ip"),
+            timestamp_opt=_stamp(opt_at),
+            unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.email_hash),
+            language=sub.lang,
+        )
+    return members
 
 
-def _record_pending(notice: Notice, ref: str) -> None:
+def _plan(notice: Notice, jobs: list[OutboxJob]) -> list[tuple[int, str | None, Operation | None]]:
+    """What each job must do now, from the subscriptions' current state."""
+    refs = [job.subscription_ref for job in jobs if job.subscription_ref]
+    subs = {
+        sub.ref: sub for sub in db.session.execute(select(Subscription).where(Subscription.ref.in_(refs))).scalars()
+    }
+    members = _members([sub for sub in subs.values() if sub.status == "subscribed"])
+    plan: list[tuple[int, str | None, Operation | None]] = []
+    for job in jobs:
+        sub = subs.get(job.subscription_ref or "")
+        op = None
+        if sub is not None and sub.status == "subscribed":
+            op = Operation("subscribe", sub.email, members[sub.ref])
+        elif sub is not None and sub.status == "unsubscribed":
+            op = Operation("unsubscribe", sub.email)
+        elif sub is None and job.payload.get("action") == "delete":
+            newer = db.session.execute(
+                select(Subscription.status).where(
+                    Subscription.notice == notice.slug, Subscription.email_hash == job.payload.get("email_hash")
+                )
+            ).scalar_one_or_none()
+            # If the person has since subscribed again, that newer consent decides.
+            if newer != "subscribed":
+                op = Operation("delete", job.payload["personal_email"])
+        plan.append((job.id, job.subscription_ref, op))
+    return plan
+
+
+def _record_pending(notice: Notice, refs: list[str]) -> None:
     with unit_of_work() as uow:
         ledger.append(
             uow.session,
@@ -88,52 +129,57 @@ def _record_pending(notice: Notice, ref: str) -> None:
                     subscription_ref=ref,
                     facts={"provider": notice.provider["kind"], "reason": "compliance state"},
                 )
+                for ref in refs
             ],
         )
 
 
-def sync_subscription(job: Any) -> None:
-    notice = current_app.extensions["notices"].get(job.notice)
+def _as_job_error(outcome: Outcome) -> Exception | None:
+    if isinstance(outcome, ProviderRetry):
+        return outbox.RetryJob(str(outcome), outcome.retry_after)
+    if isinstance(outcome, ProviderPermanent):
+        return outbox.PermanentJobError(str(outcome))
+    if isinstance(outcome, Exception):
+        return outcome
+    return None
+
+
+def _sync_notice(slug: str | None, jobs: list[OutboxJob]) -> dict[int, Exception | None]:
+    notice = current_app.extensions["notices"].get(slug)
     if notice is None:
-        raise outbox.PermanentJobError(f"notice {job.notice!r} no longer exists")
+        return {job.id: outbox.PermanentJobError(f"notice {slug!r} no longer exists") for job in jobs}
     try:
         provider = provider_for(notice, current_app.config)
     except ProviderNotConfigured as exc:
-        raise outbox.WaitForConfiguration(f"{notice.provider['kind']} not configured: {exc}") from None
-    sub = db.session.execute(select(Subscription).where(Subscription.ref == job.subscription_ref)).scalar_one_or_none()
-    action, member, email = "none", None, None
-    if sub is not None and sub.status == "subscribed":
-        action, member = "subscribe", _member(sub)
-    elif sub is not None and sub.status == "unsubscribed":
-        action, email = "unsubscribe", sub.email
-    elif sub is None and job.payload.get("action") == "delete":
-        newer = db.session.execute(
-            select(Subscription.status).where(
-                Subscription.notice == notice.slug, Subscription.email_hash == job.payload.get("email_hash")
-            )
-        ).scalar_one_or_none()
-        # If the person has since subscribed again, that newer consent decides.
-        if newer != "subscribed":
-            action, email = "delete", job.payload["personal_email"]
-    ref = job.subscription_ref
+        wait = f"{notice.provider['kind']} not configured: {exc}"
+        return {job.id: outbox.WaitForConfiguration(wait) for job in jobs}
+    plan = _plan(notice, jobs)
     db.session.rollback()  # no transaction stays open across network I/O
+    work = [(job_id, ref, op) for job_id, ref, op in plan if op is not None]
+    results: dict[int, Exception | None] = {job_id: None for job_id, _, op in plan if op is None}
     try:
-        if action == "subscribe" and member is not None:
-            if provider.subscribe(notice, member) == "pending":
-                _record_pending(notice, ref)
-        elif action == "unsubscribe" and email:
-            provider.unsubscribe(notice, email)
-        elif action == "delete" and email:
-            provider.delete(notice, email)
-    except ProviderRetry as exc:
-        raise outbox.RetryJob(str(exc), exc.retry_after) from None
-    except ProviderPermanent as exc:
-        raise outbox.PermanentJobError(str(exc)) from None
+        outcomes = provider.apply_many(notice, [op for _, _, op in work]) if work else []
     finally:
         close = getattr(provider, "close", None)
         if close:
             close()
+    pending = []
+    for (job_id, ref, _), outcome in zip(work, outcomes, strict=True):
+        if outcome == "pending" and ref:
+            pending.append(ref)
+        results[job_id] = _as_job_error(outcome)
+    if pending:
+        _record_pending(notice, pending)
+    return results
 
 
-outbox.handler(CONSENT_JOB)(sync_subscription)
-outbox.handler(OPT_OUT_JOB)(sync_subscription)
+@outbox.batch_handler(CONSENT_JOB, OPT_OUT_JOB)
+def sync_jobs(jobs: list[OutboxJob]) -> dict[int, Exception | None]:
+    """Bring the providers in line with our state for many jobs at once."""
+    by_notice: dict[str | None, list[OutboxJob]] = {}
+    for job in jobs:
+        by_notice.setdefault(job.notice, []).append(job)
+    results: dict[int, Exception | None] = {}
+    for slug, group in by_notice.items():
+        results.update(_sync_notice(slug, group))
+    return results

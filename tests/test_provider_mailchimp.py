@@ -90,3 +90,18 @@ def test_a_permanent_error_becomes_a_dead_letter_and_can_be_retried(app, client,
     assert json.loads(runner.invoke(args=["outbox", "retry"]).stdout) == {"requeued": 1}
     drain(runner)
     assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+
+
+def test_many_changes_go_through_the_batch_endpoint(app, client, mailbox, runner, mailchimp):
+    app.config["SUBSCRIBE_RATE_LIMIT"] = "1000 per hour"  # all sign-ups come from one test client
+    addresses = [f"reader{i}@example.com" for i in range(30)]
+    mails = [subscribe_and_confirm(client, mailbox, "munkeby", address) for address in addresses]
+    drain(runner)
+    for mail in mails:
+        client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    status = drain(runner)
+    assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
+    assert {mailchimp.member(LIST_ID, a)["status"] for a in addresses} == {"unsubscribed"}
+    batch_calls = [p for p in mailchimp.paths("POST") if p.rstrip("/").endswith(f"/lists/{LIST_ID}")]
+    single_calls = [p for p in mailchimp.paths("PUT") + mailchimp.paths("PATCH") if "/members/" in p]
+    assert len(batch_calls) == 2 and single_calls == []  # one batch for the sign-ups, one for the opt-outs

@@ -57,6 +57,9 @@ class Provider(Protocol):
     def delete(self, notice: Notice, email: str) -> None:
         """Delete the person at the provider; already gone counts as done."""
 
+    def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
+        """Carry out many operations, batched where the provider allows."""
+
 
 def provider_for(notice: Notice, config: Mapping[str, object]) -> Provider:
     kind = notice.provider["kind"]
@@ -69,3 +72,41 @@ def provider_for(notice: Notice, config: Mapping[str, object]) -> Provider:
 
         return ApsisProvider.from_config(config)
     raise ProviderPermanent(f"unknown provider kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One change to carry out at the provider, for one outbox job."""
+
+    action: str  # "subscribe" | "unsubscribe" | "delete"
+    email: str
+    member: Member | None = None
+
+
+# What became of one operation: None (done), "pending" (the provider asks for
+# its own confirmation), or the exception that says why it failed.
+Outcome = None | str | Exception
+
+CONCURRENT_CALLS = 10  # Mailchimp allows 10 simultaneous connections per account
+
+
+def apply_each(provider: Provider, notice: Notice, operations: list[Operation]) -> list[Outcome]:
+    """Carry out operations one call each, on up to CONCURRENT_CALLS connections."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(op: Operation) -> Outcome:
+        try:
+            if op.action == "subscribe" and op.member is not None:
+                return None if provider.subscribe(notice, op.member) == "subscribed" else "pending"
+            if op.action == "unsubscribe":
+                provider.unsubscribe(notice, op.email)
+            elif op.action == "delete":
+                provider.delete(notice, op.email)
+            return None
+        except (ProviderRetry, ProviderPermanent) as exc:
+            return exc
+
+    if len(operations) <= 1:
+        return [run(op) for op in operations]
+    with ThreadPoolExecutor(max_workers=min(CONCURRENT_CALLS, len(operations))) as pool:
+        return list(pool.map(run, operations))

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import requests
 
 from ..notices import Notice
-from . import Member, ProviderNotConfigured, ProviderPermanent, ProviderRetry
+from . import Member, Operation, Outcome, ProviderNotConfigured, ProviderPermanent, ProviderRetry, apply_each
 
 TIMEOUT_SECONDS = 10
 EMAIL_CHANNEL = "com.apsis1.channels.email"
@@ -142,3 +142,8 @@ class ApsisProvider:
 
     def delete(self, notice: Notice, email: str) -> None:
         self._request("DELETE", self._profile(notice, email), ok_statuses=(404,))
+
+    def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
+        # APSIS has no batch endpoint for consents; calls run concurrently and
+        # the shared pacer keeps them under the account's rate.
+        return apply_each(self, notice, operations)

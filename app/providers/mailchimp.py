@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import mailchimp_marketing
@@ -24,12 +25,22 @@ import requests
 from mailchimp_marketing.api_client import ApiClientError
 
 from ..notices import Notice
-from . import Member, ProviderNotConfigured, ProviderPermanent, ProviderRetry
+from . import (
+    CONCURRENT_CALLS,
+    Member,
+    Operation,
+    Outcome,
+    ProviderNotConfigured,
+    ProviderPermanent,
+    ProviderRetry,
+    apply_each,
+)
 
 TIMEOUT_SECONDS = 10
 COMPLIANCE_TITLES = ("Member In Compliance State", "Forgotten Email Not Subscribed")
 PERMANENT_TITLES = ("Invalid Resource", "Member Exists", "Forgotten Email Not Subscribed")
 UNSUBSCRIBE_FIELD = "UNSUBURL"
+BATCH_SIZE = 500  # the batch-members endpoint takes at most 500 members
 
 
 def subscriber_hash(email: str) -> str:
@@ -104,16 +115,14 @@ class MailchimpProvider:
                 self._call(self.client.lists.add_list_merge_field, list_id, body)
             self._fields_checked.add(key)
 
-    def subscribe(self, notice: Notice, member: Member) -> str:
-        list_id = notice.provider["list_id"]
-        self._ensure_unsubscribe_field(list_id)
+    @staticmethod
+    def _member_body(notice: Notice, member: Member) -> dict[str, Any]:
         merge = {UNSUBSCRIBE_FIELD: member.unsubscribe_url}
         if member.name:
             first, _, last = member.name.partition(" ")
             merge.update({"FNAME": first, "LNAME": last})
         body: dict[str, Any] = {
             "email_address": member.email,
-            "status_if_new": "subscribed",
             "status": "subscribed",
             "merge_fields": merge,
             "language": member.language,
@@ -126,6 +135,12 @@ class MailchimpProvider:
             body["marketing_permissions"] = [
                 {"marketing_permission_id": pid, "enabled": True} for pid in str(permissions).split(",")
             ]
+        return body
+
+    def subscribe(self, notice: Notice, member: Member) -> str:
+        list_id = notice.provider["list_id"]
+        self._ensure_unsubscribe_field(list_id)
+        body = {**self._member_body(notice, member), "status_if_new": "subscribed"}
         key = subscriber_hash(member.email)
         try:
             self._call(self.client.lists.set_list_member, list_id, key, body)
@@ -136,6 +151,56 @@ class MailchimpProvider:
             self._call(self.client.lists.set_list_member, list_id, key, body)
             return "pending"
         return "subscribed"
+
+    def _batch(self, notice: Notice, chunk: list[tuple[int, Operation]]) -> dict[int, Outcome]:
+        """One call to the batch-members endpoint; per-member errors mapped back."""
+        members = [
+            self._member_body(notice, op.member)
+            if op.action == "subscribe" and op.member is not None
+            else {"email_address": op.email, "status": "unsubscribed"}
+            for _, op in chunk
+        ]
+        try:
+            answer = self._call(
+                self.client.lists.batch_list_members,
+                notice.provider["list_id"],
+                {"members": members, "update_existing": True},
+            )
+        except (ProviderRetry, ProviderPermanent) as exc:
+            return {i: exc for i, _ in chunk}
+        errors = {
+            str(e.get("email_address", "")).lower(): str(e.get("error", "")) for e in (answer or {}).get("errors", [])
+        }
+        outcomes: dict[int, Outcome] = {}
+        for i, op in chunk:
+            error = errors.get(op.email.lower())
+            if error is None:
+                outcomes[i] = None
+            elif "compliance" in error.lower() and op.action == "subscribe":
+                outcomes[i] = "retry-single"  # needs the single call, which can ask for pending
+            else:
+                outcomes[i] = ProviderPermanent(f"Mailchimp batch: {error}")
+        return outcomes
+
+    def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
+        """Status changes in batches of 500 on up to 10 connections; deletes one by one."""
+        outcomes: list[Outcome] = [None] * len(operations)
+        status_ops = [(i, op) for i, op in enumerate(operations) if op.action in ("subscribe", "unsubscribe")]
+        deletes = [(i, op) for i, op in enumerate(operations) if op.action == "delete"]
+        if any(op.action == "subscribe" for _, op in status_ops):
+            try:
+                self._ensure_unsubscribe_field(notice.provider["list_id"])
+            except (ProviderRetry, ProviderPermanent) as exc:
+                return [exc] * len(operations)
+        chunks = [status_ops[n : n + BATCH_SIZE] for n in range(0, len(status_ops), BATCH_SIZE)]
+        with ThreadPoolExecutor(max_workers=CONCURRENT_CALLS) as pool:
+            for result in pool.map(lambda chunk: self._batch(notice, chunk), chunks):
+                for i, outcome in result.items():
+                    outcomes[i] = outcome
+        single = [(i, operations[i]) for i, o in enumerate(outcomes) if o == "retry-single"] + deletes
+        for (i, _), outcome in zip(single, apply_each(self, notice, [op for _, op in single]), strict=True):
+            outcomes[i] = outcome
+        return outcomes
 
     def unsubscribe(self, notice: Notice, email: str) -> None:
         body = {"status": "unsubscribed"}
