@@ -1,0 +1,156 @@
+"""Benchmark: how fast queued opt-outs reach the providers.
+
+1. Mailchimp: 100,000 queued opt-outs against the fake Mailchimp with 100 ms of
+   latency on every call; the service keeps to 10 connections. Goal: <= 30 s
+   (one call per member would need 100,000 x 0.1 s / 10 = 1,000 s).
+2. APSIS: opt-in consents against the fake APSIS enforcing 100 requests/s.
+   Goal: >= 90 requests/s with no 429.
+
+Run: .venv/bin/python bench/provider_sync.py [--members N] [--database sqlite|postgresql]
+Prints a table and appends it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import multiprocessing
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import insert  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.extensions import db  # noqa: E402
+from app.models import OutboxJob, Subscription, utcnow  # noqa: E402
+from app.outbox import run_due  # noqa: E402
+from tests.fakes.apsis import FakeApsis  # noqa: E402
+from tests.fakes.mailchimp import FakeMailchimp  # noqa: E402
+
+PEPPER = "bench-pepper-" + "p" * 32
+
+
+def make_app(instance: Path, database: str, extra: dict[str, str]):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
+    env = {
+        "APP_ENV": "testing",
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": url,
+        "SECRET_KEY": "bench-secret-" + "s" * 32,
+        "SUPPRESSION_PEPPER": PEPPER,
+        "PUBLIC_URL": "https://news.example.org",
+        **extra,
+    }
+    return create_app(env=env)
+
+
+def queue(notice: str, count: int, status: str, kind: str) -> None:
+    """Insert subscriptions and one sync job each, as consent changes would have."""
+    now = utcnow()
+    for start in range(0, count, 10_000):
+        subs, jobs = [], []
+        for i in range(start, min(start + 10_000, count)):
+            email = f"reader{i}@example.com"
+            ref = uuid.uuid4().hex
+            ehash = hmac.new(PEPPER.encode(), email.encode(), hashlib.sha256).hexdigest()
+            subs.append(
+                {
+                    "ref": ref, "notice": notice, "email": email, "email_hash": ehash, "status": status,
+                    "lang": "sv", "source": "bench", "lawful_basis": "consent", "notice_version": "0" * 64,
+                    "created_at": now, "confirmed_at": now, "updated_at": now,
+                }
+            )
+            jobs.append(
+                {
+                    "kind": kind, "notice": notice, "subscription_ref": ref, "payload": {}, "state": "pending",
+                    "attempts": 0, "next_attempt_at": now, "created_at": now,
+                }
+            )
+        db.session.execute(insert(Subscription), subs)
+        db.session.execute(insert(OutboxJob), jobs)
+        db.session.commit()
+
+
+def drain() -> float:
+    started = time.perf_counter()
+    while run_due():
+        pass
+    return time.perf_counter() - started
+
+
+def _serve_fake_mailchimp(conn) -> None:  # type: ignore[no-untyped-def]
+    """In its own process, as the real provider is: it must not share our GIL."""
+    with FakeMailchimp(latency=0.1) as fake:
+        fake.add_list("munkeby0001", merge_fields=["FNAME", "LNAME", "UNSUBURL"])
+        conn.send((fake.url, fake.api_key))
+        conn.recv()  # wait until the benchmark is done
+        conn.send((len(fake.requests), fake.max_concurrent))
+
+
+def bench_mailchimp(database: str, members: int) -> list[str]:
+    ours, theirs = multiprocessing.Pipe()
+    server = multiprocessing.get_context("fork").Process(target=_serve_fake_mailchimp, args=(theirs,))
+    server.start()
+    url, api_key = ours.recv()
+    with tempfile.TemporaryDirectory() as tmp:
+        app = make_app(Path(tmp), database, {"MAILCHIMP_API_KEY": api_key, "MAILCHIMP_API_URL": url})
+        with app.app_context():
+            queue("munkeby", members, "unsubscribed", "sync_optout")
+            seconds = drain()
+            left = db.session.query(OutboxJob).filter(OutboxJob.state != "done").count()
+            db.engine.dispose()
+    ours.send("done")
+    calls, max_concurrent = ours.recv()
+    server.join(timeout=10)
+
+    return [
+        f"| Mailchimp: {members:,} opt-outs, 100 ms per call | {seconds:.1f} s | <= 30 s "
+        f"| {calls} calls, max {max_concurrent} at once, {left} not done |"
+    ]
+
+
+def bench_apsis(database: str, profiles: int) -> list[str]:
+    with FakeApsis() as fake, tempfile.TemporaryDirectory() as tmp:
+        app = make_app(
+            Path(tmp),
+            database,
+            {"APSIS_API_URL": fake.url, "APSIS_CLIENT_ID": fake.client_id, "APSIS_CLIENT_SECRET": fake.client_secret},
+        )
+        with app.app_context():
+            queue("mysoft", profiles, "unsubscribed", "sync_optout")
+            first = len(fake.requests)
+            seconds = drain()
+            left = db.session.query(OutboxJob).filter(OutboxJob.state != "done").count()
+            db.engine.dispose()
+        sent = len(fake.requests) - first
+        return [
+            f"| APSIS: {profiles:,} opt-out consents at a 100 req/s limit | {sent / seconds:.1f} req/s | >= 90 req/s, "
+            f"no 429 | {fake.count_429} answered 429, peak {fake.max_per_second}/s, {left} not done |"
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--apsis-profiles", type=int, default=900)
+    parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL")
+    args = parser.parse_args()
+    rows = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
+    rows += bench_mailchimp(args.database, args.members)
+    rows += bench_apsis(args.database, args.apsis_profiles)
+    label = "SQLite" if args.database == "sqlite" else "PostgreSQL"
+    text = f"\n## Provider sync ({label}, {time.strftime('%Y-%m-%d')})\n\n" + "\n".join(rows) + "\n"
+    print(text)
+    with open(REPO / "bench" / "results.md", "a") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
