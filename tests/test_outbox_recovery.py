@@ -1,0 +1,56 @@
+"""A worker killed mid-batch loses nothing: its lease expires and another takes over."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .fakes.mailchimp import FakeMailchimp
+from .support import provider_env, subscribe_and_confirm
+
+REPO = Path(__file__).resolve().parent.parent
+LIST_ID = "munkeby0001"
+LEASE_SECONDS = 5  # the shortest lease the settings allow
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]:
+    return {**app_env, **provider_env(mailchimp=mailchimp), "OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS)}
+
+
+def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, client, mailbox, runner, mailchimp):
+    addresses = [f"kill{i}@example.com" for i in range(5)]
+    for address in addresses:
+        subscribe_and_confirm(client, mailbox, "munkeby", address)
+    mailchimp.latency = 30  # every call hangs, so the worker dies with its batch in flight
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
+        cwd=REPO,
+        env=app_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while mailchimp.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mailchimp.in_flight > 0, "the worker never reached the provider"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    mailchimp.latency = 0
+    status = json.loads(runner.invoke(args=["outbox", "status"]).stdout)
+    assert status["counts"]["running"] == 5  # still leased to the dead worker
+
+    time.sleep(LEASE_SECONDS + 0.5)
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    status = json.loads(runner.invoke(args=["outbox", "status"]).stdout)
+    # 5 provider syncs, plus the 10 confirmation and welcome mails sent earlier
+    assert status["counts"] == {"pending": 0, "running": 0, "done": 15, "dead": 0}
+    assert [mailchimp.member(LIST_ID, a)["status"] for a in addresses] == ["subscribed"] * 5
