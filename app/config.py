@@ -138,6 +138,7 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", env, 0, 0),
         "OUTBOX_MAX_ATTEMPTS": _int("OUTBOX_MAX_ATTEMPTS", env, 12, 1),
         "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", env, 120, 5),
+        "PROVIDER_TIMEOUT_SECONDS": _int("PROVIDER_TIMEOUT_SECONDS", env, 10, 1),
         "OUTBOX_CLAIM_SIZE": _int("OUTBOX_CLAIM_SIZE", env, 5000, 1),
         "MAX_CONTENT_LENGTH": 1024 * 1024,
         "SESSION_COOKIE_HTTPONLY": True,

@@ -54,3 +54,19 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
     # 5 provider syncs, plus the 10 confirmation and welcome mails sent earlier
     assert status["counts"] == {"pending": 0, "running": 0, "done": 15, "dead": 0}
     assert [mailchimp.member(LIST_ID, a)["status"] for a in addresses] == ["subscribed"] * 5
+
+
+def test_worker_stops_cleanly_on_sigterm(app, app_env):
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
+        cwd=REPO,
+        env=app_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    worker.send_signal(signal.SIGTERM)
+    _, stderr = worker.communicate(timeout=15)
+    assert worker.returncode == 0, stderr
+    assert "outbox worker stopped" in stderr

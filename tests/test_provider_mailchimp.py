@@ -105,3 +105,25 @@ def test_many_changes_go_through_the_batch_endpoint(app, client, mailbox, runner
     batch_calls = [p for p in mailchimp.paths("POST") if p.rstrip("/").endswith(f"/lists/{LIST_ID}")]
     single_calls = [p for p in mailchimp.paths("PUT") + mailchimp.paths("PATCH") if "/members/" in p]
     assert len(batch_calls) == 2 and single_calls == []  # one batch for the sign-ups, one for the opt-outs
+
+
+def test_a_provider_that_does_not_answer_times_out_and_is_retried(app, client, mailbox, runner, mailchimp):
+    app.config["PROVIDER_TIMEOUT_SECONDS"] = 1
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    mailchimp.latency = 5
+    status = drain(runner)
+    assert status["counts"]["pending"] == 1 and status["counts"]["dead"] == 0
+    mailchimp.latency = 0
+    make_due(app)
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+
+
+def test_retry_after_sets_the_next_attempt(app, client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    mailchimp.enqueue_failure(429, headers={"Retry-After": "120"})
+    drain(runner)
+    with app.app_context():
+        job = db.session.execute(db.select(OutboxJob).where(OutboxJob.kind == "sync_consent")).scalar_one()
+        wait = (job.next_attempt_at - job.created_at).total_seconds()
+    assert 115 <= wait <= 130, wait

@@ -20,7 +20,7 @@ import requests
 from ..notices import Notice
 from . import Member, Operation, Outcome, ProviderNotConfigured, ProviderPermanent, ProviderRetry, apply_each
 
-TIMEOUT_SECONDS = 10
+DEFAULT_TIMEOUT_SECONDS = 10
 EMAIL_CHANNEL = "com.apsis1.channels.email"
 REQUESTS_PER_SECOND = 95  # APSIS allows 100 per second per account; keep a margin
 RETRYABLE = {408, 429, 500, 502, 503, 504}
@@ -48,8 +48,11 @@ class ApsisProvider:
     _token_lock: ClassVar[threading.Lock] = threading.Lock()
     _pacer: ClassVar[_Pacer] = _Pacer(REQUESTS_PER_SECOND)
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str) -> None:
+    def __init__(
+        self, base_url: str, client_id: str, client_secret: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.client_id = client_id
         self.client_secret = client_secret
         self.session = requests.Session()
@@ -61,7 +64,9 @@ class ApsisProvider:
         client_id, secret = env.get("APSIS_CLIENT_ID"), env.get("APSIS_CLIENT_SECRET")
         if not client_id or not secret:
             raise ProviderNotConfigured("set APSIS_CLIENT_ID and APSIS_CLIENT_SECRET")
-        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret)
+        timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
+        assert isinstance(timeout, int)
+        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret, timeout)
 
     def close(self) -> None:
         self.session.close()
@@ -94,7 +99,7 @@ class ApsisProvider:
             headers["Authorization"] = f"Bearer {token}"
         try:
             return self.session.request(
-                method, self.base_url + path, json=body, headers=headers, timeout=TIMEOUT_SECONDS
+                method, self.base_url + path, json=body, headers=headers, timeout=self.timeout
             )
         except requests.RequestException as exc:
             raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None

@@ -36,7 +36,7 @@ from . import (
     apply_each,
 )
 
-TIMEOUT_SECONDS = 10
+DEFAULT_TIMEOUT_SECONDS = 10
 COMPLIANCE_TITLES = ("Member In Compliance State", "Forgotten Email Not Subscribed")
 PERMANENT_TITLES = ("Invalid Resource", "Member Exists", "Forgotten Email Not Subscribed")
 UNSUBSCRIBE_FIELD = "UNSUBURL"
@@ -61,10 +61,10 @@ class MailchimpProvider:
     _fields_checked: ClassVar[set[tuple[str, str]]] = set()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, api_key: str, api_url: str | None) -> None:
+    def __init__(self, api_key: str, api_url: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.client = mailchimp_marketing.Client()
         server = api_key.rsplit("-", 1)[-1] if "-" in api_key else "us1"
-        self.client.set_config({"api_key": api_key, "server": server, "timeout": TIMEOUT_SECONDS})
+        self.client.set_config({"api_key": api_key, "server": server, "timeout": timeout})
         if api_url:
             self.client.api_client.host = api_url.rstrip("/")
 
@@ -75,7 +75,9 @@ class MailchimpProvider:
         api_key = env.get("MAILCHIMP_API_KEY")
         if not api_key:
             raise ProviderNotConfigured("set MAILCHIMP_API_KEY")
-        return cls(api_key, env.get("MAILCHIMP_API_URL"))
+        timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
+        assert isinstance(timeout, int)
+        return cls(api_key, env.get("MAILCHIMP_API_URL"), timeout)
 
     def _call(self, fn: Any, *args: Any, missing_ok: bool = False) -> Any:
         """Run one client call; turn every failure shape into our three outcomes."""
