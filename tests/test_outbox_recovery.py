@@ -19,6 +19,18 @@ LIST_ID = "munkeby0001"
 LEASE_SECONDS = 5  # the shortest lease the settings allow
 
 
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`flask outbox run` as an operator runs it, in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture
 def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]:
     return {**app_env, **provider_env(mailchimp=mailchimp), "OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS)}
@@ -29,13 +41,7 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
     for address in addresses:
         subscribe_and_confirm(client, mailbox, "munkeby", address)
     mailchimp.latency = 30  # every call hangs, so the worker dies with its batch in flight
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
-        cwd=REPO,
-        env=app_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(app_env)
     try:
         deadline = time.monotonic() + 30
         while mailchimp.in_flight == 0 and time.monotonic() < deadline:
@@ -43,7 +49,7 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
         assert mailchimp.in_flight > 0, "the worker never reached the provider"
     finally:
         worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=10)
+        worker.communicate(timeout=10)  # reap it and close its pipe
     mailchimp.latency = 0
     status = json.loads(runner.invoke(args=["outbox", "status"]).stdout)
     assert status["counts"]["running"] == 5  # still leased to the dead worker
@@ -57,14 +63,7 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
 
 
 def test_worker_stops_cleanly_on_sigterm(app, app_env):
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
-        cwd=REPO,
-        env=app_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_worker(app_env)
     time.sleep(2)
     worker.send_signal(signal.SIGTERM)
     _, stderr = worker.communicate(timeout=15)
