@@ -118,26 +118,6 @@ def email_hash(normalised_email: str) -> str:
 # --- helpers inside a unit of work ------------------------------------------
 
 
-def _evidence(
-    kind: str,
-    notice: Notice,
-    ref: str | None,
-    channel: str,
-    facts: dict[str, Any] | None = None,
-    details: dict[str, Any] | None = None,
-) -> Evidence:
-    """An event under a notice, stamped with the version the person was shown."""
-    return Evidence(
-        type=kind,
-        channel=channel,
-        notice=notice.slug,
-        notice_version=notice.version,
-        subscription_ref=ref,
-        facts=facts or {},
-        details=details,
-    )
-
-
 def _subscription(uow: UnitOfWork, notice: str, ehash: str) -> Subscription | None:
     return uow.session.execute(
         select(Subscription).where(Subscription.notice == notice, Subscription.email_hash == ehash).with_for_update()
@@ -194,7 +174,7 @@ def _wipe_after_commit(uow: UnitOfWork) -> None:
 
 def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Facts, reason: str) -> list[Evidence]:
     """The notice's opt-out rule, applied in one place."""
-    opted_out = _evidence(
+    opted_out = Evidence.under(
         "opted_out",
         notice,
         sub.ref,
@@ -275,7 +255,7 @@ def _request_subscription(notice: Notice, email: str, name: str | None, facts: F
         ledger.append(
             uow.session,
             [
-                _evidence(
+                Evidence.under(
                     "signup_requested",
                     notice,
                     sub.ref,
@@ -346,7 +326,11 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         }
         ledger.append(
             uow.session,
-            [_evidence("consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details())],
+            [
+                Evidence.under(
+                    "consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details()
+                )
+            ],
         )
         provider_sync.enqueue_sync(uow, sub, opt_out=False)
         _queue_mail(uow, sub, "welcome")
@@ -365,7 +349,7 @@ def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
             return
         ledger.append(
             uow.session,
-            [_evidence("confirmation_resent", notice, sub.ref, facts.channel, details=facts.details())],
+            [Evidence.under("confirmation_resent", notice, sub.ref, facts.channel, details=facts.details())],
         )
         _queue_mail(uow, sub, "confirmation")
 
@@ -385,7 +369,7 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
             # Already gone or already out: make sure the address stays suppressed.
             if _suppress(uow, notice.slug, ehash, "opt_out"):
                 anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"}
-                ledger.append(uow.session, [_evidence("opted_out", notice, None, facts.channel, anonymous)])
+                ledger.append(uow.session, [Evidence.under("opted_out", notice, None, facts.channel, anonymous)])
             return True
         ledger.append(uow.session, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
     return True

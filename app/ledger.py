@@ -15,12 +15,15 @@ import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
+
+if TYPE_CHECKING:
+    from .notices import Notice
 
 GENESIS = "0" * 64
 HEAD_ID = 1
@@ -72,6 +75,27 @@ class Evidence:
     subscription_ref: str | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)
     details: Mapping[str, Any] | None = None
+
+    @classmethod
+    def under(
+        cls,
+        kind: str,
+        notice: Notice,
+        ref: str | None,
+        channel: str,
+        facts: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Evidence:
+        """An event under a notice, stamped with the version the person was shown."""
+        return cls(
+            type=kind,
+            channel=channel,
+            notice=notice.slug,
+            notice_version=notice.version,
+            subscription_ref=ref,
+            facts=facts or {},
+            details=details,
+        )
 
 
 def append(session: Session, items: list[Evidence]) -> list[ConsentEvent]:

@@ -117,20 +117,11 @@ def _plan(notice: Notice, jobs: list[OutboxJob]) -> list[tuple[int, str | None, 
 
 
 def _record_pending(notice: Notice, refs: list[str]) -> None:
+    facts = {"provider": notice.provider["kind"], "reason": "compliance state"}
     with unit_of_work() as uow:
         ledger.append(
             uow.session,
-            [
-                Evidence(
-                    type="provider_confirmation_requested",
-                    channel="system",
-                    notice=notice.slug,
-                    notice_version=notice.version,
-                    subscription_ref=ref,
-                    facts={"provider": notice.provider["kind"], "reason": "compliance state"},
-                )
-                for ref in refs
-            ],
+            [Evidence.under("provider_confirmation_requested", notice, ref, "system", facts) for ref in refs],
         )
 
 

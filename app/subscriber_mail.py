@@ -14,6 +14,7 @@ from .database import unit_of_work
 from .extensions import db
 from .ledger import Evidence
 from .models import OutboxJob, Subscription, utcnow
+from .notices import Notice
 
 # Which status a subscription must still have for each mail to make sense.
 STATUS_FOR = {"confirmation": "pending", "welcome": "subscribed"}
@@ -46,10 +47,10 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     except mail.TransientMailError as exc:
         raise outbox.RetryJob(str(exc)) from None
     if template == "confirmation":
-        _record_sent(ref, notice.slug, notice.version)
+        _record_sent(ref, notice)
 
 
-def _record_sent(ref: str, notice_slug: str, version: str) -> None:
+def _record_sent(ref: str, notice: Notice) -> None:
     with unit_of_work() as uow:
         sub = uow.session.execute(
             select(Subscription).where(Subscription.ref == ref).with_for_update()
@@ -57,15 +58,4 @@ def _record_sent(ref: str, notice_slug: str, version: str) -> None:
         if sub is None:
             return
         sub.confirmation_sent_at = utcnow()
-        ledger.append(
-            uow.session,
-            [
-                Evidence(
-                    type="confirmation_sent",
-                    channel="mail",
-                    notice=notice_slug,
-                    notice_version=version,
-                    subscription_ref=ref,
-                )
-            ],
-        )
+        ledger.append(uow.session, [Evidence.under("confirmation_sent", notice, ref, "mail")])

@@ -98,9 +98,7 @@ class ApsisProvider:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return self.session.request(
-                method, self.base_url + path, json=body, headers=headers, timeout=self.timeout
-            )
+            return self.session.request(method, self.base_url + path, json=body, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None
 
