@@ -96,11 +96,12 @@ def backoff_seconds(attempts: int) -> float:
     return random.uniform(0, ceiling)
 
 
-def _claim(ids: list[int] | None, limit: int) -> list[int]:
+def _claim(ids: list[int] | None, limit: int) -> dict[int, str]:
+    """Lease due jobs to this worker; answers their kinds by id, in claim order."""
     now = utcnow()
     lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
     with unit_of_work() as uow:
-        query = select(OutboxJob.id).where(
+        query = select(OutboxJob.id, OutboxJob.kind).where(
             or_(
                 (OutboxJob.state == "pending") & (OutboxJob.next_attempt_at <= now),
                 (OutboxJob.state == "running") & (OutboxJob.locked_until < now),
@@ -110,14 +111,19 @@ def _claim(ids: list[int] | None, limit: int) -> list[int]:
             query = query.where(OutboxJob.id.in_(ids))
         urgent_first = case((OutboxJob.kind.in_(URGENT_KINDS), 0), else_=1)
         query = query.order_by(urgent_first, OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
-        claimed = list(uow.session.execute(query.with_for_update(skip_locked=True)).scalars())
+        claimed = {row.id: row.kind for row in uow.session.execute(query.with_for_update(skip_locked=True))}
         if claimed:
             uow.session.execute(
                 update(OutboxJob)
-                .where(OutboxJob.id.in_(claimed))
+                .where(OutboxJob.id.in_(list(claimed)))
                 .values(state="running", locked_until=now + lease, attempts=OutboxJob.attempts + 1)
             )
     return claimed
+
+
+def _without_personal(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload minus what identifies a person (e.g. an address to delete)."""
+    return {k: v for k, v in payload.items() if not k.startswith("personal_")}
 
 
 def _finish(job_id: int, error: Exception | None) -> None:
@@ -131,7 +137,7 @@ def _finish(job_id: int, error: Exception | None) -> None:
             job.state, job.finished_at, job.last_error = "done", now, None
             # A finished job keeps no personal data (e.g. an address to delete);
             # the old row image must then leave the SQLite files too.
-            kept = {k: v for k, v in job.payload.items() if not k.startswith("personal_")}
+            kept = _without_personal(job.payload)
             if kept != job.payload:
                 job.payload = kept
                 uow.after_commit(wipe_free_space)
@@ -177,8 +183,12 @@ def deliver_now(job_ids: list[int]) -> None:
         _process(job_id)
 
 
-def _finish_many(results: dict[int, Exception | None]) -> None:
-    """Mark the successes done in one statement; failures one by one."""
+def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> None:
+    """Mark the successes done in one statement; failures one by one.
+
+    ``personal`` names the jobs whose payload identifies a person; when one of
+    them is done, its old row image must leave the SQLite files too.
+    """
     done = [job_id for job_id, error in results.items() if error is None]
     if done:
         with unit_of_work() as uow:
@@ -187,8 +197,8 @@ def _finish_many(results: dict[int, Exception | None]) -> None:
                 .where(OutboxJob.id.in_(done), OutboxJob.state == "running")
                 .values(state="done", finished_at=utcnow(), locked_until=None, last_error=None, payload={})
             )
-            # Some payloads held an address until now (provider deletes).
-            uow.after_commit(wipe_free_space)
+            if personal.intersection(done):
+                uow.after_commit(wipe_free_space)
     for job_id, error in results.items():
         if error is not None:
             _finish(job_id, error)
@@ -196,27 +206,21 @@ def _finish_many(results: dict[int, Exception | None]) -> None:
 
 def _process_batch(fn: BatchHandler, job_ids: list[int]) -> None:
     jobs = list(db.session.execute(select(OutboxJob).where(OutboxJob.id.in_(job_ids)).order_by(OutboxJob.id)).scalars())
+    personal = {job.id for job in jobs if _without_personal(job.payload) != job.payload}
     try:
         results = fn(jobs)
     except Exception as exc:  # unknown failures are retried, never dropped
         log.exception("outbox batch of %d jobs failed", len(job_ids))
         results = {job_id: exc for job_id in job_ids}
     db.session.rollback()
-    _finish_many({job_id: results.get(job_id, RetryJob("no outcome reported")) for job_id in job_ids})
+    _finish_many({job_id: results.get(job_id, RetryJob("no outcome reported")) for job_id in job_ids}, personal)
 
 
 def run_due(limit: int | None = None) -> int:
     claimed = _claim(None, limit or current_app.config["OUTBOX_CLAIM_SIZE"])
-    if not claimed:
-        return 0
-    kinds = {
-        row.id: row.kind
-        for row in db.session.execute(select(OutboxJob.id, OutboxJob.kind).where(OutboxJob.id.in_(claimed)))
-    }
-    db.session.rollback()
     batches: dict[BatchHandler, list[int]] = {}
-    for job_id in claimed:
-        fn = BATCH_HANDLERS.get(kinds.get(job_id, ""))
+    for job_id, kind in claimed.items():
+        fn = BATCH_HANDLERS.get(kind)
         if fn is None:
             _process(job_id)
         else:
