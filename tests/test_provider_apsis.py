@@ -80,3 +80,16 @@ def test_unconfigured_provider_keeps_jobs_pending_visibly(app, app_env, client, 
     waiting = status["waiting_for_configuration"]
     assert sum(w["jobs"] for w in waiting) == 2
     assert all(w["notice"] == "mysoft" and "APSIS_CLIENT_ID" in w["reason"] for w in waiting)
+
+
+def test_the_pacer_never_lets_more_than_the_limit_through_in_any_second():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.providers.apsis import _Pacer
+
+    pacer = _Pacer(95)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        sent = sorted(pool.map(lambda _: pacer.wait(), range(200)))
+    busiest = max(sum(1 for t in sent[i:] if t - start < 1.0) for i, start in enumerate(sent))
+    assert busiest <= 95
+    assert len(sent) == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -27,20 +28,36 @@ RETRYABLE = {408, 429, 500, 502, 503, 504}
 
 
 class _Pacer:
-    """Spaces requests evenly so one process stays under the account's rate."""
+    """Keeps one process under the account's rate, over any one-second window.
 
-    def __init__(self, per_second: float) -> None:
+    Requests are spaced evenly, and the pacer also counts the requests actually
+    let through in the last second: a thread that wakes late cannot then send
+    together with the ones on time and push a window over the limit.
+    """
+
+    def __init__(self, per_second: int) -> None:
+        self.limit = per_second
         self.interval = 1.0 / per_second
         self.next_at = 0.0
+        self.sent: deque[float] = deque()
         self.lock = threading.Lock()
 
-    def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            slot = max(now, self.next_at)
-            self.next_at = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
+    def wait(self) -> float:
+        """Block until a request may go; answers the time it was let through."""
+        with self.lock:  # waiting threads queue here, in order
+            while True:
+                now = time.monotonic()
+                while self.sent and now - self.sent[0] >= 1.0:
+                    self.sent.popleft()
+                delay = self.next_at - now
+                if len(self.sent) >= self.limit:
+                    delay = max(delay, self.sent[0] + 1.0 - now)
+                if delay <= 0:
+                    break
+                time.sleep(delay)
+            self.sent.append(now)
+            self.next_at = now + self.interval
+            return now
 
 
 class ApsisProvider:
