@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -61,7 +62,7 @@ Handler = Callable[[OutboxJob], None]
 HANDLERS: dict[str, Handler] = {}
 # A batch handler takes many jobs at once and answers, per job id, None (done)
 # or the exception that says why not. Provider sync uses it to batch calls.
-BatchHandler = Callable[[list[OutboxJob]], dict[int, Exception | None]]
+BatchHandler = Callable[[list["ClaimedJob"]], dict[int, Exception | None]]
 BATCH_HANDLERS: dict[str, BatchHandler] = {}
 
 
@@ -96,29 +97,59 @@ def backoff_seconds(attempts: int) -> float:
     return random.uniform(0, ceiling)
 
 
-def _claim(ids: list[int] | None, limit: int) -> dict[int, str]:
-    """Lease due jobs to this worker; answers their kinds by id, in claim order."""
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a handler needs of a job, as the claim returned it (no second read)."""
+
+    id: int
+    kind: str
+    notice: str | None
+    subscription_ref: str | None
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
+    """Lease due jobs to this worker in one statement; answers them in claim order.
+
+    The due jobs are picked in a subquery (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL, so concurrent workers take disjoint sets) and leased by an
+    ``UPDATE ... RETURNING`` that hands back every column a handler needs.
+    """
     now = utcnow()
     lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
-    with unit_of_work() as uow:
-        query = select(OutboxJob.id, OutboxJob.kind).where(
-            or_(
-                (OutboxJob.state == "pending") & (OutboxJob.next_attempt_at <= now),
-                (OutboxJob.state == "running") & (OutboxJob.locked_until < now),
-            )
+    due = select(OutboxJob.id).where(
+        or_(
+            (OutboxJob.state == "pending") & (OutboxJob.next_attempt_at <= now),
+            (OutboxJob.state == "running") & (OutboxJob.locked_until < now),
         )
-        if ids is not None:
-            query = query.where(OutboxJob.id.in_(ids))
-        urgent_first = case((OutboxJob.kind.in_(URGENT_KINDS), 0), else_=1)
-        query = query.order_by(urgent_first, OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
-        claimed = {row.id: row.kind for row in uow.session.execute(query.with_for_update(skip_locked=True))}
-        if claimed:
-            uow.session.execute(
-                update(OutboxJob)
-                .where(OutboxJob.id.in_(list(claimed)))
-                .values(state="running", locked_until=now + lease, attempts=OutboxJob.attempts + 1)
-            )
-    return claimed
+    )
+    if ids is not None:
+        due = due.where(OutboxJob.id.in_(ids))
+    urgent_first = case((OutboxJob.kind.in_(URGENT_KINDS), 0), else_=1)
+    due = due.order_by(urgent_first, OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
+    statement = (
+        update(OutboxJob)
+        .where(OutboxJob.id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
+        .values(state="running", locked_until=now + lease, attempts=OutboxJob.attempts + 1)
+        .returning(
+            OutboxJob.id,
+            OutboxJob.kind,
+            OutboxJob.notice,
+            OutboxJob.subscription_ref,
+            OutboxJob.payload,
+            OutboxJob.attempts,
+            urgent_first.label("urgency"),
+            OutboxJob.next_attempt_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    with unit_of_work() as uow:
+        rows = uow.session.execute(statement).all()
+    rows.sort(key=lambda row: (row.urgency, row.next_attempt_at, row.id))
+    return [
+        ClaimedJob(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts) for row in rows
+    ]
 
 
 def _without_personal(payload: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +210,8 @@ def _process(job_id: int) -> None:
 
 def deliver_now(job_ids: list[int]) -> None:
     """Run freshly committed jobs in this process (sign-up works with no worker)."""
-    for job_id in _claim(job_ids, len(job_ids)):
-        _process(job_id)
+    for job in _claim(job_ids, len(job_ids)):
+        _process(job.id)
 
 
 def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> None:
@@ -204,29 +235,28 @@ def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> No
             _finish(job_id, error)
 
 
-def _process_batch(fn: BatchHandler, job_ids: list[int]) -> None:
-    jobs = list(db.session.execute(select(OutboxJob).where(OutboxJob.id.in_(job_ids)).order_by(OutboxJob.id)).scalars())
+def _process_batch(fn: BatchHandler, jobs: list[ClaimedJob]) -> None:
     personal = {job.id for job in jobs if _without_personal(job.payload) != job.payload}
     try:
         results = fn(jobs)
     except Exception as exc:  # unknown failures are retried, never dropped
-        log.exception("outbox batch of %d jobs failed", len(job_ids))
-        results = {job_id: exc for job_id in job_ids}
+        log.exception("outbox batch of %d jobs failed", len(jobs))
+        results = {job.id: exc for job in jobs}
     db.session.rollback()
-    _finish_many({job_id: results.get(job_id, RetryJob("no outcome reported")) for job_id in job_ids}, personal)
+    _finish_many({job.id: results.get(job.id, RetryJob("no outcome reported")) for job in jobs}, personal)
 
 
 def run_due(limit: int | None = None) -> int:
     claimed = _claim(None, limit or current_app.config["OUTBOX_CLAIM_SIZE"])
-    batches: dict[BatchHandler, list[int]] = {}
-    for job_id, kind in claimed.items():
-        fn = BATCH_HANDLERS.get(kind)
+    batches: dict[BatchHandler, list[ClaimedJob]] = {}
+    for job in claimed:
+        fn = BATCH_HANDLERS.get(job.kind)
         if fn is None:
-            _process(job_id)
+            _process(job.id)
         else:
-            batches.setdefault(fn, []).append(job_id)
-    for fn, job_ids in batches.items():
-        _process_batch(fn, job_ids)
+            batches.setdefault(fn, []).append(job)
+    for fn, jobs in batches.items():
+        _process_batch(fn, jobs)
     return len(claimed)
 
 

@@ -19,7 +19,7 @@ from . import ledger, mail, outbox
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, EventDetail, OutboxJob, Subscription
+from .models import ConsentEvent, EventDetail, Subscription
 from .notices import Notice
 from .providers import (
     Member,
@@ -88,13 +88,28 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
     return members
 
 
-def _plan(notice: Notice, jobs: list[OutboxJob]) -> list[tuple[int, str | None, Operation | None]]:
+def _plan(notice: Notice, jobs: list[outbox.ClaimedJob]) -> list[tuple[int, str | None, Operation | None]]:
     """What each job must do now, from the subscriptions' current state."""
     refs = [job.subscription_ref for job in jobs if job.subscription_ref]
     subs = {
         sub.ref: sub for sub in db.session.execute(select(Subscription).where(Subscription.ref.in_(refs))).scalars()
     }
     members = _members([sub for sub in subs.values() if sub.status == "subscribed"])
+    # A person deleted here may have subscribed again since; that newer consent decides.
+    delete_hashes = [job.payload.get("email_hash") for job in jobs if job.payload.get("action") == "delete"]
+    resubscribed = (
+        set(
+            db.session.execute(
+                select(Subscription.email_hash).where(
+                    Subscription.notice == notice.slug,
+                    Subscription.email_hash.in_(delete_hashes),
+                    Subscription.status == "subscribed",
+                )
+            ).scalars()
+        )
+        if delete_hashes
+        else set()
+    )
     plan: list[tuple[int, str | None, Operation | None]] = []
     for job in jobs:
         sub = subs.get(job.subscription_ref or "")
@@ -104,13 +119,7 @@ def _plan(notice: Notice, jobs: list[OutboxJob]) -> list[tuple[int, str | None, 
         elif sub is not None and sub.status == "unsubscribed":
             op = Operation("unsubscribe", sub.email)
         elif sub is None and job.payload.get("action") == "delete":
-            newer = db.session.execute(
-                select(Subscription.status).where(
-                    Subscription.notice == notice.slug, Subscription.email_hash == job.payload.get("email_hash")
-                )
-            ).scalar_one_or_none()
-            # If the person has since subscribed again, that newer consent decides.
-            if newer != "subscribed":
+            if job.payload.get("email_hash") not in resubscribed:
                 op = Operation("delete", job.payload["personal_email"])
         plan.append((job.id, job.subscription_ref, op))
     return plan
@@ -135,7 +144,7 @@ def _as_job_error(outcome: Outcome) -> Exception | None:
     return None
 
 
-def _sync_notice(slug: str | None, jobs: list[OutboxJob]) -> dict[int, Exception | None]:
+def _sync_notice(slug: str | None, jobs: list[outbox.ClaimedJob]) -> dict[int, Exception | None]:
     notice = current_app.extensions["notices"].get(slug)
     if notice is None:
         return {job.id: outbox.PermanentJobError(f"notice {slug!r} no longer exists") for job in jobs}
@@ -165,9 +174,9 @@ def _sync_notice(slug: str | None, jobs: list[OutboxJob]) -> dict[int, Exception
 
 
 @outbox.batch_handler(CONSENT_JOB, OPT_OUT_JOB)
-def sync_jobs(jobs: list[OutboxJob]) -> dict[int, Exception | None]:
+def sync_jobs(jobs: list[outbox.ClaimedJob]) -> dict[int, Exception | None]:
     """Bring the providers in line with our state for many jobs at once."""
-    by_notice: dict[str | None, list[OutboxJob]] = {}
+    by_notice: dict[str | None, list[outbox.ClaimedJob]] = {}
     for job in jobs:
         by_notice.setdefault(job.notice, []).append(job)
     results: dict[int, Exception | None] = {}
