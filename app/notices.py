@@ -24,6 +24,13 @@ FIELDS = ("email", "name")
 OPT_OUT_RULES = ("unsubscribe", "delete")
 LAWFUL_BASES = ("consent", "legitimate_interest")
 PROVIDER_KEYS = {"mailchimp": ("list_id",), "apsis": ("section", "topic", "keyspace")}
+# Optional provider settings, also overridable as <SLUG>_<KEY>: Mailchimp's
+# GDPR marketing permission ids (comma-separated) and the APSIS attribute
+# version ids that hold the address and the name in the notice's section.
+OPTIONAL_PROVIDER_KEYS = {
+    "mailchimp": ("marketing_permissions",),
+    "apsis": ("email_attribute", "name_attribute"),
+}
 TEXT_KEYS = ("title", "summary", "consent_label", "body")
 
 
@@ -127,13 +134,17 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
     provider = dict(raw.get("provider") or {})
     kind = provider.get("kind")
     _require(kind in PROVIDER_KEYS, where, f"provider.kind must be one of {tuple(PROVIDER_KEYS)}")
-    for key in PROVIDER_KEYS[kind]:
-        override = env.get(f"{slug.upper().replace('-', '_')}_{key.upper()}")
+    prefix = slug.upper().replace("-", "_")
+    for key in PROVIDER_KEYS[kind] + OPTIONAL_PROVIDER_KEYS[kind]:
+        override = env.get(f"{prefix}_{key.upper()}")
         if override:
             provider[key] = override
-        _require(
-            isinstance(provider.get(key), str) and bool(provider[key]), where, f"provider.{key} is required for {kind}"
-        )
+        if key in PROVIDER_KEYS[kind] or key in provider:
+            _require(
+                isinstance(provider.get(key), str) and bool(provider[key]),
+                where,
+                f"provider.{key} must be a non-empty string" if key in provider else f"provider.{key} is required",
+            )
 
     # What the person is shown or bound by: text, controller, rules, and who
     # receives the data (the provider kind) - but not the provider's ids.

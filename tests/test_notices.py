@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.notices import NoticeError, load_notices
+from app.notices import NoticeError, load_notices, parse_notice
 
 NOTICES = Path(__file__).resolve().parent.parent / "notices"
 
@@ -67,3 +67,16 @@ def test_malformed_notice_is_refused_with_the_key_named(tmp_path, old, new, mess
     path.write_text(path.read_text().replace(old, new))
     with pytest.raises(NoticeError, match=message):
         load_notices(directory, {})
+
+
+def test_optional_provider_ids_come_from_the_file_or_the_environment(tmp_path):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source.replace("# name_attribute = \"\"", 'name_attribute = "attr-name"'), encoding="utf-8")
+    notice = parse_notice(path, {"MYSOFT_EMAIL_ATTRIBUTE": "attr-email"})
+    assert notice.provider["name_attribute"] == "attr-name"
+    assert notice.provider["email_attribute"] == "attr-email"
+    assert "email_attribute" not in parse_notice(NOTICES / "mysoft.toml", {}).provider
+    path.write_text(source.replace("# name_attribute = \"\"", "name_attribute = 7"), encoding="utf-8")
+    with pytest.raises(NoticeError, match=r"provider\.name_attribute must be a non-empty string"):
+        parse_notice(path, {})

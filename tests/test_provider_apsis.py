@@ -22,7 +22,8 @@ KEYSPACE = "com.apsis1.keyspaces.email"
 
 @pytest.fixture
 def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
-    return {**app_env, **provider_env(apsis=apsis)}
+    # Attribute ids as a marketer would set them for the account's data model.
+    return {**app_env, **provider_env(apsis=apsis), "MYSOFT_EMAIL_ATTRIBUTE": "attr-email-v1"}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]
@@ -37,6 +38,8 @@ def test_confirmed_sign_up_becomes_an_opt_in_consent(client, mailbox, runner, ap
     status = drain(runner)
     assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
     assert apsis.consents(KEYSPACE, "bo@example.com") == {("mysoft-section", "mysoft-newsletter"): "opt-in"}
+    profile = apsis.profiles[(KEYSPACE, "bo@example.com")]
+    assert profile["attributes"] == {"mysoft-section": {"attr-email-v1": "bo@example.com"}}
 
 
 def test_mysoft_opt_out_deletes_the_profile_at_apsis_and_forgets_the_address(app, client, mailbox, runner, apsis):

@@ -17,7 +17,7 @@ LIST_ID = "munkeby0001"
 
 @pytest.fixture
 def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]:
-    return {**app_env, **provider_env(mailchimp=mailchimp)}
+    return {**app_env, **provider_env(mailchimp=mailchimp), "MUNKEBY_MARKETING_PERMISSIONS": "perm-email,perm-ads"}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]
@@ -40,6 +40,10 @@ def test_confirmation_upserts_a_subscribed_member_with_our_unsubscribe_link(clie
     assert member["merge_fields"]["UNSUBURL"].startswith(PUBLIC_URL + "/unsubscribe/")
     assert member["ip_opt"] == "127.0.0.1" and member["timestamp_opt"]
     assert "UNSUBURL" in mailchimp.merge_tags(LIST_ID)  # created because the audience lacked it
+    assert member["marketing_permissions"] == [
+        {"marketing_permission_id": "perm-email", "enabled": True},
+        {"marketing_permission_id": "perm-ads", "enabled": True},
+    ]
 
 
 def test_munkeby_opt_out_marks_the_member_unsubscribed(client, mailbox, runner, mailchimp):

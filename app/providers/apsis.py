@@ -9,6 +9,7 @@ on a consent mean "already so". Requests are paced under the account limit.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -112,10 +113,15 @@ class ApsisProvider:
     def _send(self, method: str, path: str, body: Any, token: str | None) -> requests.Response:
         self._pacer.wait()
         headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/merge-patch+json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return self.session.request(method, self.base_url + path, json=body, headers=headers, timeout=self.timeout)
+            data = None if body is None else json.dumps(body).encode()
+            if data is not None:
+                headers.setdefault("Content-Type", "application/json")
+            return self.session.request(method, self.base_url + path, data=data, headers=headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None
 
@@ -153,7 +159,19 @@ class ApsisProvider:
         # 409: the consent is already in that state.
         self._request("POST", f"{self._profile(notice, email)}/sections/{section}/consents", body, ok_statuses=(409,))
 
+    def _attributes(self, notice: Notice, member: Member) -> None:
+        """The address and name in the section's attributes, where the notice names their ids."""
+        values = {}
+        if notice.provider.get("email_attribute"):
+            values[notice.provider["email_attribute"]] = member.email
+        if notice.provider.get("name_attribute") and member.name:
+            values[notice.provider["name_attribute"]] = member.name
+        if values:
+            section = quote(notice.provider["section"], safe="")
+            self._request("PATCH", f"{self._profile(notice, member.email)}/sections/{section}/attributes", values)
+
     def subscribe(self, notice: Notice, member: Member) -> str:
+        self._attributes(notice, member)
         self._consent(notice, member.email, "opt-in")
         return "subscribed"
 
