@@ -157,19 +157,27 @@ def _sync_notice(slug: str | None, jobs: list[outbox.ClaimedJob]) -> dict[int, E
     db.session.rollback()  # no transaction stays open across network I/O
     work = [(job_id, ref, op) for job_id, ref, op in plan if op is not None]
     results: dict[int, Exception | None] = {job_id: None for job_id, _, op in plan if op is None}
+    # Several jobs for one person in a batch (a quick opt-in and opt-out, say)
+    # plan the same current state: the provider is told once.
+    slots: dict[tuple[str, str], int] = {}
+    operations: list[Operation] = []
+    for _, _, op in work:
+        if slots.setdefault((op.action, op.email.lower()), len(operations)) == len(operations):
+            operations.append(op)
     try:
-        outcomes = provider.apply_many(notice, [op for _, _, op in work]) if work else []
+        outcomes = provider.apply_many(notice, operations) if operations else []
     finally:
         close = getattr(provider, "close", None)
         if close:
             close()
-    pending = []
-    for (job_id, ref, _), outcome in zip(work, outcomes, strict=True):
+    pending: dict[str, None] = {}
+    for job_id, ref, op in work:
+        outcome = outcomes[slots[(op.action, op.email.lower())]]
         if outcome == "pending" and ref:
-            pending.append(ref)
+            pending[ref] = None
         results[job_id] = _as_job_error(outcome)
     if pending:
-        _record_pending(notice, pending)
+        _record_pending(notice, list(pending))
     return results
 
 

@@ -131,3 +131,14 @@ def test_retry_after_sets_the_next_attempt(app, client, mailbox, runner, mailchi
         job = db.session.execute(db.select(OutboxJob).where(OutboxJob.kind == "sync_consent")).scalar_one()
         wait = (job.next_attempt_at - job.created_at).total_seconds()
     assert 115 <= wait <= 130, wait
+
+
+def test_several_jobs_for_one_person_tell_the_provider_once(client, mailbox, runner, mailchimp):
+    # Confirmed and unsubscribed before the worker ran: two jobs, one current state.
+    mail = subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    status = drain(runner)
+    assert status["counts"]["done"] >= 2 and status["counts"]["pending"] == 0
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "unsubscribed"
+    sent = [body for method, path, body in mailchimp.requests if method == "POST" and path.endswith(LIST_ID)]
+    assert [len(body["members"]) for body in sent] == [1]

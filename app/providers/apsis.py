@@ -25,6 +25,7 @@ from . import Member, Operation, Outcome, ProviderNotConfigured, ProviderPermane
 DEFAULT_TIMEOUT_SECONDS = 10
 EMAIL_CHANNEL = "com.apsis1.channels.email"
 REQUESTS_PER_SECOND = 95  # APSIS allows 100 per second per account; keep a margin
+REQUESTS_PER_PROFILE_SECOND = 9  # and 10 per second for one profile
 RETRYABLE = {408, 429, 500, 502, 503, 504}
 
 
@@ -61,10 +62,35 @@ class _Pacer:
             return now
 
 
+class _ProfilePacer:
+    """Keeps the requests for any one profile under its own per-second limit."""
+
+    def __init__(self, per_second: int) -> None:
+        self.limit = per_second
+        self.sent: dict[str, deque[float]] = {}
+        self.lock = threading.Lock()
+
+    def wait(self, key: str) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                for other in [k for k, times in self.sent.items() if now - times[-1] >= 1.0]:
+                    del self.sent[other]  # forget profiles idle for a second
+                times = self.sent.setdefault(key, deque())
+                while times and now - times[0] >= 1.0:
+                    times.popleft()
+                if len(times) < self.limit:
+                    times.append(now)
+                    return
+                delay = times[0] + 1.0 - now
+            time.sleep(delay)  # outside the lock: other profiles go on
+
+
 class ApsisProvider:
     _tokens: ClassVar[dict[tuple[str, str], tuple[str, float]]] = {}
     _token_lock: ClassVar[threading.Lock] = threading.Lock()
     _pacer: ClassVar[_Pacer] = _Pacer(REQUESTS_PER_SECOND)
+    _profile_pacer: ClassVar[_ProfilePacer] = _ProfilePacer(REQUESTS_PER_PROFILE_SECOND)
 
     def __init__(
         self, base_url: str, client_id: str, client_secret: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -111,6 +137,8 @@ class ApsisProvider:
             return data["access_token"]
 
     def _send(self, method: str, path: str, body: Any, token: str | None) -> requests.Response:
+        if "/profiles/" in path:
+            self._profile_pacer.wait(path.split("/profiles/")[1].split("/")[0])
         self._pacer.wait()
         headers = {"Accept": "application/json"}
         if method == "PATCH":
