@@ -13,13 +13,10 @@ Prints a table and appends it to bench/results.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import multiprocessing
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +24,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import insert  # noqa: E402
-
 from app import create_app  # noqa: E402
 from app.extensions import db  # noqa: E402
-from app.models import OutboxJob, Subscription, utcnow  # noqa: E402
+from app.models import OutboxJob  # noqa: E402
 from app.outbox import run_due  # noqa: E402
 from tests.fakes.apsis import FakeApsis  # noqa: E402
 from tests.fakes.mailchimp import FakeMailchimp  # noqa: E402
+from tests.support import queue_sync_jobs  # noqa: E402
 
 PEPPER = "bench-pepper-" + "p" * 32
 
@@ -51,48 +47,6 @@ def make_app(instance: Path, database: str, extra: dict[str, str]):  # type: ign
         **extra,
     }
     return create_app(env=env)
-
-
-def queue(notice: str, count: int, status: str, kind: str) -> None:
-    """Insert subscriptions and one sync job each, as consent changes would have."""
-    now = utcnow()
-    for start in range(0, count, 10_000):
-        subs, jobs = [], []
-        for i in range(start, min(start + 10_000, count)):
-            email = f"reader{i}@example.com"
-            ref = uuid.uuid4().hex
-            ehash = hmac.new(PEPPER.encode(), email.encode(), hashlib.sha256).hexdigest()
-            subs.append(
-                {
-                    "ref": ref,
-                    "notice": notice,
-                    "email": email,
-                    "email_hash": ehash,
-                    "status": status,
-                    "lang": "sv",
-                    "source": "bench",
-                    "lawful_basis": "consent",
-                    "notice_version": "0" * 64,
-                    "created_at": now,
-                    "confirmed_at": now,
-                    "updated_at": now,
-                }
-            )
-            jobs.append(
-                {
-                    "kind": kind,
-                    "notice": notice,
-                    "subscription_ref": ref,
-                    "payload": {},
-                    "state": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                }
-            )
-        db.session.execute(insert(Subscription), subs)
-        db.session.execute(insert(OutboxJob), jobs)
-        db.session.commit()
 
 
 def drain() -> float:
@@ -157,7 +111,7 @@ def run_sync(database: str, settings: dict[str, str], notice: str, count: int) -
     with tempfile.TemporaryDirectory() as tmp:
         app = make_app(Path(tmp), database, settings)
         with app.app_context():
-            queue(notice, count, "unsubscribed", "sync_optout")
+            queue_sync_jobs(notice, count, "unsubscribed", "sync_optout")
             seconds = drain()
             left = db.session.query(OutboxJob).filter(OutboxJob.state != "done").count()
             db.engine.dispose()

@@ -6,16 +6,37 @@ import email
 import email.policy
 import re
 import socket
+import subprocess
+import sys
 import threading
+import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from sqlalchemy import insert
+
+from app.consent import email_hash
+from app.extensions import db
+from app.models import OutboxJob, Subscription, utcnow
 
 from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
 
 PUBLIC_URL = "https://news.example.org"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`flask outbox run` as an operator runs it, in its own process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class Mailbox:
@@ -123,3 +144,46 @@ def provider_env(apsis: FakeApsis | None = None, mailchimp: FakeMailchimp | None
     if mailchimp is not None:
         env.update(MAILCHIMP_API_KEY=mailchimp.api_key, MAILCHIMP_API_URL=mailchimp.url)
     return env
+
+
+def queue_sync_jobs(notice: str, count: int, status: str, kind: str) -> list[str]:
+    """Insert subscriptions and one sync job each, as consent changes would have
+    (in bulk, inside an app context); answers the addresses."""
+    now = utcnow()
+    addresses = [f"reader{i}@example.com" for i in range(count)]
+    for start in range(0, count, 10_000):
+        subs, jobs = [], []
+        for email_address in addresses[start : start + 10_000]:
+            ref = uuid.uuid4().hex
+            subs.append(
+                {
+                    "ref": ref,
+                    "notice": notice,
+                    "email": email_address,
+                    "email_hash": email_hash(email_address),
+                    "status": status,
+                    "lang": "sv",
+                    "source": "bulk",
+                    "lawful_basis": "consent",
+                    "notice_version": "0" * 64,
+                    "created_at": now,
+                    "confirmed_at": now,
+                    "updated_at": now,
+                }
+            )
+            jobs.append(
+                {
+                    "kind": kind,
+                    "notice": notice,
+                    "subscription_ref": ref,
+                    "payload": {},
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+            )
+        db.session.execute(insert(Subscription), subs)
+        db.session.execute(insert(OutboxJob), jobs)
+        db.session.commit()
+    return addresses

@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from .fakes.mailchimp import FakeMailchimp
-from .support import provider_env, subscribe_and_confirm
+from .support import provider_env, start_worker, subscribe_and_confirm
 
-REPO = Path(__file__).resolve().parent.parent
 LIST_ID = "munkeby0001"
 LEASE_SECONDS = 5  # the shortest lease the settings allow
-
-
-def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
-    """`flask outbox run` as an operator runs it, in its own process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.fixture
