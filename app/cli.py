@@ -52,9 +52,21 @@ def outbox_status() -> None:
 
 
 @outbox_cli.command("retry")
-def outbox_retry() -> None:
-    """Put dead letters back in the queue."""
-    click.echo(json.dumps({"requeued": outbox.retry_dead()}))
+@click.argument("job_ids", nargs=-1, type=int)
+def outbox_retry(job_ids: tuple[int, ...]) -> None:
+    """Put dead letters back in the queue: those named by id, or all."""
+    click.echo(json.dumps({"requeued": outbox.retry_dead(list(job_ids) or None)}))
+
+
+@outbox_cli.command("discard")
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Discard every dead letter.")
+@click.option("--actor", default="cli", show_default=True, help="Who decided; recorded as evidence.")
+def outbox_discard(job_ids: tuple[int, ...], everything: bool, actor: str) -> None:
+    """Give up on dead letters (recorded as evidence): those named by id, or --all."""
+    if bool(job_ids) == everything:
+        raise click.UsageError("name the dead letters to discard by id, or pass --all")
+    click.echo(json.dumps({"discarded": outbox.discard_dead(None if everything else list(job_ids), actor)}))
 
 
 @ledger_cli.command("verify")

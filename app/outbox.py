@@ -23,6 +23,7 @@ from flask import current_app
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from . import ledger
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
 from .models import OutboxJob, utcnow
@@ -307,7 +308,7 @@ def status() -> dict[str, Any]:
         .group_by(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error)
     ).all()
     return {
-        "counts": {state: counts.get(state, 0) for state in ("pending", "running", "done", "dead")},
+        "counts": {state: counts.get(state, 0) for state in ("pending", "running", "done", "dead", "discarded")},
         "oldest_pending_age_seconds": oldest(),
         "oldest_pending_opt_out_age_seconds": oldest(*URGENT_KINDS),
         "waiting_for_configuration": [
@@ -317,11 +318,48 @@ def status() -> dict[str, Any]:
     }
 
 
-def retry_dead() -> int:
+def retry_dead(ids: list[int] | None = None) -> int:
+    """Put dead letters (all, or those named) back in the queue with fresh attempts."""
+    query = update(OutboxJob).where(OutboxJob.state == "dead")
+    if ids is not None:
+        query = query.where(OutboxJob.id.in_(ids))
     with unit_of_work() as uow:
         result = uow.session.execute(
-            update(OutboxJob)
-            .where(OutboxJob.state == "dead")
-            .values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
+            query.values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
         )
     return result.rowcount or 0
+
+
+def discard_dead(ids: list[int] | None, actor: str) -> int:
+    """Give up on dead letters (all, or those named), on an operator's word.
+
+    The job is kept as ``discarded`` without personal data, and the decision is
+    evidence naming the actor: a discarded opt-out means the provider was never
+    told, which someone must be able to answer for.
+    """
+    query = select(OutboxJob).where(OutboxJob.state == "dead").order_by(OutboxJob.id)
+    if ids is not None:
+        query = query.where(OutboxJob.id.in_(ids))
+    notices = current_app.extensions["notices"]
+    with unit_of_work() as uow:
+        jobs = list(uow.session.execute(query.with_for_update()).scalars())
+        evidence = []
+        for job in jobs:
+            facts = {"job": job.id, "job_kind": job.kind, "reason": job.last_error, "actor": actor}
+            notice = notices.get(job.notice)
+            evidence.append(
+                ledger.Evidence(
+                    type="provider_sync_discarded",
+                    channel="operator",
+                    notice=job.notice,
+                    notice_version=notice.version if notice else None,
+                    subscription_ref=job.subscription_ref,
+                    facts=facts,
+                )
+            )
+            if _without_personal(job.payload) != job.payload:
+                uow.after_commit(wipe_free_space)
+            job.state, job.finished_at, job.payload = "discarded", utcnow(), _without_personal(job.payload)
+        if evidence:
+            ledger.append(uow.session, evidence)
+    return len(jobs)

@@ -47,7 +47,7 @@ def test_four_workers_share_the_queue_and_do_each_job_once(app, app_env, runner,
         for worker in workers:
             _, stderr = worker.communicate(timeout=30)
             assert worker.returncode == 0, stderr
-    assert status["counts"] == {"pending": 0, "running": 0, "done": JOBS, "dead": 0}
+    assert status["counts"] == {"pending": 0, "running": 0, "done": JOBS, "dead": 0, "discarded": 0}
     sent = Counter(
         member["email_address"]
         for method, path, body in mailchimp.requests

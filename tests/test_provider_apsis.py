@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import OutboxJob
+from app.models import ConsentEvent, OutboxJob
 
 from .fakes.apsis import FakeApsis
 from .support import provider_env, subscribe_and_confirm, unsubscribe_path
@@ -112,3 +112,29 @@ def test_the_profile_pacer_keeps_one_profile_under_its_own_limit():
     # the 20 for other profiles do not wait at all.
     assert time.monotonic() - started >= 2.0
     assert len(pacer.sent.get("same", ())) <= 9
+
+
+def test_a_dead_letter_can_be_discarded_on_record_and_forgets_the_address(app, client, mailbox, runner, apsis):
+    mail = subscribe_and_confirm(client, mailbox, "mysoft", "bo.gone.5@example.com")
+    drain(runner)
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    apsis.enqueue_failure(400, {"title": "Bad Request", "status": 400, "detail": "refused"})
+    [dead] = drain(runner)["dead_letters"]
+
+    refused = runner.invoke(args=["outbox", "discard"])  # neither ids nor --all
+    assert refused.exit_code == 2 and "--all" in refused.output
+    assert drain(runner)["counts"]["dead"] == 1
+
+    result = runner.invoke(args=["outbox", "discard", str(dead["id"]), "--actor", "ops@mysoft.se"])
+    assert json.loads(result.stdout) == {"discarded": 1}
+    status = drain(runner)
+    assert status["counts"]["dead"] == 0 and status["counts"]["discarded"] == 1
+    assert json.loads(runner.invoke(args=["outbox", "retry"]).stdout) == {"requeued": 0}
+    with app.app_context():
+        job = db.session.get(OutboxJob, dead["id"])
+        assert "bo.gone.5" not in json.dumps(job.payload)
+        [event] = db.session.execute(
+            select(ConsentEvent).where(ConsentEvent.type == "provider_sync_discarded")
+        ).scalars()
+        assert json.loads(event.facts)["actor"] == "ops@mysoft.se" and event.notice == "mysoft"
+    assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
