@@ -90,8 +90,10 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from . import provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
     from .public import bp as public_bp
+    from .webhooks import bp as webhooks_bp
 
     app.register_blueprint(public_bp)
+    app.register_blueprint(webhooks_bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

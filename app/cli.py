@@ -9,17 +9,19 @@ import json
 import signal
 import sys
 import threading
+from datetime import datetime
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import consent, ledger, outbox
+from . import consent, ledger, outbox, report_poller
 from .extensions import db
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
 ledger_cli = AppGroup("ledger", help="The evidence chain.")
 subjects_cli = AppGroup("subjects", help="Data-subject requests: export and erasure.")
+providers_cli = AppGroup("providers", help="Reading events back from the mail providers.")
 
 
 @outbox_cli.command("run")
@@ -109,6 +111,23 @@ def subjects_erase(email: str) -> None:
     click.echo(json.dumps({"erased": notices}))
 
 
+@providers_cli.command("poll-apsis")
+@click.option("--notice", "slugs", multiple=True, help="Only this APSIS notice (repeatable); default all.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="First run only: read events from this UTC time (default 7 days back).",
+)
+def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None) -> None:
+    """Apply opt-outs, bounces and complaints from the APSIS email event report."""
+    try:
+        results = report_poller.poll_apsis(list(slugs) or None, since)
+    except report_poller.PollError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(results, indent=2))
+
+
 def register(app: Flask) -> None:
-    for group in (outbox_cli, ledger_cli, subjects_cli):
+    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli):
         app.cli.add_command(group)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     if database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
 
+    webhook_secrets = {}
+    for name in ("MAILCHIMP_WEBHOOK_SECRET", "MAILCHIMP_WEBHOOK_SIGNING_SECRET", "APSIS_WEBHOOK_SECRET"):
+        value = env.get(name, "").strip()
+        if value and (len(value) < 16 or not re.fullmatch(r"[A-Za-z0-9_\-.~]+", value)):
+            raise ConfigError(f"{name} must be at least 16 URL-safe characters (letters, digits, - _ . ~)")
+        webhook_secrets[name] = value
+
     smtp_ssl = _flag("SMTP_SSL", env)
     smtp_starttls = _flag("SMTP_STARTTLS", env)
     if smtp_ssl and smtp_starttls:
@@ -140,6 +148,7 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", env, 120, 5),
         "PROVIDER_TIMEOUT_SECONDS": _int("PROVIDER_TIMEOUT_SECONDS", env, 10, 1),
         "OUTBOX_CLAIM_SIZE": _int("OUTBOX_CLAIM_SIZE", env, 5000, 1),
+        **webhook_secrets,
         "MAX_CONTENT_LENGTH": 1024 * 1024,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

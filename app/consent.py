@@ -16,7 +16,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -28,7 +28,7 @@ from . import ledger, mail, outbox, provider_sync
 from .database import UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
+from .models import ConsentEvent, EventDetail, ProviderDelivery, Subscription, Suppression, utcnow
 from .notices import Notice
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,14 @@ def _wipe_after_commit(uow: UnitOfWork) -> None:
     uow.after_commit(wipe_free_space)
 
 
-def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Facts, reason: str) -> list[Evidence]:
-    """The notice's opt-out rule, applied in one place."""
+def _apply_opt_out(
+    uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Facts, reason: str, provider_knows: bool = False
+) -> list[Evidence]:
+    """The notice's opt-out rule, applied in one place.
+
+    ``provider_knows``: the opt-out came from the provider itself, so under the
+    rule ``unsubscribe`` there is nothing to tell it (a delete is still sent).
+    """
     opted_out = Evidence.under(
         "opted_out",
         notice,
@@ -184,15 +190,15 @@ def _apply_opt_out(uow: UnitOfWork, notice: Notice, sub: Subscription, facts: Fa
         details=None if notice.deletes_on_opt_out else facts.details(),
     )
     if notice.deletes_on_opt_out:
-        deleted = _erase_subscription(uow, sub, reason="opt_out")
+        deleted = _erase_subscription(uow, sub, reason=reason)
         _wipe_after_commit(uow)
         return [opted_out, deleted]
-    _suppress(uow, notice.slug, sub.email_hash, "opt_out")
+    _suppress(uow, notice.slug, sub.email_hash, reason)
     outbox.cancel_pending(uow.session, sub.ref, ("mail",))
     sub.status = "unsubscribed"
     sub.unsubscribed_at = utcnow()
     sub.confirm_nonce = None
-    if sub.confirmed_at is not None:
+    if sub.confirmed_at is not None and not provider_knows:
         provider_sync.enqueue_sync(uow, sub, opt_out=True)
     return [opted_out]
 
@@ -402,6 +408,149 @@ def erase_subject(email_raw: str, facts: Facts) -> list[str]:
             _wipe_after_commit(uow)
         ledger.append(uow.session, evidence)
     return sorted(sub.notice for sub in subs)
+
+
+# --- events reported by a provider (webhooks, report polling) ---------------
+
+OPT_OUT_EVENTS = {"unsubscribe": "provider_unsubscribe", "complaint": "complaint", "bounce": "bounce"}
+PROVIDER_EVENT_KINDS = (*OPT_OUT_EVENTS, "subscribe", "profile", "address_change")
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """One event a provider reported about a person on one notice's list.
+
+    ``identity`` is what makes this delivery unique (the provider's event id,
+    or its whole content); only a keyed hash of it is stored.
+    """
+
+    provider: str
+    kind: str  # one of PROVIDER_EVENT_KINDS
+    notice: Notice
+    email: str  # normalised
+    identity: str
+    channel: str  # "webhook" or "report"
+    reason: str | None = None
+    name: str | None = None
+    new_email: str | None = None
+    occurred_at: datetime | None = None
+
+
+def notice_for_provider(kind: str, **ids: str) -> Notice | None:
+    """The notice whose provider settings match, e.g. ``list_id`` for Mailchimp."""
+    for notice in notices().values():
+        if notice.provider["kind"] == kind and all(notice.provider.get(k) == v for k, v in ids.items()):
+            return notice
+    return None
+
+
+def apply_provider_event(event: ProviderEvent) -> str:
+    """Apply what a provider reports, under the notice's rules; once per delivery.
+
+    Answers the outcome: "applied", "duplicate", "no_change" (our state already
+    says so, as when our own API write echoes back), "stale" (we changed the
+    person more recently than the event happened) or "unknown_address".
+    """
+    return _retry_on_insert_race(_apply_provider_event, event)
+
+
+def _apply_provider_event(event: ProviderEvent) -> str:
+    key = email_hash(f"{event.provider}|delivery|{event.identity}")
+    with unit_of_work() as uow:
+        if uow.session.execute(select(ProviderDelivery.id).where(ProviderDelivery.key == key)).first():
+            return "duplicate"
+        outcome, evidence = _provider_event_effect(uow, event)
+        uow.session.add(
+            ProviderDelivery(
+                key=key, provider=event.provider, kind=event.kind, notice=event.notice.slug, outcome=outcome
+            )
+        )
+        ledger.append(uow.session, evidence)
+    log.info("%s %s event for %s: %s", event.provider, event.kind, event.notice.slug, outcome)
+    return outcome
+
+
+def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, list[Evidence]]:
+    notice = event.notice
+    ehash = email_hash(event.email)
+    sub = _subscription(uow, notice.slug, ehash)
+    facts = Facts(channel=event.channel, actor=event.provider)
+    source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
+    if sub is not None and event.occurred_at is not None and event.occurred_at < sub.updated_at:
+        return "stale", []
+
+    if event.kind in OPT_OUT_EVENTS:
+        reason = "complaint" if event.reason == "abuse" else OPT_OUT_EVENTS[event.kind]
+        if sub is None or sub.status == "unsubscribed":
+            if not _suppress(uow, notice.slug, ehash, reason):
+                return "no_change", []
+            # Someone we do not hold (or hold as unsubscribed) opted out at the
+            # provider: keep them out, and under "delete" make the provider forget them.
+            if sub is None and notice.deletes_on_opt_out:
+                provider_sync.enqueue_delete_address(uow, notice.slug, event.email, ehash)
+            anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": reason, **source}
+            return ("applied" if sub else "unknown_address"), [
+                Evidence.under("opted_out", notice, sub.ref if sub else None, event.channel, anonymous)
+            ]
+        if notice.deletes_on_opt_out and sub.confirmed_at is None:
+            # Never confirmed here, yet the provider holds them: it must forget them too.
+            provider_sync.enqueue_delete(uow, sub)
+        evidence = _apply_opt_out(uow, notice, sub, facts, reason, provider_knows=True)
+        first = evidence[0]
+        evidence[0] = Evidence.under(
+            first.type, notice, first.subscription_ref, first.channel, {**first.facts, **source}, first.details
+        )
+        return "applied", evidence
+
+    if sub is None:
+        if event.kind != "subscribe":
+            return "unknown_address", []
+        sub = Subscription(
+            notice=notice.slug,
+            email=event.email,
+            email_hash=ehash,
+            name=event.name if "name" in notice.fields else None,
+            status="pending",
+            source=f"{event.provider} sign-up form (not double opt-in by this service)",
+            lawful_basis="consent",
+            notice_version=notice.version,
+        )
+        uow.session.add(sub)
+        uow.session.flush()
+
+    if event.kind == "subscribe":
+        if sub.status == "subscribed":
+            return "no_change", []
+        sub.status, sub.confirmed_at, sub.unsubscribed_at, sub.confirm_nonce = "subscribed", utcnow(), None, None
+        uow.session.execute(
+            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
+        )
+        provider_sync.enqueue_sync(uow, sub, opt_out=False)  # carries our unsubscribe link to the provider
+        subscribed = {**source, "double_opt_in_by_us": False}
+        return "applied", [Evidence.under("provider_subscribed", notice, sub.ref, event.channel, subscribed)]
+
+    if event.kind == "profile":
+        name = event.name if "name" in notice.fields else None
+        if not name or name == sub.name:
+            return "no_change", []
+        sub.name = name
+        rectified = {**source, "field": "name"}
+        return "applied", [
+            Evidence.under("rectified", notice, sub.ref, event.channel, rectified, details={"name": name})
+        ]
+
+    # address_change
+    new_email = event.new_email or ""
+    new_hash = email_hash(new_email)
+    if new_hash == ehash:
+        return "no_change", []
+    if _subscription(uow, notice.slug, new_hash) is not None:
+        log.warning("%s address change onto an address already held for %s; left as is", event.provider, notice.slug)
+        return "no_change", []
+    sub.email, sub.email_hash = new_email, new_hash
+    changed = {**source, "field": "email"}
+    details = {"old_email": event.email, "new_email": new_email}
+    return "applied", [Evidence.under("rectified", notice, sub.ref, event.channel, changed, details=details)]
 
 
 def _iso(value: Any) -> str | None:

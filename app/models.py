@@ -133,3 +133,32 @@ class OutboxJob(db.Model):
     last_error: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class ProviderDelivery(db.Model):
+    """One inbound provider event we have handled (webhook or report row).
+
+    Deliveries are at-least-once; the key (an HMAC of the delivery's content or
+    its provider id, so it holds no address) makes a repeat a no-op.
+    """
+
+    __tablename__ = "provider_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(24))
+    notice: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(24))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ProviderCursor(db.Model):
+    """Where a poller stopped reading a provider's report, and when it last asked."""
+
+    __tablename__ = "provider_cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    cursor: Mapped[str | None] = mapped_column(String(500))
+    last_called_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

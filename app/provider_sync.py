@@ -43,12 +43,18 @@ def enqueue_sync(uow: UnitOfWork, sub: Subscription, *, opt_out: bool) -> None:
 
 def enqueue_delete(uow: UnitOfWork, sub: Subscription) -> None:
     """The provider must delete the person; the job holds the address until done."""
+    enqueue_delete_address(uow, sub.notice, sub.email, sub.email_hash, sub.ref)
+
+
+def enqueue_delete_address(
+    uow: UnitOfWork, notice: str, email: str, email_hash: str, subscription_ref: str | None = None
+) -> None:
     outbox.enqueue(
         uow.session,
         OPT_OUT_JOB,
-        notice=sub.notice,
-        subscription_ref=sub.ref,
-        payload={"action": "delete", "personal_email": sub.email, "email_hash": sub.email_hash},
+        notice=notice,
+        subscription_ref=subscription_ref,
+        payload={"action": "delete", "personal_email": email, "email_hash": email_hash},
     )
 
 

@@ -14,8 +14,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, ClassVar
-from urllib.parse import quote
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -153,7 +153,7 @@ class ApsisProvider:
         except requests.RequestException as exc:
             raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None
 
-    def _fail(self, response: requests.Response, what: str) -> None:
+    def _fail(self, response: requests.Response, what: str) -> NoReturn:
         try:
             title = response.json().get("title", "")
         except ValueError:
@@ -166,13 +166,15 @@ class ApsisProvider:
             raise ProviderRetry(reason)  # credentials may be fixed; retried, then a dead letter
         raise ProviderPermanent(reason)
 
-    def _request(self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()) -> None:
+    def _request(
+        self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()
+    ) -> requests.Response:
         response = self._send(method, path, body, self._token())
         if response.status_code in (401, 403):
             response = self._send(method, path, body, self._token(refresh=True))
         if response.status_code < 300 or response.status_code in ok_statuses:
-            return
-        self._fail(response, f"{method} {path.split('/profiles/')[0]}")
+            return response
+        self._fail(response, f"{method} {path.split('/profiles/')[0].split('?')[0]}")
 
     # --- the provider interface -------------------------------------------
 
@@ -208,6 +210,28 @@ class ApsisProvider:
 
     def delete(self, notice: Notice, email: str) -> None:
         self._request("DELETE", self._profile(notice, email), ok_statuses=(404,))
+
+    def email_events(
+        self, notice: Notice, types: tuple[str, ...], cursor: str | None, since: str | None, limit: int = 1000
+    ) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """One page of the email event report for the notice's section.
+
+        Answers (events, the cursor to continue from, whether more are waiting).
+        The report allows one call a minute; the caller keeps to that.
+        """
+        query = {"section": notice.provider["section"], "types": ",".join(types), "limit": str(limit)}
+        if cursor:
+            query["cursor"] = cursor
+        elif since:
+            query["since"] = since
+        response = self._request("GET", "/v2/reports/email-events?" + urlencode(query))
+        try:
+            answer = response.json()
+            items = [item for item in answer.get("items", []) if isinstance(item, dict)]
+        except (ValueError, AttributeError):
+            raise ProviderRetry("APSIS report answered with no usable JSON") from None
+        next_cursor = answer.get("cursor")
+        return items, str(next_cursor) if next_cursor is not None else cursor, bool(answer.get("has_more"))
 
     def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
         # APSIS has no batch endpoint for consents; calls run concurrently and

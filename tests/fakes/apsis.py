@@ -8,6 +8,10 @@ Answers the parts of the public API the service uses, the way APSIS One does:
 - ``POST  .../profiles/{key}/sections/{section}/consents`` -> 201; same type again -> 409
 - ``GET   .../profiles/{key}/sections/{section}/consents`` -> 200 ``{"items": [...]}`` (test aid)
 - ``DELETE /v2/audience/keyspaces/{keyspace}/profiles/{key}`` -> 204, 404 when absent
+- ``GET /v2/reports/email-events?section=&types=&since=&cursor=&limit=`` -> 200
+  ``{"items": [{"id", "type", "email", "section", "occurred_at"}], "cursor", "has_more"}``;
+  the report allows one call a minute (429 with ``Retry-After`` otherwise); ``report_interval``
+  shortens that for tests. Events are added with ``add_report_event()``.
 
 Every audience path is also accepted without the ``/v2`` prefix. Path segments are
 URL-decoded, so the profile key is the plain e-mail address. Errors are
@@ -32,7 +36,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 EMAIL_CHANNEL = "com.apsis1.channels.email"
 CONSENT_TYPES = ("opt-in", "opt-out")
@@ -82,6 +86,10 @@ class FakeApsis:
         self.max_per_second = 0
         self.count_429 = 0
         self.tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self.report_events: list[dict[str, Any]] = []
+        self.report_interval = 60.0
+        self.report_calls = 0
+        self._last_report_call: float | None = None
         self._failures: collections.deque[tuple[int, Any, dict[str, str]]] = collections.deque()
         self._arrivals: collections.deque[float] = collections.deque()
         self._account_window: collections.deque[float] = collections.deque()
@@ -139,6 +147,16 @@ class FakeApsis:
         with self.lock:
             for token in self.tokens:
                 self.tokens[token] = 0.0
+
+    def add_report_event(self, kind: str, email: str, section: str, occurred_at: str, **extra: Any) -> str:
+        """An email event (UNSUBSCRIBED, BOUNCED, ABUSE, ...) as the report lists it; answers its id."""
+        with self.lock:
+            event_id = f"evt-{len(self.report_events) + 1}"
+            self.report_events.append(
+                {"id": event_id, "type": kind, "email": email, "section": section, "occurred_at": occurred_at,
+                 **extra}
+            )
+        return event_id
 
     def consents(self, keyspace: str, key: str) -> dict[tuple[str, str], str]:
         with self.lock:
@@ -234,6 +252,10 @@ class FakeApsis:
         self._authenticate(headers.get("Authorization"))
         if segments and segments[0] == "v2":
             segments = segments[1:]
+        if segments == ["reports", "email-events"]:
+            if method != "GET":
+                raise _problem(405, "Use GET.")
+            return self._report(parse_qs(urlsplit(raw_path).query))
         if len(segments) < 5 or segments[:2] != ["audience", "keyspaces"] or segments[3] != "profiles":
             raise _problem(404, f"No such resource: {raw_path}")
         keyspace, key, rest = segments[2], segments[4], segments[5:]
@@ -293,6 +315,42 @@ class FakeApsis:
                 raise _problem(409, f"Profile already has {kind} consent for topic {topic}.")
             profile["consents"][(section, topic)] = kind
         return _Response(201)
+
+
+    def _report(self, query: dict[str, list[str]]) -> _Response:
+        def one(name: str) -> str:
+            return (query.get(name) or [""])[0]
+
+        now = time.monotonic()
+        with self.lock:
+            self.report_calls += 1
+            if self._last_report_call is not None and now - self._last_report_call < self.report_interval:
+                wait = max(1, math.ceil(self._last_report_call + self.report_interval - now))
+                raise _problem(429, "The report allows one call a minute.", {"Retry-After": str(wait)})
+            self._last_report_call = now
+            types = {t for t in one("types").split(",") if t}
+            try:
+                start = int(one("cursor") or 0)
+                limit = min(int(one("limit") or 1000), 1000)
+            except ValueError:
+                raise _problem(400, "cursor and limit must be whole numbers.") from None
+            since = one("since")
+            matching = [
+                (i, e) for i, e in enumerate(self.report_events)
+                if i >= start and (not types or e["type"] in types)
+                and (not one("section") or e["section"] == one("section"))
+                and (not since or e["occurred_at"] >= since)
+            ]
+            page = matching[:limit]
+            has_more = len(matching) > limit
+            # The cursor is a position in the event log: after the last row given,
+            # or after everything when the page holds the rest.
+            next_cursor = page[-1][0] + 1 if has_more else max(start, len(self.report_events))
+            return _Response(200, {
+                "items": [dict(e) for _, e in page],
+                "cursor": str(next_cursor),
+                "has_more": has_more,
+            })
 
 
 class _Handler(BaseHTTPRequestHandler):

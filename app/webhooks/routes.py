@@ -1,0 +1,241 @@
+"""Webhook endpoints: thin; parsing here, the rules in ``app/consent.py``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, abort, current_app, jsonify, request
+
+from .. import consent
+from ..extensions import csrf
+from . import bp
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+# Mailchimp event type -> our kind (unsubscribe with reason "abuse" is a complaint).
+MAILCHIMP_KINDS = {
+    "unsubscribe": "unsubscribe",
+    "cleaned": "bounce",
+    "subscribe": "subscribe",
+    "profile": "profile",
+    "upemail": "address_change",
+}
+# What an APSIS flow may call its event -> our kind.
+APSIS_KINDS = {
+    "unsubscribe": "unsubscribe",
+    "unsubscribed": "unsubscribe",
+    "opt-out": "unsubscribe",
+    "optout": "unsubscribe",
+    "abuse": "complaint",
+    "complaint": "complaint",
+    "spam": "complaint",
+    "bounce": "bounce",
+    "bounced": "bounce",
+    "hard_bounce": "bounce",
+    "hardbounce": "bounce",
+}
+
+
+class BadDelivery(ValueError):
+    """The delivery is malformed; answered 400 with this message, nothing changes."""
+
+
+def _secret_matches(setting: str, given: str) -> bool:
+    expected = current_app.config.get(setting) or ""
+    # Constant time; an unset secret means the webhook is off and matches nothing.
+    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
+def _answer(outcome: str, status: int = 200) -> Response:
+    response = jsonify({"status": outcome})
+    response.status_code = status
+    return response
+
+
+def _bad(message: str) -> Response:
+    response = jsonify({"error": "bad_request", "message": message})
+    response.status_code = 400
+    return response
+
+
+def _verify_mailchimp_signature() -> str | None:
+    """None when the signature holds (or none is configured); else why not."""
+    secret = current_app.config.get("MAILCHIMP_WEBHOOK_SIGNING_SECRET")
+    if not secret:
+        return None
+    header = request.headers.get("X-Mailchimp-Signature", "")
+    parts = dict(p.strip().split("=", 1) for p in header.split(",") if "=" in p)
+    stamp, given = parts.get("t", ""), parts.get("v1", "")
+    if not stamp.isdigit() or not given:
+        return "missing or malformed X-Mailchimp-Signature"
+    if abs(time.time() - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        return "signature timestamp is too old or in the future"
+    signed = stamp.encode() + b"." + request.get_data(cache=True)
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, given.lower()):
+        return "signature does not match"
+    return None
+
+
+def _field(form: Any, name: str) -> str:
+    value = form.get(name, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _address(raw: str, what: str) -> str:
+    try:
+        return consent.normalise_email(raw)
+    except consent.InvalidInput:
+        raise BadDelivery(f"{what} is missing or not an e-mail address") from None
+
+
+def _mailchimp_time(raw: str) -> datetime | None:
+    try:  # Mailchimp sends "2026-11-22 10:15:00", in UTC
+        return datetime.strptime(raw, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
+    """The event a Mailchimp delivery reports, or the outcome to answer at once."""
+    kind = MAILCHIMP_KINDS.get(_field(form, "type"))
+    if kind is None:
+        if not _field(form, "type"):
+            raise BadDelivery("type is missing")
+        return "ignored"  # e.g. "campaign": nothing to do with consent
+    notice = consent.notice_for_provider("mailchimp", list_id=_field(form, "data[list_id]"))
+    if notice is None:
+        log.warning("Mailchimp webhook for a list no notice names; acknowledged and ignored")
+        return "unknown_list"
+    reason = _field(form, "data[reason]") or None
+    if kind == "address_change":
+        email = _address(_field(form, "data[old_email]"), "data[old_email]")
+        new_email = _address(_field(form, "data[new_email]"), "data[new_email]")
+    else:
+        email = _address(_field(form, "data[email]") or _field(form, "data[merges][EMAIL]"), "data[email]")
+        new_email = None
+    if kind == "unsubscribe" and reason == "abuse":
+        kind = "complaint"
+    if kind == "bounce" and reason == "abuse":
+        kind = "complaint"
+    try:
+        name = consent.clean_name(
+            " ".join(filter(None, (_field(form, "data[merges][FNAME]"), _field(form, "data[merges][LNAME]"))))
+        )
+    except consent.InvalidInput:
+        raise BadDelivery("data[merges][FNAME] or [LNAME] is not a valid name") from None
+    # Identical re-deliveries carry identical fields; that is the delivery's identity.
+    identity = urlencode(sorted((k, v) for k, v in form.items(multi=True)))
+    return consent.ProviderEvent(
+        provider="mailchimp",
+        kind=kind,
+        notice=notice,
+        email=email,
+        identity=identity,
+        channel="webhook",
+        reason=reason,
+        name=name,
+        new_email=new_email,
+        occurred_at=_mailchimp_time(_field(form, "fired_at")),
+    )
+
+
+@bp.route("/mailchimp/<secret>", methods=["GET", "HEAD", "POST"])
+@csrf.exempt
+def mailchimp(secret: str) -> Response:
+    if not _secret_matches("MAILCHIMP_WEBHOOK_SECRET", secret):
+        abort(404)
+    if request.method != "POST":
+        return _answer("ok")  # Mailchimp checks the URL with a GET when the webhook is added
+    problem = _verify_mailchimp_signature()
+    if problem:
+        log.warning("Mailchimp webhook refused: %s", problem)
+        response = jsonify({"error": "unauthorized", "message": problem})
+        response.status_code = 401
+        return response
+    try:
+        event = _mailchimp_event(request.form)
+    except BadDelivery as exc:
+        return _bad(str(exc))
+    if isinstance(event, str):
+        return _answer(event)
+    return _answer(consent.apply_provider_event(event))
+
+
+def _apsis_fields() -> dict[str, str]:
+    """The flow's fields, from a JSON object, a form, or the query string."""
+    fields: dict[str, Any] = dict(request.args.items())
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadDelivery("the JSON body must be an object")
+        fields.update(body)
+    else:
+        fields.update(request.form.items())
+    return {k: v.strip() if isinstance(v, str) else "" for k, v in fields.items() if isinstance(k, str)}
+
+
+def _apsis_time(raw: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
+    raw_kind = (fields.get("type") or fields.get("event") or "").lower().replace(" ", "_")
+    if not raw_kind:
+        raise BadDelivery("type (or event) is missing")
+    kind = APSIS_KINDS.get(raw_kind.removeprefix("email_").removeprefix("email-"))
+    if kind is None:
+        raise BadDelivery(f"type must be one of: {', '.join(sorted(set(APSIS_KINDS)))}")
+    email = _address(fields.get("email") or fields.get("email_address") or fields.get("address") or "", "email")
+    if fields.get("notice"):
+        notice = consent.get_notice(fields["notice"])
+        if notice is None or notice.provider["kind"] != "apsis":
+            return "unknown_list"
+    elif fields.get("section"):
+        notice = consent.notice_for_provider("apsis", section=fields["section"])
+        if notice is None:
+            return "unknown_list"
+    else:
+        candidates = [n for n in consent.notices().values() if n.provider["kind"] == "apsis"]
+        if len(candidates) != 1:
+            raise BadDelivery("several notices use APSIS: name one with notice or section")
+        notice = candidates[0]
+    event_id = fields.get("id") or fields.get("event_id")
+    occurred = fields.get("occurred_at") or fields.get("timestamp") or ""
+    identity = f"id:{event_id}" if event_id else json.dumps([kind, email, notice.slug, occurred])
+    return consent.ProviderEvent(
+        provider="apsis",
+        kind=kind,
+        notice=notice,
+        email=email,
+        identity=identity,
+        channel="webhook",
+        reason=raw_kind,
+        occurred_at=_apsis_time(occurred) if occurred else None,
+    )
+
+
+@bp.route("/apsis/<secret>", methods=["POST"])
+@csrf.exempt
+def apsis(secret: str) -> Response:
+    if not _secret_matches("APSIS_WEBHOOK_SECRET", secret):
+        abort(404)
+    try:
+        event = _apsis_event(_apsis_fields())
+    except BadDelivery as exc:
+        return _bad(str(exc))
+    if isinstance(event, str):
+        return _answer(event)
+    return _answer(consent.apply_provider_event(event))

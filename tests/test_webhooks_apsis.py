@@ -1,0 +1,146 @@
+"""APSIS: opt-outs from a Marketing Automation flow's webhook node, and from the event report."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import ConsentEvent, OutboxJob, ProviderCursor, Suppression
+
+from .fakes.apsis import FakeApsis
+from .support import provider_env, subscribe_and_confirm
+
+SECRET = "apsis-hook-" + "c" * 24
+HOOK = f"/webhooks/apsis/{SECRET}"
+SECTION = "mysoft-section"
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
+    return {**app_env, **provider_env(apsis=apsis), "APSIS_WEBHOOK_SECRET": SECRET}
+
+
+def held(runner, address: str) -> bool:  # type: ignore[no-untyped-def]
+    return runner.invoke(args=["subjects", "export", address]).exit_code == 0
+
+
+def a_minute_passes(app) -> None:  # type: ignore[no-untyped-def]
+    """The poller's last report call moves a minute into the past (as does the fake's clock)."""
+    with app.app_context():
+        for row in db.session.execute(select(ProviderCursor)).scalars():
+            row.last_called_at -= timedelta(seconds=61)
+        db.session.commit()
+
+
+def delete_jobs(app) -> int:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        jobs = db.session.execute(select(OutboxJob).where(OutboxJob.kind == "sync_optout")).scalars()
+        return sum(1 for job in jobs if job.payload.get("action") == "delete")
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda client, fields: client.post(HOOK, json=fields),
+        lambda client, fields: client.post(HOOK, data=fields),
+        lambda client, fields: client.post(HOOK, query_string=fields),
+    ],
+    ids=["json", "form", "query"],
+)
+def test_a_flow_opt_out_deletes_the_person_under_mysofts_rule(app, client, mailbox, runner, send):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    fields = {"type": "unsubscribe", "email": "Bo@Example.com"}
+    answer = send(client, fields)
+    assert answer.status_code == 200 and answer.json == {"status": "applied"}
+    assert not held(runner, "bo@example.com")
+    assert delete_jobs(app) == 1  # and deleted at APSIS by the worker
+    assert send(client, fields).json == {"status": "duplicate"}
+    assert delete_jobs(app) == 1
+
+
+def test_abuse_from_a_flow_is_a_complaint(app, client, mailbox):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    assert client.post(HOOK, json={"event": "Email - Abuse", "email": "bo@example.com"}).status_code == 400
+    assert client.post(HOOK, json={"event": "abuse", "email": "bo@example.com"}).json == {"status": "applied"}
+    with app.app_context():
+        [entry] = db.session.execute(select(Suppression)).scalars()
+        assert entry.reason == "complaint"
+
+
+def test_wrong_secret_bad_fields_and_get_change_nothing(app, client, mailbox, runner):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    assert (
+        client.post("/webhooks/apsis/" + "d" * 30, json={"type": "unsubscribe", "email": "bo@example.com"}).status_code
+        == 404
+    )
+    for body in ({}, {"type": "unsubscribe"}, {"type": "party", "email": "bo@example.com"}, ["unsubscribe"]):
+        answer = client.post(HOOK, json=body)
+        assert answer.status_code == 400 and answer.json["message"], body
+    answer = client.post(HOOK, data="{not json", content_type="application/json")
+    assert answer.status_code == 400
+    assert client.get(HOOK, query_string={"type": "unsubscribe", "email": "bo@example.com"}).status_code == 405
+    assert held(runner, "bo@example.com")
+
+
+def test_an_unknown_address_is_acknowledged_suppressed_and_deleted_at_apsis(app, client):
+    answer = client.post(HOOK, json={"type": "unsubscribe", "email": "stranger@example.com"})
+    assert answer.status_code == 200 and answer.json == {"status": "unknown_address"}
+    assert delete_jobs(app) == 1  # Mysoft's rule: delete at APSIS too
+
+
+def test_poller_applies_report_rows_once_and_keeps_its_cursor(app, client, mailbox, runner, apsis):
+    for address in ("a@example.com", "b@example.com", "c@example.com"):
+        subscribe_and_confirm(client, mailbox, "mysoft", address)
+    apsis.report_interval = 0  # the real report allows one call a minute; tested below
+    apsis.add_report_event("UNSUBSCRIBED", "a@example.com", SECTION, "2099-01-01T10:00:00Z")
+    apsis.add_report_event("BOUNCED", "b@example.com", SECTION, "2099-01-01T10:01:00Z", bounce_type="soft")
+    apsis.add_report_event("ABUSE", "c@example.com", "another-section", "2099-01-01T10:02:00Z")
+
+    result = runner.invoke(args=["providers", "poll-apsis"])
+    assert result.exit_code == 0, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["events"] == 2 and summary["outcomes"] == {"applied": 1, "ignored": 1}
+    assert not held(runner, "a@example.com")
+    assert held(runner, "b@example.com") and held(runner, "c@example.com")  # soft bounce; other section
+
+    apsis.add_report_event("ABUSE", "b@example.com", SECTION, "2099-01-01T10:03:00Z")
+    a_minute_passes(app)
+    result = runner.invoke(args=["providers", "poll-apsis"])
+    assert result.exit_code == 0, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["events"] == 1 and summary["outcomes"] == {"applied": 1}  # only what is new
+    assert not held(runner, "b@example.com")
+
+    # The cursor lost (e.g. restored from an old backup): rows read again have no new effect.
+    with app.app_context():
+        db.session.execute(ProviderCursor.__table__.update().values(cursor=None))
+        db.session.commit()
+    a_minute_passes(app)
+    [summary] = json.loads(runner.invoke(args=["providers", "poll-apsis", "--since", "2099-01-01"]).stdout)
+    assert summary["outcomes"] == {"duplicate": 2, "ignored": 1}
+    with app.app_context():
+        assert (
+            db.session.execute(
+                select(func.count()).select_from(ConsentEvent).where(ConsentEvent.type == "opted_out")
+            ).scalar_one()
+            == 2
+        )
+
+
+def test_poller_keeps_to_one_report_call_a_minute(app, runner, apsis):
+    first = runner.invoke(args=["providers", "poll-apsis"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(args=["providers", "poll-apsis"])
+    assert second.exit_code == 0 and "one call a minute" in json.loads(second.stdout)[0]["skipped"]
+    assert apsis.report_calls == 1 and apsis.count_429 == 0
+
+
+def test_poller_without_credentials_says_so(app, app_env, runner):
+    app.config["ENV_SNAPSHOT"] = {k: v for k, v in app_env.items() if not k.startswith("APSIS_")}
+    result = runner.invoke(args=["providers", "poll-apsis"])
+    assert result.exit_code == 1 and "APSIS_CLIENT_ID" in result.stderr
+    assert runner.invoke(args=["providers", "poll-apsis", "--notice", "munkeby"]).exit_code == 1
