@@ -449,7 +449,8 @@ def apply_provider_event(event: ProviderEvent) -> str:
 
     Answers the outcome: "applied", "duplicate", "no_change" (our state already
     says so, as when our own API write echoes back), "stale" (we changed the
-    person more recently than the event happened) or "unknown_address".
+    person more recently than a sign-up or profile event happened; opt-outs are
+    never stale) or "unknown_address".
     """
     return _retry_on_insert_race(_apply_provider_event, event)
 
@@ -476,10 +477,9 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     sub = _subscription(uow, notice.slug, ehash)
     facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
-    if sub is not None and event.occurred_at is not None and event.occurred_at < sub.updated_at:
-        return "stale", []
-
     if event.kind in OPT_OUT_EVENTS:
+        # An opt-out is honoured however late it arrives: ignoring a real one is
+        # worse than asking someone who re-subscribed meanwhile to do so again.
         reason = "complaint" if event.reason == "abuse" else OPT_OUT_EVENTS[event.kind]
         if sub is None or sub.status == "unsubscribed":
             if not _suppress(uow, notice.slug, ehash, reason):
@@ -502,9 +502,16 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
         )
         return "applied", evidence
 
+    if sub is not None and event.occurred_at is not None and event.occurred_at < sub.updated_at:
+        return "stale", []  # e.g. a delayed "subscribe" from before an opt-out made here
     if sub is None:
         if event.kind != "subscribe":
             return "unknown_address", []
+        suppressed_at = uow.session.execute(
+            select(Suppression.created_at).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
+        ).scalar_one_or_none()
+        if suppressed_at is not None and (event.occurred_at is None or event.occurred_at <= suppressed_at):
+            return "stale", []  # a sign-up from before this person opted out and was deleted
         sub = Subscription(
             notice=notice.slug,
             email=event.email,

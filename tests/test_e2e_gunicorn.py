@@ -84,6 +84,10 @@ class Service:
         return subscription["status"]
 
 
+MAILCHIMP_HOOK_SECRET = "e2e-mailchimp-" + "m" * 20
+APSIS_HOOK_SECRET = "e2e-apsis-" + "q" * 20
+
+
 @pytest.fixture
 def web_port() -> int:
     return free_port()
@@ -96,6 +100,8 @@ def app_env(app_env: dict[str, str], smtp: SmtpSink, web_port: int) -> dict[str,
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(smtp.port),
         "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+        "MAILCHIMP_WEBHOOK_SECRET": MAILCHIMP_HOOK_SECRET,
+        "APSIS_WEBHOOK_SECRET": APSIS_HOOK_SECRET,
     }
 
 
@@ -249,3 +255,37 @@ def test_a_body_over_one_megabyte_is_refused_with_413(service, smtp):
             assert response.status_code == 413
     assert smtp.received == []
     assert service.status_of("big@example.com") is None
+
+
+def test_provider_webhooks_over_http_apply_each_rule_once(service, smtp):
+    confirm(service, smtp, sign_up(service, smtp, "munkeby", "fia@example.com", "Fia Holm"))
+    confirm(service, smtp, sign_up(service, smtp, "mysoft", "gus@example.com"))
+    mailchimp_hook = f"{service.url}/webhooks/mailchimp/{MAILCHIMP_HOOK_SECRET}"
+    fields = {
+        "type": "unsubscribe",
+        "fired_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1)),
+        "data[action]": "unsub",
+        "data[reason]": "manual",
+        "data[id]": "8a25ff1d98",
+        "data[list_id]": "munkeby0001",
+        "data[email]": "fia@example.com",
+        "data[email_type]": "html",
+        "data[merges][EMAIL]": "fia@example.com",
+        "data[merges][FNAME]": "Fia",
+        "data[merges][LNAME]": "Holm",
+        "data[ip_opt]": "10.20.10.30",
+        "data[campaign_id]": "cb398d21d2",
+    }
+    with browser() as session:
+        with session.get(mailchimp_hook) as check:
+            assert check.status_code == 200
+        for expected in ("applied", "duplicate"):
+            with session.post(mailchimp_hook, data=fields) as answer:
+                assert answer.status_code == 200 and answer.json() == {"status": expected}
+        apsis_hook = f"{service.url}/webhooks/apsis/{APSIS_HOOK_SECRET}"
+        with session.post(apsis_hook, json={"type": "unsubscribe", "email": "gus@example.com"}) as answer:
+            assert answer.json() == {"status": "applied"}
+        with session.post(f"{service.url}/webhooks/apsis/wrong-secret-0000000000", json={}) as answer:
+            assert answer.status_code == 404
+    assert service.status_of("fia@example.com") == "unsubscribed"  # Munkeby keeps them, unsubscribed
+    assert service.status_of("gus@example.com") is None  # Mysoft deletes them

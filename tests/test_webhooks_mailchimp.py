@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription, Suppression
 
-from .support import subscribe_and_confirm
+from .support import subscribe_and_confirm, unsubscribe_path
 
 SECRET = "mc-hook-" + "a" * 24
 SIGNING = "mc-sign-" + "b" * 24
@@ -194,12 +194,22 @@ def test_echoes_of_our_own_writes_change_nothing(app, client, mailbox, rule):
     assert counts(app) == before
 
 
-def test_an_event_older_than_our_latest_change_is_stale(app, client, mailbox, rule):
-    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
-    fields = delivery("unsubscribe", "anna@example.com", action="unsub", reason="manual")
-    fields["fired_at"] = "2020-01-01 00:00:00"
-    assert post(client, fields).json == {"status": "stale"}
-    assert subscription(app, "anna@example.com").status == "subscribed"
+def test_a_sign_up_older_than_our_latest_change_is_stale_but_an_opt_out_never_is(app, client, mailbox, runner, rule):
+    mail = subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    late_subscribe = delivery("subscribe", "anna@example.com")
+    late_subscribe["fired_at"] = "2020-01-01 00:00:00"
+    assert post(client, late_subscribe).json == {"status": "stale"}  # kept out under either rule
+    assert runner.invoke(args=["subjects", "export", "anna@example.com"]).exit_code == (
+        0 if rule == "unsubscribe" else 1
+    )
+
+    subscribe_and_confirm(client, mailbox, "munkeby", "bea@example.com")
+    late_opt_out = delivery("unsubscribe", "bea@example.com", action="unsub", reason="manual")
+    late_opt_out["fired_at"] = "2020-01-01 00:00:00"
+    assert post(client, late_opt_out).json == {"status": "applied"}
+    sub = subscription(app, "bea@example.com")
+    assert sub is None or sub.status == "unsubscribed"
 
 
 def test_unknown_list_and_address_are_acknowledged(app, client, rule):
