@@ -112,7 +112,7 @@ def subjects_erase(email: str) -> None:
 
 
 @providers_cli.command("poll-apsis")
-@click.option("--notice", "slugs", multiple=True, help="Only this APSIS notice (repeatable); default all.")
+@click.option("--notice", "slugs", multiple=True, help="Only these APSIS notices (repeatable); default all.")
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
@@ -121,11 +121,11 @@ def subjects_erase(email: str) -> None:
 def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None) -> None:
     """Apply opt-outs, bounces and complaints from the APSIS email event report."""
     try:
-        results = report_poller.poll_apsis(list(slugs) or None, since)
+        result = report_poller.poll_apsis(list(slugs) or None, since)
     except report_poller.PollError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(results, indent=2))
+    click.echo(json.dumps(result, indent=2))
 
 
 def register(app: Flask) -> None:

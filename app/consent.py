@@ -447,7 +447,8 @@ def notice_for_provider(kind: str, **ids: str) -> Notice | None:
 def apply_provider_event(event: ProviderEvent) -> str:
     """Apply what a provider reports, under the notice's rules; once per delivery.
 
-    Answers the outcome: "applied", "duplicate", "no_change" (our state already
+    Answers the outcome: "applied", "duplicate", "conflict" (an address change
+    onto an address we already hold), "no_change" (our state already
     says so, as when our own API write echoes back), "stale" (we changed the
     person more recently than a sign-up or profile event happened; opt-outs are
     never stale) or "unknown_address".
@@ -478,8 +479,17 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
     if event.kind in OPT_OUT_EVENTS:
-        # An opt-out is honoured however late it arrives: ignoring a real one is
-        # worse than asking someone who re-subscribed meanwhile to do so again.
+        # An opt-out is honoured however late it arrives, unless the person has
+        # confirmed a new sign-up here since it happened (a report row read after
+        # the webhook, or a delayed echo, must not undo that newer consent).
+        if (
+            sub is not None
+            and sub.status == "subscribed"
+            and sub.confirmed_at is not None
+            and event.occurred_at is not None
+            and event.occurred_at < sub.confirmed_at
+        ):
+            return "stale", []
         reason = "complaint" if event.reason == "abuse" else OPT_OUT_EVENTS[event.kind]
         if sub is None or sub.status == "unsubscribed":
             if not _suppress(uow, notice.slug, ehash, reason):
@@ -502,8 +512,11 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
         )
         return "applied", evidence
 
-    if sub is not None and event.occurred_at is not None and event.occurred_at < sub.updated_at:
-        return "stale", []  # e.g. a delayed "subscribe" from before an opt-out made here
+    if sub is not None and (event.occurred_at is None or event.occurred_at < sub.updated_at):
+        # e.g. a delayed "subscribe" from before an opt-out made here; with no
+        # time at all, the change made here stands.
+        if not (event.kind == "subscribe" and sub.status == "subscribed"):
+            return "stale", []
     if sub is None:
         if event.kind != "subscribe":
             return "unknown_address", []
@@ -551,13 +564,25 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     new_hash = email_hash(new_email)
     if new_hash == ehash:
         return "no_change", []
-    if _subscription(uow, notice.slug, new_hash) is not None:
-        log.warning("%s address change onto an address already held for %s; left as is", event.provider, notice.slug)
-        return "no_change", []
+    held = _subscription(uow, notice.slug, new_hash)
+    if held is not None:
+        # Two records would claim one provider member. Ours are left as they are,
+        # and the provider is told the state we hold for the new address again.
+        log.warning("%s address change onto an address already held for %s", event.provider, notice.slug)
+        if held.confirmed_at is not None:
+            provider_sync.enqueue_sync(uow, held, opt_out=held.status != "subscribed")
+        return "conflict", []
     sub.email, sub.email_hash = new_email, new_hash
     changed = {**source, "field": "email"}
     details = {"old_email": event.email, "new_email": new_email}
-    return "applied", [Evidence.under("rectified", notice, sub.ref, event.channel, changed, details=details)]
+    evidence = [Evidence.under("rectified", notice, sub.ref, event.channel, changed, details=details)]
+    new_suppressed = uow.session.execute(
+        select(Suppression.id).where(Suppression.notice == notice.slug, Suppression.email_hash == new_hash)
+    ).first()
+    if new_suppressed and sub.status != "unsubscribed":
+        # Whoever holds the new address opted out earlier: that stands.
+        evidence += _apply_opt_out(uow, notice, sub, facts, "suppressed_address")
+    return "applied", evidence
 
 
 def _iso(value: Any) -> str | None:

@@ -22,6 +22,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def utc_naive(iso_text: str) -> datetime | None:
+    """An ISO 8601 time from outside, as naive UTC; None when it is not one (or out of range)."""
+    try:
+        parsed = datetime.fromisoformat(iso_text.replace("Z", "+00:00"))
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    except (ValueError, OverflowError):
+        return None
+
+
 def new_ref() -> str:
     return uuid.uuid4().hex
 

@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,11 +17,16 @@ from flask import Response, abort, current_app, jsonify, request
 
 from .. import consent
 from ..extensions import csrf
+from ..models import utc_naive
 from . import bp
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_TOLERANCE_SECONDS = 300
+STAMP_RE = re.compile(r"[0-9]{1,12}")
+SIGNATURE_RE = re.compile(r"[0-9a-fA-F]{64}")
+# Reasons kept in the evidence record, which is never erased: known words only.
+MAILCHIMP_REASONS = ("manual", "abuse", "hard", "soft")
 # Mailchimp event type -> our kind (unsubscribe with reason "abuse" is a complaint).
 MAILCHIMP_KINDS = {
     "unsubscribe": "unsubscribe",
@@ -28,6 +35,8 @@ MAILCHIMP_KINDS = {
     "profile": "profile",
     "upemail": "address_change",
 }
+APSIS_FIELDS = ("type", "event", "email", "email_address", "address", "notice", "section", "id", "event_id",
+                "occurred_at", "timestamp")
 # What an APSIS flow may call its event -> our kind.
 APSIS_KINDS = {
     "unsubscribe": "unsubscribe",
@@ -50,8 +59,12 @@ class BadDelivery(ValueError):
 
 def _secret_matches(setting: str, given: str) -> bool:
     expected = current_app.config.get(setting) or ""
-    # Constant time; an unset secret means the webhook is off and matches nothing.
-    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+    if not expected:
+        return False  # the webhook is off
+    # Digests of both, compared in constant time: neither content nor length leaks.
+    return hmac.compare_digest(
+        hashlib.sha256(expected.encode()).digest(), hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+    )
 
 
 def _answer(outcome: str, status: int = 200) -> Response:
@@ -74,13 +87,13 @@ def _verify_mailchimp_signature() -> str | None:
     header = request.headers.get("X-Mailchimp-Signature", "")
     parts = dict(p.strip().split("=", 1) for p in header.split(",") if "=" in p)
     stamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not stamp.isdigit() or not given:
+    if not STAMP_RE.fullmatch(stamp) or not SIGNATURE_RE.fullmatch(given):
         return "missing or malformed X-Mailchimp-Signature"
     if abs(time.time() - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
         return "signature timestamp is too old or in the future"
     signed = stamp.encode() + b"." + request.get_data(cache=True)
     expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, given.lower()):
+    if not hmac.compare_digest(expected.encode(), given.lower().encode()):
         return "signature does not match"
     return None
 
@@ -115,7 +128,11 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
     if notice is None:
         log.warning("Mailchimp webhook for a list no notice names; acknowledged and ignored")
         return "unknown_list"
-    reason = _field(form, "data[reason]") or None
+    raw_reason = _field(form, "data[reason]")
+    reason = raw_reason if raw_reason in MAILCHIMP_REASONS else ("other" if raw_reason else None)
+    occurred_at = _mailchimp_time(_field(form, "fired_at"))
+    if occurred_at is None:
+        raise BadDelivery("fired_at is missing or not a time (YYYY-MM-DD HH:MM:SS)")
     if kind == "address_change":
         email = _address(_field(form, "data[old_email]"), "data[old_email]")
         new_email = _address(_field(form, "data[new_email]"), "data[new_email]")
@@ -126,12 +143,14 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
         kind = "complaint"
     if kind == "bounce" and reason == "abuse":
         kind = "complaint"
-    try:
-        name = consent.clean_name(
-            " ".join(filter(None, (_field(form, "data[merges][FNAME]"), _field(form, "data[merges][LNAME]"))))
-        )
-    except consent.InvalidInput:
-        raise BadDelivery("data[merges][FNAME] or [LNAME] is not a valid name") from None
+    name = None
+    if kind in ("subscribe", "profile"):  # a bad name must never stand in the way of an opt-out
+        try:
+            name = consent.clean_name(
+                " ".join(filter(None, (_field(form, "data[merges][FNAME]"), _field(form, "data[merges][LNAME]"))))
+            )
+        except consent.InvalidInput:
+            raise BadDelivery("data[merges][FNAME] or [LNAME] is not a valid name") from None
     # Identical re-deliveries carry identical fields; that is the delivery's identity.
     identity = urlencode(sorted((k, v) for k, v in form.items(multi=True)))
     return consent.ProviderEvent(
@@ -144,7 +163,7 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
         reason=reason,
         name=name,
         new_email=new_email,
-        occurred_at=_mailchimp_time(_field(form, "fired_at")),
+        occurred_at=occurred_at,
     )
 
 
@@ -174,21 +193,28 @@ def _apsis_fields() -> dict[str, str]:
     """The flow's fields, from a JSON object, a form, or the query string."""
     fields: dict[str, Any] = dict(request.args.items())
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = json.loads(request.get_data(cache=True))
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise BadDelivery("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadDelivery("the JSON body must be an object")
         fields.update(body)
     else:
         fields.update(request.form.items())
-    return {k: v.strip() if isinstance(v, str) else "" for k, v in fields.items() if isinstance(k, str)}
-
-
-def _apsis_time(raw: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        if key not in APSIS_FIELDS:
+            continue
+        if not isinstance(value, str | int):
+            raise BadDelivery(f"{key} must be a string")
+        text = str(value).strip()
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadDelivery(f"{key} is not valid text") from None
+        clean[key] = text
+    return clean
 
 
 def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
@@ -214,7 +240,12 @@ def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
         notice = candidates[0]
     event_id = fields.get("id") or fields.get("event_id")
     occurred = fields.get("occurred_at") or fields.get("timestamp") or ""
-    identity = f"id:{event_id}" if event_id else json.dumps([kind, email, notice.slug, occurred])
+    occurred_at = utc_naive(occurred) if occurred else None
+    if occurred and occurred_at is None:
+        raise BadDelivery("occurred_at must be an ISO 8601 time")
+    # Without an id a delivery cannot be told from a later, real repeat of the
+    # same event, so each counts as new; the state decides whether it changes anything.
+    identity = f"id:{event_id}" if event_id else f"unidentified:{uuid.uuid4().hex}"
     return consent.ProviderEvent(
         provider="apsis",
         kind=kind,
@@ -223,7 +254,7 @@ def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
         identity=identity,
         channel="webhook",
         reason=raw_kind,
-        occurred_at=_apsis_time(occurred) if occurred else None,
+        occurred_at=occurred_at,
     )
 
 
