@@ -27,6 +27,17 @@ PUBLIC_URL = "https://news.example.org"
 REPO = Path(__file__).resolve().parent.parent
 
 
+def notices_with_rule(folder: Path, slug: str, rule: str) -> Path:
+    """A copy of the shipped notice files in which ``slug``'s opt-out rule is ``rule``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (REPO / "notices").glob("*.toml"):
+        text = source.read_text(encoding="utf-8")
+        if source.stem == slug:
+            text = re.sub(r'(?m)^rule = "\w+"', f'rule = "{rule}"', text)
+        (folder / source.name).write_text(text, encoding="utf-8")
+    return folder
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
     """`flask outbox run` as an operator runs it, in its own process."""
     return subprocess.Popen(

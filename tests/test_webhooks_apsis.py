@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -12,7 +13,7 @@ from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, ProviderCursor, Suppression
 
 from .fakes.apsis import FakeApsis
-from .support import provider_env, subscribe_and_confirm
+from .support import notices_with_rule, provider_env, subscribe_and_confirm
 
 SECRET = "apsis-hook-" + "c" * 24
 HOOK = f"/webhooks/apsis/{SECRET}"
@@ -201,3 +202,23 @@ def test_a_report_row_with_an_impossible_time_is_still_applied(app, client, mail
     result = runner.invoke(args=["providers", "poll-apsis", "--since", "2000-01-01"])
     assert result.exit_code == 0, result.output
     assert not held(runner, "bo@example.com")
+
+
+class TestUnderAnUnsubscribeRule:
+    @pytest.fixture
+    def app_env(self, app_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+        return {**app_env, "NOTICES_DIR": str(notices_with_rule(tmp_path / "notices", "mysoft", "unsubscribe"))}
+
+    @pytest.mark.parametrize(
+        "kind, reason", [("unsubscribe", "provider_unsubscribe"), ("abuse", "complaint"), ("bounce", "bounce")]
+    )
+    def test_apsis_events_keep_the_person_as_unsubscribed(self, app, client, mailbox, runner, kind, reason):
+        subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+        assert client.post(HOOK, json={"type": kind, "email": "bo@example.com"}).json == {"status": "applied"}
+        exported = json.loads(runner.invoke(args=["subjects", "export", "bo@example.com"]).stdout)
+        assert [s["status"] for s in exported["subscriptions"]] == ["unsubscribed"]
+        with app.app_context():
+            [entry] = db.session.execute(select(Suppression)).scalars()
+            assert entry.reason == reason
+            jobs = [job.kind for job in db.session.execute(select(OutboxJob)).scalars()]
+            assert "sync_optout" not in jobs  # APSIS already holds the opt-out

@@ -15,13 +15,12 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription, Suppression
 
-from .support import subscribe_and_confirm, unsubscribe_path
+from .support import notices_with_rule, subscribe_and_confirm, unsubscribe_path
 
 SECRET = "mc-hook-" + "a" * 24
 SIGNING = "mc-sign-" + "b" * 24
 LIST_ID = "munkeby0001"
 HOOK = f"/webhooks/mailchimp/{SECRET}"
-NOTICES = Path(__file__).resolve().parent.parent / "notices"
 
 
 @pytest.fixture(params=["unsubscribe", "delete"])
@@ -32,14 +31,8 @@ def rule(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def app_env(app_env: dict[str, str], tmp_path: Path, rule: str) -> dict[str, str]:
     """Munkeby's notice as shipped, and a copy whose opt-out rule is "delete"."""
-    notices = tmp_path / "notices"
-    notices.mkdir()
-    for source in NOTICES.glob("*.toml"):
-        text = source.read_text(encoding="utf-8")
-        if source.stem == "munkeby":
-            text = text.replace('rule = "unsubscribe"', f'rule = "{rule}"')
-        (notices / source.name).write_text(text, encoding="utf-8")
-    return {**app_env, "NOTICES_DIR": str(notices), "MAILCHIMP_WEBHOOK_SECRET": SECRET}
+    folder = notices_with_rule(tmp_path / "notices", "munkeby", rule)
+    return {**app_env, "NOTICES_DIR": str(folder), "MAILCHIMP_WEBHOOK_SECRET": SECRET}
 
 
 def delivery(kind: str, email: str, **data: str) -> dict[str, str]:
