@@ -89,11 +89,15 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
+    from .dashboard import bp as dashboard_bp
+    from .dashboard.auth import init_login
     from .public import bp as public_bp
     from .webhooks import bp as webhooks_bp
 
     app.register_blueprint(public_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(dashboard_bp)
+    init_login(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

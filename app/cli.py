@@ -15,13 +15,15 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import consent, ledger, outbox, report_poller
+from . import accounts, consent, ledger, outbox, report_poller
 from .extensions import db
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
 ledger_cli = AppGroup("ledger", help="The evidence chain.")
 subjects_cli = AppGroup("subjects", help="Data-subject requests: export and erasure.")
 providers_cli = AppGroup("providers", help="Reading events back from the mail providers.")
+users_cli = AppGroup("users", help="Dashboard accounts.")
+tokens_cli = AppGroup("tokens", help="API tokens for the CRM.")
 
 
 @outbox_cli.command("run")
@@ -128,6 +130,65 @@ def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None) -> None
     click.echo(json.dumps(result, indent=2))
 
 
+@users_cli.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice(accounts.ROLES), required=True, help="What the user may do.")
+@click.option("--password", help="Prompted for (hidden, twice) when left out.")
+def users_create(email: str, role: str, password: str | None) -> None:
+    """Create a dashboard user."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = accounts.create_user(email, role, password)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"created": user.email, "role": user.role}))
+
+
+@tokens_cli.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(accounts.SCOPES),
+    required=True,
+    help="What the token may do (repeatable).",
+)
+def tokens_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create an API token; its secret is printed once and never stored."""
+    try:
+        token = accounts.create_token(name, list(scopes), created_by="cli")
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"id": token.id, "name": token.name, "scopes": token.scopes, "token": token.secret}))
+
+
+@tokens_cli.command("list")
+def tokens_list() -> None:
+    """The tokens, without their secrets."""
+    rows = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "scopes": t.scopes.split(),
+            "created_by": t.created_by,
+            "revoked": t.revoked_at is not None,
+        }
+        for t in accounts.list_tokens()
+    ]
+    click.echo(json.dumps(rows, indent=2))
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token at once."""
+    if not accounts.revoke_token(token_id):
+        raise click.ClickException(f"no live token with id {token_id}")
+    click.echo(json.dumps({"revoked": token_id}))
+
+
 def register(app: Flask) -> None:
-    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli):
+    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli):
         app.cli.add_command(group)

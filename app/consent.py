@@ -585,6 +585,114 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     return "applied", evidence
 
 
+# --- marketer actions (dashboard) ---------------------------------------------
+
+
+def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts) -> list[str]:
+    """Correct a subscription's name and/or address; answers the fields changed.
+
+    Raises ``InvalidInput`` for a bad value, an address already held under the
+    notice, or an address that has opted out (a typo fix must not re-add one).
+    """
+    with unit_of_work() as uow:
+        sub = uow.session.execute(
+            select(Subscription).where(Subscription.ref == ref).with_for_update()
+        ).scalar_one_or_none()
+        if sub is None:
+            raise InvalidInput("ref", "unknown")
+        notice = get_notice(sub.notice)
+        if notice is None:
+            raise InvalidInput("ref", "unknown")
+        changed: dict[str, Any] = {}
+        if name_raw is not None and "name" in notice.fields:
+            name = clean_name(name_raw)
+            if name != sub.name:
+                changed["name"] = name
+        if email_raw:
+            email = normalise_email(email_raw)
+            new_hash = email_hash(email)
+            if new_hash != sub.email_hash:
+                if _subscription(uow, notice.slug, new_hash) is not None:
+                    raise InvalidInput("email", "held")
+                if uow.session.execute(
+                    select(Suppression.id).where(Suppression.notice == notice.slug, Suppression.email_hash == new_hash)
+                ).first():
+                    raise InvalidInput("email", "suppressed")
+                changed["email"] = email
+                details_old = {"old_email": sub.email}
+                old_hash = sub.email_hash
+                sub.email, sub.email_hash = email, new_hash
+        if not changed:
+            return []
+        if "name" in changed:
+            sub.name = changed["name"]
+        details = {**changed, **(details_old if "email" in changed else {})}
+        fields = sorted(changed)
+        ledger.append(
+            uow.session,
+            [
+                Evidence.under(
+                    "rectified",
+                    notice,
+                    sub.ref,
+                    facts.channel,
+                    {"fields": fields, "actor": facts.actor},
+                    details=details,
+                )
+            ],
+        )
+        if sub.status == "subscribed":
+            if "email" in changed:
+                # The provider knows the person by the old address: it forgets that
+                # one, and hears of the new one through the next sync.
+                provider_sync.enqueue_delete_address(uow, notice.slug, details_old["old_email"], old_hash)
+            provider_sync.enqueue_sync(uow, sub, opt_out=False)
+        if "email" in changed:
+            _wipe_after_commit(uow)
+    return fields
+
+
+def erase_subscription(ref: str, facts: Facts) -> bool:
+    """Erase one subscription (one controller's data about the person)."""
+    with unit_of_work() as uow:
+        sub = uow.session.execute(
+            select(Subscription).where(Subscription.ref == ref).with_for_update()
+        ).scalar_one_or_none()
+        if sub is None:
+            return False
+        notice = get_notice(sub.notice)
+        requested = Evidence(
+            type="erasure_requested",
+            channel=facts.channel,
+            notice=sub.notice,
+            notice_version=notice.version if notice else None,
+            subscription_ref=sub.ref,
+            facts={"actor": facts.actor} if facts.actor else {},
+        )
+        ledger.append(uow.session, [requested, _erase_subscription(uow, sub, reason="erasure_request")])
+        _wipe_after_commit(uow)
+    return True
+
+
+def record_action(kind: str, ref: str | None, notice_slug: str | None, facts: Facts, **extra: Any) -> None:
+    """Evidence of a marketer's action that changes no consent (an export, a retry)."""
+    notice = get_notice(notice_slug) if notice_slug else None
+    with unit_of_work() as uow:
+        ledger.append(
+            uow.session,
+            [
+                Evidence(
+                    type=kind,
+                    channel=facts.channel,
+                    notice=notice_slug,
+                    notice_version=notice.version if notice else None,
+                    subscription_ref=ref,
+                    facts={"actor": facts.actor, **extra},
+                )
+            ],
+        )
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 

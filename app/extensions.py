@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import request
 from flask_babel import Babel
 from flask_limiter import Limiter
+from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -35,3 +36,4 @@ migrate = Migrate()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=client_ip)
 babel = Babel()
+login_manager = LoginManager()

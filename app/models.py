@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -171,3 +172,47 @@ class ProviderCursor(db.Model):
     cursor: Mapped[str | None] = mapped_column(String(500))
     last_called_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class User(UserMixin, db.Model):
+    """A marketer's dashboard account. Kept (deactivated, not deleted) so that
+    evidence naming ``user:<id>`` as the actor stays answerable."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # admin | marketer | viewer
+    active: Mapped[bool] = mapped_column(default=True)
+    # Changes with the password: every session made before then ends.
+    session_key: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_key}"
+
+    @property
+    def is_active(self) -> bool:  # type: ignore[override]
+        return self.active
+
+    @property
+    def actor(self) -> str:
+        """How evidence names this user: by id, so no employee address enters the ledger."""
+        return f"user:{self.id}"
+
+
+class ApiToken(db.Model):
+    """A bearer token for the CRM API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(200))  # space-separated
+    created_by: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

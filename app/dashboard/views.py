@@ -1,0 +1,221 @@
+"""Dashboard pages: thin; reads come from queries.py, changes from app/consent.py."""
+
+from __future__ import annotations
+
+import json
+
+from flask import abort, flash, make_response, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+
+from .. import accounts, consent, ledger, outbox
+from ..extensions import db
+from ..models import Subscription
+from . import bp, queries
+from .auth import requires
+from .forms import ActionForm, RectifyForm, TokenForm
+
+STATUSES = ("pending", "subscribed", "unsubscribed")
+
+
+def _facts() -> consent.Facts:
+    return consent.Facts(channel="dashboard", actor=current_user.actor)
+
+
+def _subscription_or_404(ref: str) -> Subscription:
+    sub = db.session.execute(db.select(Subscription).where(Subscription.ref == ref)).scalar_one_or_none()
+    if sub is None:
+        abort(404)
+    return sub
+
+
+def _no_store(response):  # type: ignore[no-untyped-def]
+    response.headers["Cache-Control"] = "no-store"  # personal data: never in a shared cache
+    return response
+
+
+@bp.get("/")
+@requires("viewer")
+def overview():  # type: ignore[no-untyped-def]
+    notices = list(consent.notices().values())
+    charts = {notice.slug: queries.chart(notice) for notice in notices}
+    health = outbox.status()
+    deadline = queries.OPT_OUT_DEADLINE_HOURS * 3600
+    oldest = health["oldest_pending_opt_out_age_seconds"]
+    return render_template(
+        "dashboard/overview.html",
+        notices=notices,
+        counts=queries.status_counts(),
+        suppressions=queries.suppression_counts(),
+        charts=charts,
+        health=health,
+        deadline_hours=queries.OPT_OUT_DEADLINE_HOURS,
+        deadline_used=round(100 * oldest / deadline, 1) if oldest is not None else None,
+        action=ActionForm(),
+    )
+
+
+@bp.post("/outbox/<int:job_id>/<any(retry, discard):what>")
+@requires("marketer")
+def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if what == "retry":
+        done = outbox.retry_dead([job_id])
+        if done:
+            consent.record_action("provider_sync_retried", None, None, _facts(), job=job_id)
+    else:
+        done = outbox.discard_dead([job_id], actor=current_user.actor)
+    if not done:
+        flash(_("That job is no longer a dead letter."), "error")
+    return redirect(url_for("dashboard.overview"))
+
+
+@bp.get("/subscribers")
+@requires("viewer")
+def subscribers():  # type: ignore[no-untyped-def]
+    notice = request.args.get("notice") or None
+    status = request.args.get("status") or None
+    search = (request.args.get("q") or "").strip().lower()[:254] or None
+    after = request.args.get("after", "")
+    if notice is not None and consent.get_notice(notice) is None:
+        abort(400)
+    if status is not None and status not in STATUSES:
+        abort(400)
+    rows, next_after = queries.subscribers(
+        notice=notice, status=status, search=search, after=int(after) if after.isdigit() else None
+    )
+    return _no_store(
+        make_response(
+            render_template(
+                "dashboard/subscribers.html",
+                rows=rows,
+                next_after=next_after,
+                notices=consent.notices().values(),
+                statuses=STATUSES,
+                chosen={"notice": notice, "status": status, "q": search or ""},
+            )
+        )
+    )
+
+
+@bp.get("/subscribers/<ref>")
+@requires("viewer")
+def subject(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    notice = consent.get_notice(sub.notice)
+    form = RectifyForm(data={"name": sub.name or "", "email": sub.email})
+    return _no_store(
+        make_response(
+            render_template(
+                "dashboard/subject.html",
+                sub=sub,
+                notice=notice,
+                events=queries.timeline(sub.ref),
+                form=form,
+                action=ActionForm(),
+            )
+        )
+    )
+
+
+@bp.get("/subscribers/<ref>/export.json")
+@requires("viewer")
+def export(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    data = consent.export_subject(sub.email)
+    consent.record_action("subject_exported", sub.ref, sub.notice, _facts())
+    response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
+    response.headers["Content-Type"] = "application/json; charset=utf-8"
+    response.headers["Content-Disposition"] = f'attachment; filename="subject-{sub.ref}.json"'
+    return _no_store(response)
+
+
+@bp.get("/subscribers/<ref>/certificate")
+@requires("viewer")
+def certificate(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    check = ledger.verify(db.session)
+    return _no_store(
+        make_response(
+            render_template(
+                "dashboard/certificate.html",
+                sub=sub,
+                notice=consent.get_notice(sub.notice),
+                events=queries.timeline(sub.ref),
+                check=check,
+            )
+        )
+    )
+
+
+@bp.post("/subscribers/<ref>/rectify")
+@requires("marketer")
+def rectify(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    form = RectifyForm()
+    if not form.validate_on_submit():
+        abort(400)
+    messages = {
+        "held": _("That address is already held under this notice."),
+        "suppressed": _("That address has opted out; it cannot be put on the list by a correction."),
+    }
+    try:
+        changed = consent.rectify(sub.ref, form.name.data, form.email.data, _facts())
+    except consent.InvalidInput as exc:
+        flash(messages.get(str(exc), _("Please check the values.")), "error")
+        return redirect(url_for("dashboard.subject", ref=ref))
+    flash(_("Corrected: %(fields)s.", fields=", ".join(changed)) if changed else _("Nothing changed."), "info")
+    return redirect(url_for("dashboard.subject", ref=ref))
+
+
+@bp.route("/subscribers/<ref>/erase", methods=["GET", "POST"])
+@requires("marketer")
+def erase(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    form = ActionForm()
+    if request.method == "POST":
+        if not form.validate_on_submit() or request.form.get("confirm") != sub.email:
+            flash(_("Type the address exactly to confirm the erasure."), "error")
+            return render_template("dashboard/erase.html", sub=sub, form=form), 400
+        consent.erase_subscription(sub.ref, _facts())
+        flash(_("The subscription was erased. A suppression entry and anonymous evidence remain."), "info")
+        return redirect(url_for("dashboard.subscribers"))
+    return _no_store(make_response(render_template("dashboard/erase.html", sub=sub, form=form)))
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@requires("admin")
+def api_tokens():  # type: ignore[no-untyped-def]
+    form = TokenForm()
+    created = None
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            abort(400)
+        try:
+            created = accounts.create_token(form.name.data or "", request.form.getlist("scopes"), current_user.actor)
+        except accounts.AccountError as exc:
+            flash(str(exc), "error")
+    return _no_store(
+        make_response(
+            render_template(
+                "dashboard/tokens.html",
+                form=form,
+                scopes=accounts.SCOPES,
+                tokens=accounts.list_tokens(),
+                created=created,
+                action=ActionForm(),
+            )
+        )
+    )
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@requires("admin")
+def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if not accounts.revoke_token(token_id):
+        abort(404)
+    flash(_("The token was revoked."), "info")
+    return redirect(url_for("dashboard.api_tokens"))

@@ -1,0 +1,255 @@
+"""The marketers' dashboard, driven through its pages as a marketer would."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import ConsentEvent, OutboxJob, Subscription, User
+
+from .support import queue_sync_jobs, subscribe_and_confirm
+
+PASSWORD = "correct horse battery staple"
+
+
+def create_user(runner, email: str, role: str) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(args=["users", "create", email, "--role", role, "--password", PASSWORD])
+    assert result.exit_code == 0, result.output
+
+
+def form_token(page: str) -> str:
+    match = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', page)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def log_in(client, email: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    token = form_token(client.get("/dashboard/login").get_data(as_text=True))
+    return client.post("/dashboard/login", data={"csrf_token": token, "email": email, "password": password})
+
+
+@pytest.fixture
+def marketer(app, client, runner):  # type: ignore[no-untyped-def]
+    create_user(runner, "maria@munkeby.se", "marketer")
+    assert log_in(client, "maria@munkeby.se").status_code == 302
+    return client
+
+
+def actor_of(app, email: str) -> str:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        return f"user:{db.session.execute(select(User.id).where(User.email == email)).scalar_one()}"
+
+
+def subscription_ref(app, email: str) -> str:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        return db.session.execute(select(Subscription.ref).where(Subscription.email == email)).scalar_one()
+
+
+def test_every_dashboard_route_refuses_anonymous_visitors(app, client):
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(("/dashboard", "/api")) or rule.endpoint == "dashboard.login":
+            continue
+        values = {arg: ("1" if arg.endswith("_id") else "retry" if arg == "what" else "x") for arg in rule.arguments}
+        path = rule.rule
+        for arg, value in values.items():
+            path = re.sub(rf"<(?:[^:>]+:)?{arg}(?:\([^)]*\))?>", value, path)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            answer = client.open(path, method=method)
+            assert answer.status_code in (302, 400, 401), (method, path, answer.status_code)
+            if answer.status_code == 302:
+                assert answer.headers["Location"].startswith("/dashboard/login"), path
+            assert b"@" not in answer.data, path  # nothing personal leaks
+            checked += 1
+    assert checked >= 10
+
+
+def test_login_wrong_password_then_right_then_logout(app, client, runner):
+    create_user(runner, "maria@munkeby.se", "viewer")
+    wrong = log_in(client, "maria@munkeby.se", "not the password at all")
+    assert wrong.status_code == 401 and "Fel e-postadress eller lösenord" in wrong.get_data(as_text=True)
+    unknown = log_in(client, "nobody@munkeby.se")
+    assert unknown.status_code == 401
+    right = log_in(client, "maria@munkeby.se")
+    assert right.status_code == 302 and right.headers["Location"] == "/dashboard/"
+    cookie = right.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert client.get("/dashboard/").status_code == 200
+    assert client.post("/dashboard/logout").status_code == 400  # no CSRF token
+    token = form_token(client.get("/dashboard/").get_data(as_text=True))
+    assert client.post("/dashboard/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/dashboard/").status_code == 302
+
+
+def test_login_is_rate_limited(app, client, runner):
+    create_user(runner, "maria@munkeby.se", "viewer")
+    answers = [log_in(client, "maria@munkeby.se", "wrong password number x").status_code for _ in range(11)]
+    assert answers[:10] == [401] * 10 and answers[10] == 429
+
+
+def test_next_never_leads_off_the_dashboard(app, client, runner):
+    create_user(runner, "maria@munkeby.se", "viewer")
+    token = form_token(client.get("/dashboard/login").get_data(as_text=True))
+    data = {"csrf_token": token, "email": "maria@munkeby.se", "password": PASSWORD}
+    answer = client.post("/dashboard/login?next=//evil.example/dashboard", data=data)
+    assert answer.headers["Location"] == "/dashboard/"
+
+
+def test_a_deactivated_user_is_logged_out_at_once(app, marketer):
+    with app.app_context():
+        db.session.execute(User.__table__.update().values(active=False))
+        db.session.commit()
+    assert marketer.get("/dashboard/").status_code == 302
+
+
+def test_users_create_refuses_weak_passwords_and_duplicates(runner):
+    weak = runner.invoke(args=["users", "create", "a@munkeby.se", "--role", "admin", "--password", "short"])
+    assert weak.exit_code == 1 and "12 characters" in weak.output
+    create_user(runner, "a@munkeby.se", "admin")
+    again = runner.invoke(args=["users", "create", "A@munkeby.se", "--role", "viewer", "--password", PASSWORD])
+    assert again.exit_code == 1 and "exists" in again.output
+    prompted = runner.invoke(
+        args=["users", "create", "b@munkeby.se", "--role", "viewer"], input=f"{PASSWORD}\n{PASSWORD}\n"
+    )
+    assert prompted.exit_code == 0, prompted.output
+
+
+def test_overview_shows_counts_rate_chart_and_sync_health(app, client, mailbox, marketer):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    subscribe_and_confirm(client, mailbox, "munkeby", "bo@example.com")
+    page = marketer.get("/dashboard/").get_data(as_text=True)
+    munkeby = page[page.index('id="n-munkeby"') : page.index('id="n-mysoft"')]
+    assert re.search(r'data-figure="subscribed">2<', munkeby)
+    assert re.search(r'data-figure="confirmation-rate">100.0 %<', munkeby)
+    assert munkeby.count("<polyline") == 3 and "http" not in munkeby.split("<svg")[1].split("</svg>")[0]
+    assert 'data-figure="queued">2<' in page  # two provider syncs waiting (no credentials set)
+
+
+def test_dead_letters_can_be_retried_or_discarded_from_the_overview(app, client, mailbox, marketer):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    with app.app_context():
+        db.session.execute(
+            OutboxJob.__table__.update().where(OutboxJob.kind == "sync_consent").values(state="dead", last_error="x")
+        )
+        db.session.commit()
+        [job_id] = db.session.execute(select(OutboxJob.id).where(OutboxJob.state == "dead")).scalars()
+    page = marketer.get("/dashboard/").get_data(as_text=True)
+    token = form_token(page)
+    assert marketer.post(f"/dashboard/outbox/{job_id}/retry", data={"csrf_token": token}).status_code == 302
+    with app.app_context():
+        assert db.session.get(OutboxJob, job_id).state == "pending"
+        [retried] = db.session.execute(
+            select(ConsentEvent).where(ConsentEvent.type == "provider_sync_retried")
+        ).scalars()
+        assert json.loads(retried.facts)["actor"] == actor_of(app, "maria@munkeby.se")
+
+
+def test_subscribers_are_searched_filtered_and_paged_by_key(app, client, marketer):
+    with app.app_context():
+        queue_sync_jobs("munkeby", 60, "subscribed", "sync_consent")
+    first = marketer.get("/dashboard/subscribers?notice=munkeby&status=subscribed").get_data(as_text=True)
+    assert first.count("/dashboard/subscribers/") == 50
+    after = re.search(r'rel="next" href="[^"]*after=(\d+)', first).group(1)
+    second = marketer.get(f"/dashboard/subscribers?notice=munkeby&status=subscribed&after={after}").get_data(
+        as_text=True
+    )
+    assert second.count("/dashboard/subscribers/") == 10 and 'rel="next"' not in second
+    found = marketer.get("/dashboard/subscribers?q=reader5").get_data(as_text=True)
+    expected = {"reader5@example.com"} | {f"reader5{i}@example.com" for i in range(10)}
+    assert set(re.findall(r">(reader5\d*@example.com)<", found)) == expected
+    assert marketer.get("/dashboard/subscribers?status=nonsense").status_code == 400
+    assert marketer.get("/dashboard/subscribers?notice=nowhere").status_code == 400
+
+
+def test_subject_page_export_and_certificate(app, client, mailbox, marketer, runner):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com", "Anna Berg")
+    ref = subscription_ref(app, "anna@example.com")
+    page = marketer.get(f"/dashboard/subscribers/{ref}?lang=en").get_data(as_text=True)
+    assert "signup_requested" in page and "consent_confirmed" in page and "notice version" in page
+    download = marketer.get(f"/dashboard/subscribers/{ref}/export.json")
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    assert json.loads(download.data)["subscriptions"][0]["email"] == "anna@example.com"
+    with app.app_context():
+        [exported] = db.session.execute(select(ConsentEvent).where(ConsentEvent.type == "subject_exported")).scalars()
+        assert json.loads(exported.facts)["actor"] == actor_of(app, "maria@munkeby.se")
+    certificate = marketer.get(f"/dashboard/subscribers/{ref}/certificate").get_data(as_text=True)
+    assert re.search(r'data-figure="chain">\s*Kedjekontroll', certificate) or "Chain check: all" in certificate
+    with app.app_context():  # tamper with the evidence; the certificate must say so
+        db.session.execute(
+            ConsentEvent.__table__.update().where(ConsentEvent.type == "consent_confirmed").values(channel="forged")
+        )
+        db.session.commit()
+    certificate = marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+    assert "Chain check FAILED" in certificate
+
+
+def test_rectify_and_erase_are_evidence_with_the_acting_user(app, client, mailbox, marketer, runner):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com", "Anna Berg")
+    ref = subscription_ref(app, "anna@example.com")
+    token = form_token(marketer.get(f"/dashboard/subscribers/{ref}").get_data(as_text=True))
+    marketer.post(
+        f"/dashboard/subscribers/{ref}/rectify",
+        data={"csrf_token": token, "name": "Anna Lind", "email": "anna@example.com"},
+    )
+    with app.app_context():
+        assert db.session.execute(select(Subscription.name).where(Subscription.ref == ref)).scalar_one() == "Anna Lind"
+        [rectified] = db.session.execute(select(ConsentEvent).where(ConsentEvent.type == "rectified")).scalars()
+        assert json.loads(rectified.facts) == {"fields": ["name"], "actor": actor_of(app, "maria@munkeby.se")}
+
+    token = form_token(marketer.get(f"/dashboard/subscribers/{ref}/erase").get_data(as_text=True))
+    wrong = marketer.post(
+        f"/dashboard/subscribers/{ref}/erase", data={"csrf_token": token, "confirm": "someone@else.com"}
+    )
+    assert wrong.status_code == 400
+    assert runner.invoke(args=["subjects", "export", "anna@example.com"]).exit_code == 0
+    done = marketer.post(
+        f"/dashboard/subscribers/{ref}/erase", data={"csrf_token": token, "confirm": "anna@example.com"}
+    )
+    assert done.status_code == 302
+    assert runner.invoke(args=["subjects", "export", "anna@example.com"]).exit_code == 1
+    with app.app_context():
+        [requested] = db.session.execute(select(ConsentEvent).where(ConsentEvent.type == "erasure_requested")).scalars()
+        assert json.loads(requested.facts)["actor"] == actor_of(app, "maria@munkeby.se")
+    assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+
+
+def test_a_viewer_may_look_but_not_act(app, client, mailbox, runner):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    create_user(runner, "vera@munkeby.se", "viewer")
+    log_in(client, "vera@munkeby.se")
+    ref = subscription_ref(app, "anna@example.com")
+    page = client.get(f"/dashboard/subscribers/{ref}").get_data(as_text=True)
+    assert "/erase" not in page
+    token = form_token(client.get("/dashboard/").get_data(as_text=True))
+    assert (
+        client.post(f"/dashboard/subscribers/{ref}/rectify", data={"csrf_token": token, "name": "X"}).status_code == 403
+    )
+    assert client.get(f"/dashboard/subscribers/{ref}/erase").status_code == 403
+    assert client.get("/dashboard/tokens").status_code == 403
+
+
+def test_an_admin_creates_and_revokes_api_tokens(app, client, runner):
+    create_user(runner, "admin@munkeby.se", "admin")
+    log_in(client, "admin@munkeby.se")
+    token = form_token(client.get("/dashboard/tokens").get_data(as_text=True))
+    page = client.post(
+        "/dashboard/tokens", data={"csrf_token": token, "name": "Dynamics 365", "scopes": ["read", "opt_out"]}
+    ).get_data(as_text=True)
+    secret = re.search(r"<code data-token>(cst_[A-Za-z0-9_-]+)</code>", page).group(1)
+    assert secret not in client.get("/dashboard/tokens").get_data(as_text=True)  # shown once
+    listed = json.loads(runner.invoke(args=["tokens", "list"]).stdout)
+    assert listed == [
+        {
+            "id": 1,
+            "name": "Dynamics 365",
+            "scopes": ["read", "opt_out"],
+            "created_by": actor_of(app, "admin@munkeby.se"),
+            "revoked": False,
+        }
+    ]
+    assert client.post("/dashboard/tokens/1/revoke", data={"csrf_token": token}).status_code == 302
+    assert json.loads(runner.invoke(args=["tokens", "list"]).stdout)[0]["revoked"] is True
