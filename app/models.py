@@ -47,7 +47,12 @@ class NoticeVersion(db.Model):
 
 class Subscription(db.Model):
     __tablename__ = "subscriptions"
-    __table_args__ = (UniqueConstraint("notice", "email_hash", name="uq_subscriptions_notice_email_hash"),)
+    __table_args__ = (
+        UniqueConstraint("notice", "email_hash", name="uq_subscriptions_notice_email_hash"),
+        # The dashboard's address search (a prefix range) and its filtered, keyset-paged list.
+        Index("ix_subscriptions_email", "email"),
+        Index("ix_subscriptions_notice_status_id", "notice", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
@@ -76,7 +81,10 @@ class ConsentEvent(db.Model):
     """
 
     __tablename__ = "consent_events"
-    __table_args__ = (Index("ix_consent_events_ref_type_at", "subscription_ref", "type", "at"),)
+    __table_args__ = (
+        Index("ix_consent_events_ref_type_at", "subscription_ref", "type", "at"),
+        Index("ix_consent_events_notice_type_at", "notice", "type", "at"),  # the dashboard's daily chart
+    )
 
     seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     at: Mapped[datetime]

@@ -1,4 +1,4 @@
-"""dashboard users and API tokens
+"""dashboard users, API tokens, and the dashboard's indexes
 
 Revision ID: 0003
 Revises: 0002
@@ -42,6 +42,14 @@ def upgrade():
     )
 
 
+    op.create_index("ix_subscriptions_email", "subscriptions", ["email"])
+    op.create_index("ix_subscriptions_notice_status_id", "subscriptions", ["notice", "status", "id"])
+    op.create_index("ix_consent_events_notice_type_at", "consent_events", ["notice", "type", "at"])
+
+
 def downgrade():
+    op.drop_index("ix_consent_events_notice_type_at", table_name="consent_events")
+    op.drop_index("ix_subscriptions_notice_status_id", table_name="subscriptions")
+    op.drop_index("ix_subscriptions_email", table_name="subscriptions")
     op.drop_table("api_tokens")
     op.drop_table("users")
