@@ -89,14 +89,18 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
+    from .api import bp as api_bp
     from .dashboard import bp as dashboard_bp
     from .dashboard.auth import init_login
+    from .extensions import csrf
     from .public import bp as public_bp
     from .webhooks import bp as webhooks_bp
 
     app.register_blueprint(public_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)  # bearer tokens, no cookies: nothing for a forged form to ride on
     init_login(app)
 
 

@@ -585,6 +585,73 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     return "applied", evidence
 
 
+# --- the CRM's questions and requests (API) ----------------------------------
+
+
+def consent_status(email_raw: str) -> list[dict[str, Any]]:
+    """May each controller e-mail this address? One answer per notice."""
+    email = normalise_email(email_raw)
+    ehash = email_hash(email)
+    subs = {
+        sub.notice: sub
+        for sub in db.session.execute(select(Subscription).where(Subscription.email_hash == ehash)).scalars()
+    }
+    suppressed = set(db.session.execute(select(Suppression.notice).where(Suppression.email_hash == ehash)).scalars())
+    answers = []
+    for notice in notices().values():
+        sub = subs.get(notice.slug)
+        may = sub is not None and sub.status == "subscribed" and notice.slug not in suppressed
+        answers.append(
+            {
+                "notice": notice.slug,
+                "controller": notice.controller["name"],
+                "may_email": may,
+                "status": sub.status if sub else ("suppressed" if notice.slug in suppressed else "unknown"),
+                "lawful_basis": sub.lawful_basis if sub else None,
+                "since": _iso(sub.confirmed_at if sub and sub.status == "subscribed" else None),
+                "notice_version": sub.notice_version if sub else None,
+            }
+        )
+    return answers
+
+
+def opt_out_address(notice: Notice, email_raw: str, facts: Facts) -> str:
+    """An opt-out reported by address (a request by phone, say), under the notice's rule.
+
+    Answers "opted_out", or "already_opted_out" when nothing was left to do.
+    An address we do not hold is suppressed, so it is never added later.
+    """
+    email = normalise_email(email_raw)
+    ehash = email_hash(email)
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is None or sub.status == "unsubscribed":
+            if not _suppress(uow, notice.slug, ehash, "opt_out"):
+                return "already_opted_out"
+            anonymous = {
+                "rule": notice.opt_out_rule,
+                "previous_status": None,
+                "reason": "opt_out",
+                "actor": facts.actor,
+            }
+            ledger.append(
+                uow.session, [Evidence.under("opted_out", notice, sub.ref if sub else None, facts.channel, anonymous)]
+            )
+            return "opted_out"
+        evidence = _apply_opt_out(uow, notice, sub, facts, reason="opt_out")
+        first = evidence[0]
+        evidence[0] = Evidence.under(
+            first.type,
+            notice,
+            first.subscription_ref,
+            first.channel,
+            {**first.facts, "actor": facts.actor},
+            first.details,
+        )
+        ledger.append(uow.session, evidence)
+    return "opted_out"
+
+
 # --- marketer actions (dashboard) ---------------------------------------------
 
 

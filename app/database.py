@@ -9,6 +9,7 @@ content, so an erased address does not linger in free pages.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,3 +102,15 @@ def wipe_free_space() -> None:
         current_app.logger.warning(
             "WAL checkpoint was blocked by a reader; deleted data stays in the WAL until the next one"
         )
+
+
+MAX_ID = 2**31 - 1  # the largest value an INTEGER key holds on every backend
+_ID_RE = re.compile(r"[0-9]{1,10}")
+
+
+def id_param(raw: str | None) -> int | None:
+    """A row id from outside (URL, query, cookie): ASCII digits within range, else None."""
+    if raw is None or not _ID_RE.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None

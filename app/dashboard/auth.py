@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 
 from .. import accounts
+from ..database import id_param
 from ..extensions import db, limiter, login_manager
 from ..models import User
 from . import bp
@@ -30,9 +31,10 @@ def init_login(app: Flask) -> None:
 @login_manager.user_loader
 def _load(user_id: str) -> User | None:
     ident, _, key = user_id.partition(":")
-    if not ident.isdigit():
+    number = id_param(ident)
+    if number is None:
         return None
-    user = db.session.get(User, int(ident))
+    user = db.session.get(User, number)
     # A changed password (new session key) or a deactivated account ends old sessions.
     if user is None or user.session_key != key or not user.active:
         return None

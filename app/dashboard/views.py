@@ -9,6 +9,7 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from .. import accounts, consent, ledger, outbox
+from ..database import id_param
 from ..extensions import db
 from ..models import Subscription
 from . import bp, queries
@@ -55,7 +56,7 @@ def overview():  # type: ignore[no-untyped-def]
     )
 
 
-@bp.post("/outbox/<int:job_id>/<any(retry, discard):what>")
+@bp.post("/outbox/<int(max=2147483647):job_id>/<any(retry, discard):what>")
 @requires("marketer")
 def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
@@ -83,7 +84,7 @@ def subscribers():  # type: ignore[no-untyped-def]
     if status is not None and status not in STATUSES:
         abort(400)
     rows, next_after = queries.subscribers(
-        notice=notice, status=status, search=search, after=int(after) if after.isdigit() else None
+        notice=notice, status=status, search=search, after=id_param(after)
     )
     return _no_store(
         make_response(
@@ -210,7 +211,7 @@ def api_tokens():  # type: ignore[no-untyped-def]
     )
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<int(max=2147483647):token_id>/revoke")
 @requires("admin")
 def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():

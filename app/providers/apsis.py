@@ -10,6 +10,7 @@ on a consent mean "already so". Requests are paced under the account limit.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -161,7 +162,7 @@ class ApsisProvider:
         reason = f"APSIS {response.status_code} on {what} {title}".strip()
         if response.status_code in RETRYABLE:
             retry_after = response.headers.get("Retry-After", "")
-            raise ProviderRetry(reason, float(retry_after) if retry_after.isdigit() else None)
+            raise ProviderRetry(reason, float(retry_after) if re.fullmatch(r"[0-9]{1,6}", retry_after) else None)
         if response.status_code in (401, 403):
             raise ProviderRetry(reason)  # credentials may be fixed; retried, then a dead letter
         raise ProviderPermanent(reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +102,7 @@ class MailchimpProvider:
             if result.status_code == 404 and missing_ok:
                 return None
             retry_after = result.headers.get("Retry-After")
-            wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+            wait = float(retry_after) if retry_after and re.fullmatch(r"[0-9]{1,6}", retry_after) else None
             raise ProviderRetry(f"Mailchimp {result.status_code} with no body", wait)
         return result
 

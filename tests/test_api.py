@@ -1,0 +1,128 @@
+"""The CRM's API: tokens, consent status, sign-ups, opt-outs, evidence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .support import subscribe_and_confirm
+
+
+def make_token(runner, *scopes: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    args = ["tokens", "create", "Dynamics 365"]
+    for scope in scopes:
+        args += ["--scope", scope]
+    result = runner.invoke(args=args)
+    assert result.exit_code == 0, result.output
+    return {"Authorization": f"Bearer {json.loads(result.stdout)['token']}"}
+
+
+@pytest.fixture
+def crm(runner) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return make_token(runner, "read", "subscribe", "opt_out")
+
+
+def test_the_openapi_document_is_public_and_everything_else_needs_a_token(client, runner):
+    doc = client.get("/api/v1/openapi.json")
+    assert doc.status_code == 200 and doc.json["openapi"].startswith("3.1")
+    for method, path in (
+        ("GET", "/api/v1/consent?email=a@example.com"),
+        ("GET", "/api/v1/events"),
+        ("POST", "/api/v1/opt-outs"),
+        ("POST", "/api/v1/subscriptions"),
+    ):
+        answer = client.open(path, method=method, headers={"Authorization": "Bearer cst_not-a-real-token"})
+        assert answer.status_code == 401 and answer.json["error"] == "unauthorized"
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_scopes_and_revocation_are_enforced(client, runner):
+    reader = make_token(runner, "read")
+    answer = client.post("/api/v1/opt-outs", json={"email": "a@example.com", "notice": "munkeby"}, headers=reader)
+    assert answer.status_code == 403 and "opt_out" in answer.json["detail"]
+    assert client.get("/api/v1/consent?email=a@example.com", headers=reader).status_code == 200
+    token_id = json.loads(runner.invoke(args=["tokens", "list"]).stdout)[0]["id"]
+    assert runner.invoke(args=["tokens", "revoke", str(token_id)]).exit_code == 0
+    assert client.get("/api/v1/consent?email=a@example.com", headers=reader).status_code == 401
+
+
+def test_consent_status_answers_per_controller(client, mailbox, crm):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    answer = client.get("/api/v1/consent", query_string={"email": "Anna@Example.com"}, headers=crm).json
+    by_notice = {n["notice"]: n for n in answer["notices"]}
+    assert by_notice["munkeby"]["may_email"] is True and by_notice["munkeby"]["lawful_basis"] == "consent"
+    assert by_notice["munkeby"]["since"].endswith("Z") and len(by_notice["munkeby"]["notice_version"]) == 64
+    assert by_notice["mysoft"] == {
+        "notice": "mysoft",
+        "controller": "Mysoft AB",
+        "may_email": False,
+        "status": "unknown",
+        "lawful_basis": None,
+        "since": None,
+        "notice_version": None,
+    }
+
+
+def test_a_sign_up_through_the_api_starts_double_opt_in(client, mailbox, crm):
+    answer = client.post(
+        "/api/v1/subscriptions",
+        json={"email": "new@example.com", "notice": "munkeby", "name": "Ny Person"},
+        headers=crm,
+    )
+    assert answer.status_code == 202 and answer.json == {"status": "confirmation_requested"}
+    assert "/confirm/" in mailbox.last("new@example.com").get_body(("plain",)).get_content()
+    status = client.get("/api/v1/consent?email=new@example.com", headers=crm).json["notices"][0]
+    assert status["status"] == "pending" and status["may_email"] is False
+
+
+def test_an_opt_out_by_phone_applies_the_notice_rule(client, mailbox, runner, crm):
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    answer = client.post("/api/v1/opt-outs", json={"email": "bo@example.com", "notice": "mysoft"}, headers=crm)
+    assert answer.json == {"status": "opted_out", "rule": "delete"}
+    assert runner.invoke(args=["subjects", "export", "bo@example.com"]).exit_code == 1
+    again = client.post("/api/v1/opt-outs", json={"email": "bo@example.com", "notice": "mysoft"}, headers=crm)
+    assert again.json == {"status": "already_opted_out", "rule": "delete"}
+    status = client.get("/api/v1/consent?email=bo@example.com", headers=crm).json["notices"]
+    assert {n["notice"]: n["status"] for n in status}["mysoft"] == "suppressed"
+
+
+def test_events_page_by_key_and_show_details_only_for_one_person(client, mailbox, crm):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    subscribe_and_confirm(client, mailbox, "munkeby", "bo@example.com")
+    first = client.get("/api/v1/events?limit=2", headers=crm).json
+    assert [e["seq"] for e in first["events"]] == [1, 2] and first["next_after"] == 2
+    assert all("details" not in e for e in first["events"])
+    rest = client.get(f"/api/v1/events?after={first['next_after']}&limit=500", headers=crm).json
+    assert rest["next_after"] is None and rest["events"][0]["seq"] == 3
+    anna = client.get("/api/v1/events?email=anna@example.com", headers=crm).json["events"]
+    assert anna and all(e.get("details", {}).get("email", "anna@example.com") == "anna@example.com" for e in anna)
+    assert any("details" in e for e in anna)
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/api/v1/subscriptions", "not json"),
+        ("POST", "/api/v1/subscriptions", "[1, 2]"),
+        ("POST", "/api/v1/subscriptions", '{"email": 5, "notice": "munkeby"}'),
+        ("POST", "/api/v1/subscriptions", '{"email": "a@example.com", "notice": "nowhere"}'),
+        ("POST", "/api/v1/subscriptions", '{"email": "a@example.com\\r\\nBcc: x@evil.example", "notice": "munkeby"}'),
+        ("POST", "/api/v1/opt-outs", '{"email": "not an address", "notice": "mysoft"}'),
+        ("POST", "/api/v1/opt-outs", "[" * 100000),
+        ("GET", "/api/v1/events?limit=0", None),
+        ("GET", "/api/v1/events?after=-1", None),
+        ("GET", "/api/v1/events?after=%C2%B2", None),
+        ("GET", "/api/v1/events?limit=9999999999999999999999", None),
+        ("GET", "/api/v1/consent", None),
+    ],
+)
+def test_bad_requests_get_clear_json_errors_and_change_nothing(client, runner, crm, method, path, body):
+    answer = client.open(path, method=method, data=body, content_type="application/json", headers=crm)
+    assert 400 <= answer.status_code < 500 and answer.json["detail"], answer.data
+    assert client.get("/api/v1/events", headers=crm).json["events"] == []
+
+
+def test_an_after_beyond_every_event_is_an_empty_page(client, crm):
+    answer = client.get("/api/v1/events?after=999999999999999999", headers=crm)
+    assert answer.status_code == 200 and answer.json == {"events": [], "next_after": None}
