@@ -9,13 +9,13 @@ import json
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import date, datetime
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import accounts, consent, ledger, outbox, report_poller
+from . import accounts, consent, importer, ledger, outbox, report_poller
 from .extensions import db
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
@@ -24,6 +24,7 @@ subjects_cli = AppGroup("subjects", help="Data-subject requests: export and eras
 providers_cli = AppGroup("providers", help="Reading events back from the mail providers.")
 users_cli = AppGroup("users", help="Dashboard accounts.")
 tokens_cli = AppGroup("tokens", help="API tokens for the CRM.")
+contacts_cli = AppGroup("contacts", help="Contact imports.")
 
 
 @outbox_cli.command("run")
@@ -189,6 +190,47 @@ def tokens_revoke(token_id: int) -> None:
     click.echo(json.dumps({"revoked": token_id}))
 
 
+@contacts_cli.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--notice", "slug", required=True, help="The notice the contacts are added under.")
+@click.option(
+    "--basis", type=click.Choice(["consent", "legitimate_interest"]), help="Default: the notice's import basis."
+)
+@click.option("--source", required=True, help="Where the contacts came from: a URL or a description.")
+@click.option(
+    "--source-date", type=click.DateTime(formats=["%Y-%m-%d"]), help="When they were collected (default today)."
+)
+@click.option("--proof", help="With --basis consent: where the consent is recorded.")
+@click.option("--email-column", default="email", show_default=True)
+@click.option("--name-column", help="The column holding the name, if any.")
+@click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
+def contacts_import(file, slug, basis, source, source_date, proof, email_column, name_column, dry_run):  # type: ignore[no-untyped-def]
+    """Import contacts from a CSV file (FILE, or - for standard input)."""
+    notice = consent.get_notice(slug)
+    if notice is None:
+        raise click.BadParameter(f"no notice {slug!r}", param_hint="--notice")
+    spec = importer.ImportSpec(
+        notice=notice,
+        email_column=email_column,
+        name_column=name_column,
+        lawful_basis=basis or notice.import_lawful_basis,
+        source=source,
+        source_date=(source_date.date() if source_date else date.today()),
+        proof=proof,
+        actor="cli",
+        dry_run=dry_run,
+    )
+
+    def progress(result: importer.ImportResult) -> None:
+        click.echo(f"{result.rows} rows read, {result.counts['added']} to add", err=True)
+
+    try:
+        result = importer.run_import(spec, file, progress)
+    except importer.ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"dry_run": dry_run, **result.as_dict()}))
+
+
 def register(app: Flask) -> None:
-    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli):
+    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli, contacts_cli):
         app.cli.add_command(group)

@@ -66,15 +66,17 @@ def compose(
     email_hash: str,
     lang: str,
     links: dict[str, str],
+    extra: dict[str, object] | None = None,
 ) -> Composed:
     """Render ``templates/mail/<kind>.txt`` and ``.html`` into one message."""
     links = {**links, "unsubscribe": unsubscribe_link(notice.slug, email_hash)}
     lang = lang if lang in notice.languages else notice.languages[0]
     with force_locale(lang):
-        context = {"notice": notice, "text": notice.text(lang), "links": links, "lang": lang}
+        context = {"notice": notice, "text": notice.text(lang), "links": links, "lang": lang, **(extra or {})}
         subject = {
             "confirmation": gettext("Please confirm your subscription to %(title)s", title=notice.text(lang)["title"]),
             "welcome": gettext("Welcome to %(title)s", title=notice.text(lang)["title"]),
+            "art14": gettext("How %(controller)s uses your e-mail address", controller=notice.controller["name"]),
         }[kind]
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)

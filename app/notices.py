@@ -51,6 +51,8 @@ class Notice:
     texts: Mapping[str, Mapping[str, str]]
     provider: Mapping[str, str]
     shown: Mapping[str, Any] = field(repr=False)
+    inform_imported: bool = False  # imported contacts get the GDPR Art. 14 information mail
+    import_lawful_basis: str = "consent"  # the basis an import uses unless told otherwise
     version: str = ""
 
     def text(self, lang: str) -> Mapping[str, str]:
@@ -108,8 +110,12 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         where,
         "collection.required must include email and be among the fields",
     )
+    inform_imported = collection.get("inform_imported", False)
+    _require(isinstance(inform_imported, bool), where, "collection.inform_imported must be true or false")
     basis = collection.get("lawful_basis", "consent")
     _require(basis in LAWFUL_BASES, where, f"collection.lawful_basis must be one of {LAWFUL_BASES}")
+    import_basis = collection.get("import_lawful_basis", basis)
+    _require(import_basis in LAWFUL_BASES, where, f"collection.import_lawful_basis must be one of {LAWFUL_BASES}")
 
     rule = (raw.get("opt_out") or {}).get("rule")
     _require(rule in OPT_OUT_RULES, where, f"opt_out.rule must be one of {OPT_OUT_RULES}")
@@ -171,6 +177,8 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         provider=provider,
         shown=shown,
         version=version_of(shown),
+        inform_imported=inform_imported,
+        import_lawful_basis=import_basis,
     )
 
 

@@ -17,7 +17,7 @@ from .models import OutboxJob, Subscription, utcnow
 from .notices import Notice
 
 # Which status a subscription must still have for each mail to make sense.
-STATUS_FOR = {"confirmation": "pending", "welcome": "subscribed"}
+STATUS_FOR = {"confirmation": "pending", "welcome": "subscribed", "art14": "subscribed"}
 
 
 @outbox.handler("mail")
@@ -33,8 +33,15 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     if template == "confirmation":
         token = tokens.make("confirm", {"n": sub.notice, "h": sub.email_hash, "r": sub.confirm_nonce})
         links["confirm"] = mail.public_link("/confirm/" + token)
+    links["privacy"] = mail.public_link(f"/{notice.slug}/privacy")
     composed = mail.compose(
-        template, notice=notice, to=sub.email, email_hash=sub.email_hash, lang=sub.lang, links=links
+        template,
+        notice=notice,
+        to=sub.email,
+        email_hash=sub.email_hash,
+        lang=sub.lang,
+        links=links,
+        extra={"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis},
     )
     ref = sub.ref
     # End the read transaction before network I/O: an open SQLite snapshot
