@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
+import requests
 from aiosmtpd.controller import Controller
 from sqlalchemy import insert
 
@@ -198,3 +202,68 @@ def queue_sync_jobs(notice: str, count: int, status: str, kind: str) -> list[str
         db.session.execute(insert(OutboxJob), jobs)
         db.session.commit()
     return addresses
+
+
+class Service:
+    """gunicorn serving wsgi:app, plus the CLI run with the same settings."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.url, self.log = env, f"http://127.0.0.1:{port}", log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                # No control socket: it would live in $HOME, shared by every run on the machine.
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "2",
+                    "--no-control-socket",
+                    "wsgi:app",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_until_healthy(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.log.read_text()}"
+            try:
+                with requests.get(self.url + "/healthz", timeout=2) as response:
+                    if response.status_code == 200:
+                        return
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or no worker has booted to take the request
+            time.sleep(0.2)
+        pytest.fail(f"gunicorn did not answer /healthz within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def flask(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def status_of(self, address: str) -> str | None:
+        """The subscription's status per `subjects export`, None when nothing is held."""
+        result = self.flask("subjects", "export", address)
+        if result.returncode != 0:
+            return None
+        [subscription] = json.loads(result.stdout)["subscriptions"]
+        return subscription["status"]

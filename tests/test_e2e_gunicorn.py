@@ -9,10 +9,7 @@ security headers. All traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -21,11 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import SmtpSink, free_port
+from .support import Service, SmtpSink, free_port
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = r"[A-Za-z0-9._-]+"
 
 
@@ -33,55 +29,6 @@ def check_security_headers(response: requests.Response, *args, **kwargs) -> None
     where = f"{response.request.method} {response.url}"
     assert "frame-ancestors 'none'" in response.headers.get("Content-Security-Policy", ""), where
     assert response.headers.get("Referrer-Policy") == "same-origin", where
-
-
-class Service:
-    """gunicorn serving wsgi:app, plus the CLI run with the same settings."""
-
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.env, self.url, self.log = env, f"http://127.0.0.1:{port}", log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                # No control socket: it would live in $HOME, shared by every run on the machine.
-                [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                 "--no-control-socket", "wsgi:app"],
-                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )
-
-    def wait_until_healthy(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited:\n{self.log.read_text()}"
-            try:
-                with requests.get(self.url + "/healthz", timeout=2) as response:
-                    if response.status_code == 200:
-                        return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or no worker has booted to take the request
-            time.sleep(0.2)
-        pytest.fail(f"gunicorn did not answer /healthz within {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def flask(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-            cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=60,
-        )
-
-    def status_of(self, address: str) -> str | None:
-        """The subscription's status per `subjects export`, None when nothing is held."""
-        result = self.flask("subjects", "export", address)
-        if result.returncode != 0:
-            return None
-        [subscription] = json.loads(result.stdout)["subscriptions"]
-        return subscription["status"]
 
 
 MAILCHIMP_HOOK_SECRET = "e2e-mailchimp-" + "m" * 20
