@@ -88,7 +88,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
+    from . import import_jobs, provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
     from .api import bp as api_bp
     from .dashboard import bp as dashboard_bp
     from .dashboard.auth import init_login

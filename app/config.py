@@ -150,6 +150,7 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "OUTBOX_CLAIM_SIZE": _int("OUTBOX_CLAIM_SIZE", env, 5000, 1),
         **webhook_secrets,
         "MAX_CONTENT_LENGTH": 1024 * 1024,
+        "IMPORT_MAX_BYTES": _int("IMPORT_MAX_MB", env, 200, 1) * 1024 * 1024,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": app_env == "production",

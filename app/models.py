@@ -224,3 +224,27 @@ class ApiToken(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class ContactImport(db.Model):
+    """A CSV import started from the dashboard, run by the worker, with its progress.
+
+    The uploaded file lies in the instance folder (mode 0600) until the import
+    has run for real or is abandoned; it holds personal data.
+    """
+
+    __tablename__ = "contact_imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notice: Mapped[str] = mapped_column(String(32))
+    file_name: Mapped[str | None] = mapped_column(String(100))
+    columns: Mapped[list] = mapped_column(JSON, default=list)
+    spec: Mapped[dict] = mapped_column(JSON, default=dict)  # basis, source, date, proof, mapping
+    state: Mapped[str] = mapped_column(String(16), default="uploaded")  # uploaded|queued|running|checked|done|failed
+    dry_run: Mapped[bool] = mapped_column(default=False)
+    rows: Mapped[int] = mapped_column(default=0)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -22,6 +22,10 @@ CSP = "; ".join(
 )
 
 
+# The one form that takes a large file: the dashboard's contact import (login required).
+LARGE_BODY_ENDPOINTS = frozenset({"dashboard.import_upload"})
+
+
 def register_body_limit(app: Flask) -> None:
     """Refuse an oversized body before anything else looks at the request.
 
@@ -32,6 +36,8 @@ def register_body_limit(app: Flask) -> None:
     @app.before_request
     def _too_large() -> None:
         limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.endpoint in LARGE_BODY_ENDPOINTS:
+            limit = request.max_content_length = app.config["IMPORT_MAX_BYTES"]
         if request.content_length is not None and request.content_length > limit:
             abort(413)
 

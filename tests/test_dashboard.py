@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription, User
@@ -260,3 +264,73 @@ def test_out_of_range_ids_are_refused_not_crashed_on(app, marketer):
         assert marketer.get(f"/dashboard/subscribers?after={after}").status_code == 200
     token = form_token(marketer.get("/dashboard/").get_data(as_text=True))
     assert marketer.post("/dashboard/outbox/99999999999/retry", data={"csrf_token": token}).status_code == 404
+
+
+def import_csv(rows: int, padding: int = 0) -> bytes:
+    note = "x" * padding
+    lines = ["Namn;E-post;Anteckning"] + [f"Person {i};person{i}@firma.se;{note}" for i in range(rows)]
+    lines.append("Trasig;inte-en-adress;")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def upload(client, body: bytes, **fields: str):  # type: ignore[no-untyped-def]
+    token = form_token(client.get("/dashboard/import").get_data(as_text=True))
+    data = {
+        "csrf_token": token,
+        "notice": "mysoft",
+        "lawful_basis": "legitimate_interest",
+        "source": "https://www.firma.se/kontakt",
+        "source_date": "2026-11-01",
+        "file": FileStorage(io.BytesIO(body), filename="kontakter.csv", content_type="text/csv"),
+        **fields,
+    }
+    # Encoded in memory: the test client would spool a large body to a temporary file it never closes.
+    boundary, body_bytes = encode_multipart(data)
+    return client.post(
+        "/dashboard/import", data=body_bytes, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+
+
+def test_a_marketer_imports_a_large_file_with_a_dry_run_first(app, marketer, runner):
+    body = import_csv(300, padding=4_000)  # about 1.2 MB: over the 1 MB limit of every other form
+    assert len(body) > 1024 * 1024
+    answer = upload(marketer, body)
+    assert answer.status_code == 302
+    status_url = answer.headers["Location"]
+    page = marketer.get(status_url).get_data(as_text=True)
+    assert re.search(r"<option\s*>Namn</option>", page) and re.search(r"<option\s*>E-post</option>", page)
+    token = form_token(page)
+
+    marketer.post(
+        status_url, data={"csrf_token": token, "email_column": "E-post", "name_column": "", "mode": "dry-run"}
+    )
+    waiting = marketer.get(status_url)
+    assert waiting.headers["Refresh"] == "2" and "outbox run" in waiting.get_data(as_text=True)
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    checked = marketer.get(status_url).get_data(as_text=True)
+    assert 'data-figure="added">300<' in checked and 'data-figure="skipped_invalid">1<' in checked
+    assert runner.invoke(args=["subjects", "export", "person7@firma.se"]).exit_code == 1  # dry run wrote nothing
+
+    marketer.post(
+        status_url, data={"csrf_token": token, "email_column": "E-post", "name_column": "Namn", "mode": "import"}
+    )
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    done = marketer.get(status_url).get_data(as_text=True)
+    assert 'data-figure="added">300<' in done and 'data-figure="state">importerad<' in done
+    exported = json.loads(runner.invoke(args=["subjects", "export", "person7@firma.se"]).stdout)
+    [imported] = [e for e in exported["events"] if e["type"] == "imported"]
+    assert imported["facts"]["actor"] == actor_of(app, "maria@munkeby.se")
+    assert not list((Path(app.config["INSTANCE_PATH"]) / "imports").glob("*.csv"))  # the upload is gone
+
+
+def test_import_uploads_are_checked(app, marketer, runner):
+    assert upload(marketer, b"\x89PNG\r\n\x1a\n\x00\x00binary").status_code == 400
+    assert upload(marketer, import_csv(3), lawful_basis="consent").status_code == 400  # no proof given
+    assert upload(marketer, import_csv(3), source_date="2999-01-01").status_code == 400
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Subscription)).scalar_one() == 0
+
+
+def test_the_upload_limit_holds_for_imports_too(app, marketer):
+    app.config["IMPORT_MAX_BYTES"] = 1024 * 1024
+    assert upload(marketer, import_csv(300, padding=4_000)).status_code == 413

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, StringField
+from wtforms import DateField, EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 
@@ -25,3 +25,18 @@ class TokenForm(FlaskForm):
     """The scopes are checkboxes read with ``request.form.getlist``."""
 
     name = StringField(validators=[DataRequired(), Length(max=100)])
+
+
+class ImportForm(FlaskForm):
+    """Step one of an import: the file and the facts every imported contact carries."""
+
+    notice = StringField(validators=[DataRequired(), Length(max=32)])
+    lawful_basis = StringField(validators=[DataRequired(), Length(max=32)])
+    source = StringField(validators=[DataRequired(), Length(max=400)])
+    source_date = DateField(validators=[DataRequired()])
+    proof = StringField(validators=[Length(max=400)])
+
+
+class MappingForm(FlaskForm):
+    email_column = StringField(validators=[DataRequired(), Length(max=200)])
+    name_column = StringField(validators=[Length(max=200)])

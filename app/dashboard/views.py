@@ -8,13 +8,13 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from .. import accounts, consent, ledger, outbox
+from .. import accounts, consent, import_jobs, importer, ledger, outbox
 from ..database import id_param
 from ..extensions import db
-from ..models import Subscription
+from ..models import ContactImport, Subscription
 from . import bp, queries
 from .auth import requires
-from .forms import ActionForm, RectifyForm, TokenForm
+from .forms import ActionForm, ImportForm, MappingForm, RectifyForm, TokenForm
 
 STATUSES = ("pending", "subscribed", "unsubscribed")
 
@@ -83,9 +83,7 @@ def subscribers():  # type: ignore[no-untyped-def]
         abort(400)
     if status is not None and status not in STATUSES:
         abort(400)
-    rows, next_after = queries.subscribers(
-        notice=notice, status=status, search=search, after=id_param(after)
-    )
+    rows, next_after = queries.subscribers(notice=notice, status=status, search=search, after=id_param(after))
     return _no_store(
         make_response(
             render_template(
@@ -220,3 +218,72 @@ def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
         abort(404)
     flash(_("The token was revoked."), "info")
     return redirect(url_for("dashboard.api_tokens"))
+
+
+@bp.route("/import", methods=["GET", "POST"])
+@requires("marketer")
+def import_upload():  # type: ignore[no-untyped-def]
+    form = ImportForm()
+    notices = list(consent.notices().values())
+    if request.method == "POST":
+        upload = request.files.get("file")
+        notice = consent.get_notice(form.notice.data)
+        problem = None
+        if not form.validate_on_submit():
+            problem = _("Please fill in every field; the source date as YYYY-MM-DD.")
+        elif notice is None:
+            problem = _("Choose a notice.")
+        elif upload is None or not upload.filename:
+            problem = _("Choose a CSV file.")
+        if problem is None:
+            spec = {
+                "lawful_basis": form.lawful_basis.data,
+                "source": (form.source.data or "").strip(),
+                "source_date": form.source_date.data.isoformat(),  # type: ignore[union-attr]
+                "proof": (form.proof.data or "").strip() or None,
+            }
+            try:
+                importer.ImportSpec(
+                    notice=notice,
+                    email_column="-",
+                    name_column=None,
+                    lawful_basis=spec["lawful_basis"],
+                    source=spec["source"],
+                    source_date=form.source_date.data,
+                    proof=spec["proof"],  # type: ignore[arg-type]
+                    actor=current_user.actor,
+                ).check()
+                record = import_jobs.store_upload(upload.stream, upload.filename, notice.slug, spec, current_user.actor)  # type: ignore[union-attr]
+            except importer.ImportError_ as exc:
+                problem = str(exc)
+            else:
+                return redirect(url_for("dashboard.import_status", import_id=record.id))
+        flash(problem, "error")
+        return render_template("dashboard/import.html", form=form, notices=notices), 400
+    return render_template("dashboard/import.html", form=form, notices=notices)
+
+
+@bp.route("/imports/<int(max=2147483647):import_id>", methods=["GET", "POST"])
+@requires("marketer")
+def import_status(import_id: int):  # type: ignore[no-untyped-def]
+    record = db.session.get(ContactImport, import_id)
+    if record is None:
+        abort(404)
+    form = MappingForm()
+    if request.method == "POST":
+        if not form.validate_on_submit() or form.email_column.data not in record.columns:
+            abort(400)
+        name_column = form.name_column.data or None
+        if name_column is not None and name_column not in record.columns:
+            abort(400)
+        try:
+            import_jobs.queue(
+                import_id, form.email_column.data, name_column, dry_run=request.form.get("mode") != "import"
+            )
+        except importer.ImportError_ as exc:
+            flash(str(exc), "error")
+        return redirect(url_for("dashboard.import_status", import_id=import_id))
+    response = make_response(render_template("dashboard/import_status.html", record=record, form=form))
+    if record.state in ("queued", "running"):
+        response.headers["Refresh"] = "2"  # progress without a script
+    return _no_store(response)

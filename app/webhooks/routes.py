@@ -35,8 +35,19 @@ MAILCHIMP_KINDS = {
     "profile": "profile",
     "upemail": "address_change",
 }
-APSIS_FIELDS = ("type", "event", "email", "email_address", "address", "notice", "section", "id", "event_id",
-                "occurred_at", "timestamp")
+APSIS_FIELDS = (
+    "type",
+    "event",
+    "email",
+    "email_address",
+    "address",
+    "notice",
+    "section",
+    "id",
+    "event_id",
+    "occurred_at",
+    "timestamp",
+)
 # What an APSIS flow may call its event -> our kind.
 APSIS_KINDS = {
     "unsubscribe": "unsubscribe",
