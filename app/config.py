@@ -142,6 +142,8 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "SUBSCRIBE_RATE_LIMIT": env.get("SUBSCRIBE_RATE_LIMIT") or "20 per hour",
         "CONFIRMATIONS_PER_ADDRESS": _int("CONFIRMATIONS_PER_ADDRESS", env, 3, 1),
         "CONFIRM_MAX_AGE": _int("CONFIRM_MAX_AGE", env, 7 * 24 * 3600, 60),
+        "DATA_LINK_MAX_AGE": _int("DATA_LINK_MAX_AGE", env, 3600, 60),
+        "DATA_REQUESTS_PER_ADDRESS": _int("DATA_REQUESTS_PER_ADDRESS", env, 3, 1),
         "SCANNER_WINDOW_SECONDS": _int("SCANNER_WINDOW_SECONDS", env, 10, 0),
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", env, 0, 0),
         "OUTBOX_MAX_ATTEMPTS": _int("OUTBOX_MAX_ATTEMPTS", env, 12, 1),

@@ -21,6 +21,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
+from flask_babel import force_locale, gettext
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -383,30 +384,36 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
 
 def erase_subject(email_raw: str, facts: Facts) -> list[str]:
     """Full erasure regardless of notice; returns the notices that held data."""
-    ehash = email_hash(normalise_email(email_raw))
-    with unit_of_work() as uow:
-        subs = (
-            uow.session.execute(select(Subscription).where(Subscription.email_hash == ehash).with_for_update())
-            .scalars()
-            .all()
-        )
-        evidence = []
-        for sub in subs:
-            notice = get_notice(sub.notice)
-            evidence.append(
-                Evidence(
-                    type="erasure_requested",
-                    channel=facts.channel,
-                    notice=sub.notice,
-                    notice_version=notice.version if notice else None,
-                    subscription_ref=sub.ref,
-                    facts={"actor": facts.actor} if facts.actor else {},
-                )
+    return erase_by_hash(email_hash(normalise_email(email_raw)), facts)
+
+
+def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> list[str]:
+    """Full erasure of one address, known by its keyed hash (a signed link carries only that)."""
+    if uow is None:
+        with unit_of_work() as own:
+            return erase_by_hash(ehash, facts, own)
+    subs = (
+        uow.session.execute(select(Subscription).where(Subscription.email_hash == ehash).with_for_update())
+        .scalars()
+        .all()
+    )
+    evidence = []
+    for sub in subs:
+        notice = get_notice(sub.notice)
+        evidence.append(
+            Evidence(
+                type="erasure_requested",
+                channel=facts.channel,
+                notice=sub.notice,
+                notice_version=notice.version if notice else None,
+                subscription_ref=sub.ref,
+                facts={"actor": facts.actor} if facts.actor else {},
             )
-            evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
-        if subs:
-            _wipe_after_commit(uow)
-        ledger.append(uow.session, evidence)
+        )
+        evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
+    if subs:
+        _wipe_after_commit(uow)
+    ledger.append(uow.session, evidence)
     return sorted(sub.notice for sub in subs)
 
 
@@ -764,10 +771,24 @@ def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
+PROVIDERS = {
+    "mailchimp": ("Mailchimp (Intuit Inc.)", "processor: sends the newsletter"),
+    "apsis": ("APSIS International AB", "processor: sends the newsletter"),
+}
+
+
 def export_subject(email_raw: str) -> dict[str, Any] | None:
     """All we hold about one address (GDPR Art. 15/20), or None if nothing."""
-    email = normalise_email(email_raw)
-    ehash = email_hash(email)
+    return export_by_hash(email_hash(normalise_email(email_raw)))
+
+
+def export_by_hash(ehash: str) -> dict[str, Any] | None:
+    """The access and portability document for one address, known by its keyed hash.
+
+    Per subscription: the data, purpose, lawful basis, source (Art. 15(1)(g)),
+    recipients, retention and the controller; then every evidence event with
+    the notice version it happened under.
+    """
     subs = (
         db.session.execute(select(Subscription).where(Subscription.email_hash == ehash).order_by(Subscription.id))
         .scalars()
@@ -797,28 +818,75 @@ def export_subject(email_raw: str) -> dict[str, Any] | None:
         if detail is not None:
             item["details"] = ledger_details(detail)
         events.append(item)
+    with force_locale("en"):  # the document is in English, whatever the page's language
+        summaries = {
+            sub.ref: retention_summary(n, sub) for sub in subs if (n := get_notice(sub.notice)) is not None
+        }
+    public_url = current_app.config["PUBLIC_URL"]
     subscriptions = []
     for sub in subs:
         notice = get_notice(sub.notice)
+        provider = PROVIDERS.get(notice.provider["kind"]) if notice else None
         subscriptions.append(
             {
                 "notice": sub.notice,
                 "controller": notice.controller["name"] if notice else None,
+                "controller_contact": dict(notice.controller) if notice else None,
                 "status": sub.status,
+                "data": {"email": sub.email, "name": sub.name, "language": sub.lang},
                 "email": sub.email,
                 "name": sub.name,
+                "purpose": notice.purpose if notice else None,
                 "source": sub.source,
                 "lawful_basis": sub.lawful_basis,
                 "notice_version": sub.notice_version,
+                "privacy_notice": f"{public_url}/{sub.notice}/privacy?version={sub.notice_version}",
                 "language": sub.lang,
+                "relationship": sub.relationship,
                 "created_at": _iso(sub.created_at),
                 "confirmed_at": _iso(sub.confirmed_at),
                 "unsubscribed_at": _iso(sub.unsubscribed_at),
-                "recipients": [notice.provider["kind"]] if notice else [],
+                "last_contact_at": _iso(sub.last_contact_at),
+                "recipients": [{"name": provider[0], "role": provider[1]}] if provider else [],
+                "retention": {"rules_in_days": dict(notice.retention), "summary": summaries[sub.ref]}
+                if notice
+                else None,
                 "opt_out_rule": notice.opt_out_rule if notice else None,
             }
         )
-    return {"email": email, "subscriptions": subscriptions, "events": events}
+    return {
+        "email": subs[0].email,
+        "generated_at": _iso(utcnow()),
+        "subscriptions": subscriptions,
+        "events": events,
+        "rights": (
+            "You may access, rectify and erase your data, withdraw consent at any time, object to "
+            "processing on legitimate interest, and take your data elsewhere (this file)."
+        ),
+        "complaints": "Integritetsskyddsmyndigheten (IMY), https://www.imy.se",
+    }
+
+
+def retention_summary(notice: Notice, sub: Subscription) -> str:
+    """How long this subscription's data is kept, in words, from the notice's rules (current language)."""
+    r = notice.retention
+    if sub.status == "pending" and "unconfirmed_days" in r:
+        return gettext("an unconfirmed sign-up is deleted %(days)s days after it was made", days=r["unconfirmed_days"])
+    if notice.deletes_on_opt_out:
+        return gettext("kept until you unsubscribe; then deleted")
+    if sub.status == "unsubscribed" and "unsubscribed_days" in r:
+        return gettext(
+            "kept as unsubscribed for %(days)s days after the opt-out, then deleted", days=r["unsubscribed_days"]
+        )
+    if sub.relationship == "customer" and "customer_review_days" in r:
+        return gettext("as a customer: reviewed every %(days)s days", days=r["customer_review_days"])
+    if sub.relationship == "prospect" and "prospect_without_dialog_days" in r and "prospect_with_dialog_days" in r:
+        return gettext(
+            "as a prospect: %(added)s days from being added without dialog, %(contact)s days from the last contact",
+            added=r["prospect_without_dialog_days"],
+            contact=r["prospect_with_dialog_days"],
+        )
+    return gettext("kept while you subscribe")
 
 
 def ledger_facts(event: ConsentEvent) -> dict[str, Any]:

@@ -42,12 +42,21 @@ class TransientMailError(Exception):
     """Delivery may succeed later (server down, timeout, 4xx)."""
 
 
+# Replies to a person's own request about their data: no list, so no unsubscribe header.
+TRANSACTIONAL = ("data_export", "data_erase", "erased")
+
+
 def public_link(path: str) -> str:
     return current_app.config["PUBLIC_URL"] + path
 
 
 def unsubscribe_link(notice_slug: str, email_hash: str) -> str:
     return public_link("/unsubscribe/" + tokens.make("unsubscribe", {"n": notice_slug, "h": email_hash}))
+
+
+def manage_link(notice_slug: str, email_hash: str) -> str:
+    """The person's own page; the notice only chooses the page's language and look."""
+    return public_link("/manage/" + tokens.make("manage", {"n": notice_slug, "h": email_hash}))
 
 
 @dataclass
@@ -69,14 +78,22 @@ def compose(
     extra: dict[str, object] | None = None,
 ) -> Composed:
     """Render ``templates/mail/<kind>.txt`` and ``.html`` into one message."""
-    links = {**links, "unsubscribe": unsubscribe_link(notice.slug, email_hash)}
+    links = {
+        **links,
+        "unsubscribe": unsubscribe_link(notice.slug, email_hash),
+        "manage": manage_link(notice.slug, email_hash),
+    }
     lang = lang if lang in notice.languages else notice.languages[0]
     with force_locale(lang):
+        controller = notice.controller["name"]
         context = {"notice": notice, "text": notice.text(lang), "links": links, "lang": lang, **(extra or {})}
         subject = {
             "confirmation": gettext("Please confirm your subscription to %(title)s", title=notice.text(lang)["title"]),
             "welcome": gettext("Welcome to %(title)s", title=notice.text(lang)["title"]),
-            "art14": gettext("How %(controller)s uses your e-mail address", controller=notice.controller["name"]),
+            "art14": gettext("How %(controller)s uses your e-mail address", controller=controller),
+            "data_export": gettext("Your data at %(controller)s: download link", controller=controller),
+            "data_erase": gettext("Confirm the erasure of your data at %(controller)s", controller=controller),
+            "erased": gettext("Your data at %(controller)s has been erased", controller=controller),
         }[kind]
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)
@@ -90,9 +107,10 @@ def compose(
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=urlsplit(current_app.config["PUBLIC_URL"]).hostname or "localhost")
     msg["Content-Language"] = lang
-    msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    if kind == "confirmation":
+    if kind not in TRANSACTIONAL:
+        msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if kind in ("confirmation", *TRANSACTIONAL):
         msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text_body)
     msg.add_alternative(html_body, subtype="html")

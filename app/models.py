@@ -52,6 +52,8 @@ class Subscription(db.Model):
         # The dashboard's address search (a prefix range) and its filtered, keyset-paged list.
         Index("ix_subscriptions_email", "email"),
         Index("ix_subscriptions_notice_status_id", "notice", "status", "id"),
+        # The dashboard's list of subscribers by the notice version they consented under.
+        Index("ix_subscriptions_notice_version_id", "notice", "notice_version", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -71,6 +73,13 @@ class Subscription(db.Model):
     confirmed_at: Mapped[datetime | None]
     unsubscribed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Retention facts. ``relationship``: "subscriber" (signed up themselves),
+    # "prospect" (a contact added by the controller) or "customer" (reviewed
+    # yearly, never purged by a rule). ``last_contact_at``: the last dialog
+    # with the person, recorded through the API, the dashboard or an import.
+    relationship: Mapped[str] = mapped_column(String(16), default="subscriber", server_default="subscriber")
+    last_contact_at: Mapped[datetime | None]
+    reviewed_at: Mapped[datetime | None]
 
 
 class ConsentEvent(db.Model):
@@ -248,3 +257,19 @@ class ContactImport(db.Model):
     created_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class DataRequest(db.Model):
+    """A self-service export or erasure asked for from the manage page.
+
+    Its link is mailed to the address and works once, within its lifetime.
+    """
+
+    __tablename__ = "data_requests"
+    __table_args__ = (Index("ix_data_requests_email_hash_created_at", "email_hash", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # export | erase
+    email_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None]

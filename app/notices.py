@@ -59,6 +59,10 @@ class Notice:
         return self.texts.get(lang) or self.texts[self.languages[0]]
 
     @property
+    def purpose(self) -> str:
+        return str(self.shown["collection"].get("purpose", "newsletter"))
+
+    @property
     def deletes_on_opt_out(self) -> bool:
         return self.opt_out_rule == "delete"
 

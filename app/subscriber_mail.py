@@ -2,10 +2,14 @@
 
 Mail is composed when it is sent, from the subscription as it is then, so a
 job never holds an address and a person erased before the send gets nothing.
+The one exception is the last mail after a self-service erasure, which must
+reach an address no longer held: its job carries the address as a
+``personal_`` field, which the outbox wipes once the job is done.
 """
 
 from __future__ import annotations
 
+from flask import current_app
 from sqlalchemy import select
 
 from . import ledger, mail, outbox, tokens
@@ -16,45 +20,77 @@ from .ledger import Evidence
 from .models import OutboxJob, Subscription, utcnow
 from .notices import Notice
 
-# Which status a subscription must still have for each mail to make sense.
-STATUS_FOR = {"confirmation": "pending", "welcome": "subscribed", "art14": "subscribed"}
+# Which status a subscription must still have for each mail to make sense (None: any).
+STATUS_FOR = {
+    "confirmation": "pending",
+    "welcome": "subscribed",
+    "art14": "subscribed",
+    "data_export": None,
+    "data_erase": None,
+}
 
 
 @outbox.handler("mail")
 def send_subscriber_mail(job: OutboxJob) -> None:
     template = job.payload.get("template")
+    if template == "erased":
+        _send(_last_mail(job))
+        return
     if template not in STATUS_FOR:
         raise outbox.PermanentJobError(f"unknown mail template {template!r}")
     sub = db.session.execute(select(Subscription).where(Subscription.ref == job.subscription_ref)).scalar_one_or_none()
     notice = get_notice(sub.notice) if sub else None
-    if sub is None or notice is None or sub.status != STATUS_FOR[template]:
+    wanted = STATUS_FOR[template]
+    if sub is None or notice is None or (wanted is not None and sub.status != wanted):
         return  # the person is gone or moved on; nothing to send
     links = {}
+    extra: dict[str, object] = {"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis}
     if template == "confirmation":
         token = tokens.make("confirm", {"n": sub.notice, "h": sub.email_hash, "r": sub.confirm_nonce})
         links["confirm"] = mail.public_link("/confirm/" + token)
+    if template in ("data_export", "data_erase"):
+        kind = template.removeprefix("data_")
+        token = tokens.make("data", {"i": job.payload.get("request"), "k": kind, "h": sub.email_hash})
+        links["data"] = mail.public_link("/manage/data/" + token)
+        extra["minutes"] = current_app.config["DATA_LINK_MAX_AGE"] // 60
     links["privacy"] = mail.public_link(f"/{notice.slug}/privacy")
     composed = mail.compose(
-        template,
-        notice=notice,
-        to=sub.email,
-        email_hash=sub.email_hash,
-        lang=sub.lang,
-        links=links,
-        extra={"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis},
+        template, notice=notice, to=sub.email, email_hash=sub.email_hash, lang=sub.lang, links=links, extra=extra
     )
     ref = sub.ref
     # End the read transaction before network I/O: an open SQLite snapshot
     # would hold back the WAL checkpoint that completes an erasure.
     db.session.rollback()
+    _send(composed)
+    if template == "confirmation":
+        _record_sent(ref, notice)
+
+
+def _send(composed: mail.Composed) -> None:
     try:
         mail.transport().send(composed)
     except mail.PermanentMailError as exc:
         raise outbox.PermanentJobError(str(exc)) from None
     except mail.TransientMailError as exc:
         raise outbox.RetryJob(str(exc)) from None
-    if template == "confirmation":
-        _record_sent(ref, notice)
+
+
+def _last_mail(job: OutboxJob) -> mail.Composed:
+    """The mail confirming an erasure, to the address the job itself carries."""
+    notice = get_notice(job.notice)
+    to, ehash = job.payload.get("personal_email"), job.payload.get("email_hash")
+    if notice is None or not isinstance(to, str) or not isinstance(ehash, str):
+        raise outbox.PermanentJobError("erasure mail without its notice or address")
+    controllers = [str(c) for c in job.payload.get("controllers") or []]
+    return mail.compose(
+        "erased",
+        notice=notice,
+        to=to,
+        email_hash=ehash,
+        lang=str(job.payload.get("lang") or "sv"),
+        links={"privacy": mail.public_link(f"/{notice.slug}/privacy")},
+        extra={"controllers": controllers},
+    )
 
 
 def _record_sent(ref: str, notice: Notice) -> None:

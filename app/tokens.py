@@ -18,6 +18,7 @@ SALTS = {
     "confirm": "newsletter-consent/confirm/v1",
     "unsubscribe": "newsletter-consent/unsubscribe/v1",
     "manage": "newsletter-consent/manage/v1",
+    "data": "newsletter-consent/data-request/v1",  # a mailed export or erasure link
 }
 MAX_TOKEN_LENGTH = 1000
 

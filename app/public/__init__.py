@@ -1,7 +1,7 @@
-"""Pages the subscriber sees: sign-up, privacy notice, confirm, unsubscribe."""
+"""Pages the subscriber sees: sign-up, privacy notice, confirm, unsubscribe, their own page."""
 
 from flask import Blueprint
 
 bp = Blueprint("public", __name__)
 
-from . import routes  # noqa: E402,F401  (routes attach themselves to bp)
+from . import manage, routes  # noqa: E402,F401  (routes attach themselves to bp)

@@ -7,6 +7,7 @@ from sqlalchemy import text
 from .. import consent, tokens
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
+from ..models import NoticeVersion
 from . import bp
 from .forms import SubscribeForm
 
@@ -55,9 +56,24 @@ def healthz():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<slug>/privacy")
-def privacy(slug: str):  # type: ignore[no-untyped-def]
+@bp.get("/<slug>/privacy/<version>")
+def privacy(slug: str, version: str | None = None):  # type: ignore[no-untyped-def]
+    """The notice as shown now, or any earlier version by its hash (``?version=`` or in the path)."""
     notice = _notice_or_404(slug)
-    return render_template("public/privacy.html", notice=notice, text=notice.text(current_language(notice)))
+    version = version or request.args.get("version")
+    lang = current_language(notice)
+    if not version or version == notice.version:
+        return render_template("public/privacy.html", notice=notice, text=notice.text(lang), version=notice.version)
+    if not consent.HASH_RE.match(version):
+        abort(404)
+    stored = db.session.get(NoticeVersion, (notice.slug, version))
+    texts = stored.content.get("text") if stored is not None and isinstance(stored.content, dict) else None
+    if not isinstance(texts, dict) or not texts:
+        abort(404)
+    text = texts.get(lang) or next(iter(texts.values()))
+    return render_template(
+        "public/privacy.html", notice=notice, text=text, version=version, earlier=stored.first_seen_at
+    )
 
 
 def _subscribe_limit() -> str:
@@ -151,12 +167,15 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     if problem or notice is None:
         return _invalid_link()
     text = notice.text(current_language(notice))
+    manage = url_for("public.manage", token=tokens.make("manage", {"n": notice.slug, "h": payload.get("h")}))
     if request.method != "POST":  # GET and HEAD only read
-        return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token)
+        return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token, manage=manage)
     # RFC 8058: only a POST whose body says List-Unsubscribe=One-Click acts;
     # the page's own button sends the same field. Anything else changes nothing.
     if request.form.get("List-Unsubscribe") != "One-Click":
-        return _token_page("public/unsubscribe.html", 400, notice=notice, text=text, token=token, stray=True)
+        return _token_page(
+            "public/unsubscribe.html", 400, notice=notice, text=text, token=token, stray=True, manage=manage
+        )
     channel = "page" if request.form.get("via") == "page" else "one-click"
     consent.unsubscribe(payload, _facts(channel))
-    return _token_page("public/unsubscribed.html", notice=notice, text=text)
+    return _token_page("public/unsubscribed.html", notice=notice, text=text, manage=manage)
