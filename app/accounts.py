@@ -22,7 +22,7 @@ from .extensions import db
 from .models import ApiToken, User, utcnow
 
 ROLES = ("admin", "marketer", "viewer")
-SCOPES = ("read", "subscribe", "opt_out")
+SCOPES = ("read", "subscribe", "opt_out", "contact")
 MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "cst_"  # noqa: S105 - a public prefix that makes leaked tokens easy to spot
 

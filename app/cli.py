@@ -15,7 +15,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import accounts, consent, importer, ledger, outbox, report_poller
+from . import accounts, consent, importer, ledger, outbox, report_poller, retention
 from .extensions import db
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
@@ -25,6 +25,7 @@ providers_cli = AppGroup("providers", help="Reading events back from the mail pr
 users_cli = AppGroup("users", help="Dashboard accounts.")
 tokens_cli = AppGroup("tokens", help="API tokens for the CRM.")
 contacts_cli = AppGroup("contacts", help="Contact imports.")
+retention_cli = AppGroup("retention", help="Each notice's retention periods.")
 
 
 @outbox_cli.command("run")
@@ -203,8 +204,22 @@ def tokens_revoke(token_id: int) -> None:
 @click.option("--proof", help="With --basis consent: where the consent is recorded.")
 @click.option("--email-column", default="email", show_default=True)
 @click.option("--name-column", help="The column holding the name, if any.")
+@click.option("--last-contact-column", help="The column holding the date of the last dialog (YYYY-MM-DD), if any.")
+@click.option("--relationship-column", help="The column saying customer/kund or prospect/prospekt (the default).")
 @click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
-def contacts_import(file, slug, basis, source, source_date, proof, email_column, name_column, dry_run):  # type: ignore[no-untyped-def]
+def contacts_import(  # type: ignore[no-untyped-def]
+    file,
+    slug,
+    basis,
+    source,
+    source_date,
+    proof,
+    email_column,
+    name_column,
+    last_contact_column,
+    relationship_column,
+    dry_run,
+):
     """Import contacts from a CSV file (FILE, or - for standard input)."""
     notice = consent.get_notice(slug)
     if notice is None:
@@ -219,6 +234,8 @@ def contacts_import(file, slug, basis, source, source_date, proof, email_column,
         proof=proof,
         actor="cli",
         dry_run=dry_run,
+        last_contact_column=last_contact_column,
+        relationship_column=relationship_column,
     )
 
     def progress(result: importer.ImportResult) -> None:
@@ -231,6 +248,14 @@ def contacts_import(file, slug, basis, source, source_date, proof, email_column,
     click.echo(json.dumps({"dry_run": dry_run, **result.as_dict()}))
 
 
+@retention_cli.command("purge")
+@click.option("--dry-run", is_flag=True, help="List each row that would go and why (with its address); change nothing.")
+def retention_purge(dry_run: bool) -> None:
+    """Apply every notice's retention rules; safe to run from cron (a second run changes nothing)."""
+    click.echo(json.dumps(retention.purge(dry_run=dry_run).as_dict(), indent=2 if dry_run else None))
+
+
 def register(app: Flask) -> None:
-    for group in (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli, contacts_cli):
+    groups = (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli, contacts_cli, retention_cli)
+    for group in groups:
         app.cli.add_command(group)

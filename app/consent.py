@@ -726,6 +726,60 @@ def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts)
     return fields
 
 
+RELATIONSHIPS = ("subscriber", "prospect", "customer")
+
+
+def record_contact(
+    notice: Notice, email_raw: str, at: datetime | None, relationship: str | None, facts: Facts
+) -> Subscription | None:
+    """A dialog with the person (a call, a meeting, a reply), and/or their relationship.
+
+    ``last_contact_at`` only moves forward; it starts the prospect-with-dialog
+    retention period. None when the address is not held under the notice.
+    """
+    if relationship is not None and relationship not in RELATIONSHIPS:
+        raise InvalidInput("relationship", "invalid")
+    now = utcnow()
+    if at is not None and at > now + timedelta(minutes=5):
+        raise InvalidInput("at", "future")
+    ehash = email_hash(normalise_email(email_raw))
+    with unit_of_work() as uow:
+        sub = _subscription(uow, notice.slug, ehash)
+        if sub is None:
+            return None
+        changed: dict[str, Any] = {}
+        if at is not None and (sub.last_contact_at is None or at > sub.last_contact_at):
+            sub.last_contact_at = at
+            changed["last_contact_at"] = _iso(at)
+        if relationship is not None and relationship != sub.relationship:
+            sub.relationship = relationship
+            changed["relationship"] = relationship
+        if changed:
+            ledger.append(
+                uow.session,
+                [Evidence.under("contact_recorded", notice, sub.ref, facts.channel, {**changed, "actor": facts.actor})],
+            )
+        uow.session.flush()
+        uow.session.expunge(sub)
+    return sub
+
+
+def mark_reviewed(ref: str, facts: Facts) -> bool:
+    """A customer's periodic review is done (the retention rule ``customer_review_days``)."""
+    with unit_of_work() as uow:
+        sub = uow.session.execute(
+            select(Subscription).where(Subscription.ref == ref).with_for_update()
+        ).scalar_one_or_none()
+        notice = get_notice(sub.notice) if sub else None
+        if sub is None or notice is None:
+            return False
+        sub.reviewed_at = utcnow()
+        ledger.append(
+            uow.session, [Evidence.under("customer_reviewed", notice, sub.ref, facts.channel, {"actor": facts.actor})]
+        )
+    return True
+
+
 def erase_subscription(ref: str, facts: Facts) -> bool:
     """Erase one subscription (one controller's data about the person)."""
     with unit_of_work() as uow:

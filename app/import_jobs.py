@@ -73,14 +73,15 @@ def discard(import_id: int, reason: str) -> None:
             record.state, record.error, record.finished_at = "failed", reason[:500], utcnow()
 
 
-def queue(import_id: int, email_column: str, name_column: str | None, dry_run: bool) -> None:
+def queue(import_id: int, email_column: str, optional: dict[str, str | None], dry_run: bool) -> None:
+    """Queue the dry run or the import; ``optional`` maps name, last-contact and relationship columns."""
     with unit_of_work() as uow:
         record = uow.session.get(ContactImport, import_id, with_for_update=True)
         if record is None or record.state not in ("uploaded", "checked", "failed"):
             raise ImportError_("this import is already queued, running or done")
         if not upload_path(import_id).exists():
             raise ImportError_("the uploaded file is gone; upload it again")
-        record.spec = {**record.spec, "email_column": email_column, "name_column": name_column}
+        record.spec = {**record.spec, "email_column": email_column, **optional}
         record.state, record.dry_run, record.rows, record.counts, record.error = "queued", dry_run, 0, {}, None
         outbox.enqueue(
             uow.session, JOB_KIND, notice=record.notice, subscription_ref=None, payload={"import": import_id}
@@ -102,6 +103,8 @@ def _spec(record: ContactImport) -> ImportSpec:
         proof=s.get("proof"),
         actor=record.created_by,
         dry_run=record.dry_run,
+        last_contact_column=s.get("last_contact_column"),
+        relationship_column=s.get("relationship_column"),
     )
 
 

@@ -19,8 +19,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import insert, select
 
@@ -54,6 +54,11 @@ class ImportSpec:
     proof: str | None  # for consent: where the consent is recorded
     actor: str
     dry_run: bool = False
+    # Optional columns for the retention rules: the last dialog with the contact
+    # (a date, YYYY-MM-DD) and whether they are a customer (customer/kund) or a
+    # prospect (prospect/prospekt, the default for imported contacts).
+    last_contact_column: str | None = None
+    relationship_column: str | None = None
 
     def check(self) -> None:
         if self.lawful_basis not in LAWFUL_BASES:
@@ -103,21 +108,27 @@ def run_import(
         email_at = header.index(spec.email_column)
     except ValueError:
         raise ImportError_(f"no column named {spec.email_column!r} (columns: {', '.join(header)})") from None
-    name_at = None
-    if spec.name_column:
-        if spec.name_column not in header:
-            raise ImportError_(f"no column named {spec.name_column!r}")
-        name_at = header.index(spec.name_column)
+    name_at = _column(header, spec.name_column)
+    contact_at = _column(header, spec.last_contact_column)
+    relationship_at = _column(header, spec.relationship_column)
+    today = date.today()
+
+    def cell(row: list[str], at: int | None) -> str:
+        return row[at][:MAX_FIELD].strip() if at is not None and at < len(row) else ""
+
     result = ImportResult()
     seen: set[str] = set()
-    batch: list[tuple[str, str | None]] = []
+    batch: list[Row] = []
     try:
         for row in rows:
             result.rows += 1
             try:
-                email = normalise_email(row[email_at][:MAX_FIELD] if email_at < len(row) else "")
-                raw_name = row[name_at][:MAX_FIELD] if name_at is not None and name_at < len(row) else None
-                name = clean_name(raw_name) if "name" in spec.notice.fields else None
+                email = normalise_email(cell(row, email_at))
+                name = clean_name(cell(row, name_at)) if "name" in spec.notice.fields else None
+                last_contact = _date(cell(row, contact_at), today)
+                relationship = RELATIONSHIP_WORDS.get(cell(row, relationship_at).lower())
+                if relationship is None:
+                    raise InvalidInput("relationship", "invalid")
             except InvalidInput:
                 result.counts["skipped_invalid"] += 1
                 continue
@@ -125,7 +136,7 @@ def run_import(
                 result.counts["skipped_duplicate_in_file"] += 1
                 continue
             seen.add(email)
-            batch.append((email, name))
+            batch.append(Row(email, name, last_contact, relationship))
             if len(batch) >= BATCH_SIZE:
                 _import_batch(spec, batch, result)
                 batch = []
@@ -140,9 +151,46 @@ def run_import(
     return result
 
 
-def _import_batch(spec: ImportSpec, batch: list[tuple[str, str | None]], result: ImportResult) -> None:
+class Row(NamedTuple):
+    email: str
+    name: str | None
+    last_contact: datetime | None
+    relationship: str
+
+
+RELATIONSHIP_WORDS = {
+    "": "prospect",
+    "prospect": "prospect",
+    "prospekt": "prospect",
+    "customer": "customer",
+    "kund": "customer",
+}
+
+
+def _column(header: list[str], name: str | None) -> int | None:
+    if not name:
+        return None
+    if name not in header:
+        raise ImportError_(f"no column named {name!r}")
+    return header.index(name)
+
+
+def _date(value: str, today: date) -> datetime | None:
+    """A last-contact date from a cell: empty, or YYYY-MM-DD not in the future."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        raise InvalidInput("last_contact", "invalid") from None
+    if day > today or day.year < 2000:
+        raise InvalidInput("last_contact", "invalid")
+    return datetime(day.year, day.month, day.day)
+
+
+def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> None:
     notice = spec.notice
-    hashed = {email_hash(email): (email, name) for email, name in batch}
+    hashed = {email_hash(row.email): row for row in batch}
     with unit_of_work() as uow:
         suppressed = set(
             uow.session.execute(
@@ -160,7 +208,7 @@ def _import_batch(spec: ImportSpec, batch: list[tuple[str, str | None]], result:
         )
         result.counts["skipped_suppressed"] += len(suppressed)
         result.counts["skipped_existing"] += len(held - suppressed)
-        fresh = [(h, email, name) for h, (email, name) in hashed.items() if h not in suppressed and h not in held]
+        fresh = [(h, row) for h, row in hashed.items() if h not in suppressed and h not in held]
         result.counts["added"] += len(fresh)
         if spec.dry_run or not fresh:
             uow.session.rollback()
@@ -171,9 +219,11 @@ def _import_batch(spec: ImportSpec, batch: list[tuple[str, str | None]], result:
             {
                 "ref": new_ref(),
                 "notice": notice.slug,
-                "email": email,
+                "email": row.email,
                 "email_hash": h,
-                "name": name,
+                "name": row.name,
+                "relationship": row.relationship,
+                "last_contact_at": row.last_contact,
                 "status": "subscribed",
                 "lang": notice.languages[0],
                 "source": f"import: {source}"[:500],
@@ -183,7 +233,7 @@ def _import_batch(spec: ImportSpec, batch: list[tuple[str, str | None]], result:
                 "confirmed_at": now,
                 "updated_at": now,
             }
-            for h, email, name in fresh
+            for h, row in fresh
         ]
         uow.session.execute(insert(Subscription), subs)
         facts = {

@@ -32,6 +32,14 @@ OPTIONAL_PROVIDER_KEYS = {
     "apsis": ("email_attribute", "name_attribute"),
 }
 TEXT_KEYS = ("title", "summary", "consent_label", "body")
+RETENTION_KEYS = (
+    "unconfirmed_days",
+    "unsubscribed_days",
+    "prospect_without_dialog_days",
+    "prospect_with_dialog_days",
+    "customer_review_days",
+    "evidence_days",
+)
 
 
 class NoticeError(ValueError):
@@ -125,6 +133,8 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
     _require(rule in OPT_OUT_RULES, where, f"opt_out.rule must be one of {OPT_OUT_RULES}")
 
     retention = raw.get("retention") or {}
+    unknown = sorted(set(retention) - set(RETENTION_KEYS))
+    _require(not unknown, where, f"retention: unknown rule(s) {unknown}; known: {RETENTION_KEYS}")
     _require(
         all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in retention.values()),
         where,

@@ -273,12 +273,13 @@ def run_forever(stop: threading.Event, poll_seconds: float = 1.0) -> None:
             stop.wait(poll_seconds)
 
 
-def cancel_pending(session: Session, subscription_ref: str, kinds: tuple[str, ...]) -> None:
-    """Drop queued jobs that no longer make sense (mail to a deleted person)."""
+def cancel_pending(session: Session, subscription_ref: str | list[str], kinds: tuple[str, ...]) -> None:
+    """Drop queued jobs that no longer make sense (mail to a deleted person); one ref or many."""
+    refs = [subscription_ref] if isinstance(subscription_ref, str) else subscription_ref
     session.execute(
         update(OutboxJob)
         .where(
-            OutboxJob.subscription_ref == subscription_ref,
+            OutboxJob.subscription_ref.in_(refs),
             OutboxJob.kind.in_(kinds),
             OutboxJob.state.in_(("pending", "running")),
         )

@@ -189,8 +189,9 @@ def erase(payload: dict[str, Any], facts: Facts) -> list[str]:
         }
         consent.erase_by_hash(request.email_hash, facts, uow)
         # The one mail that may still carry the address: the outbox wipes it once sent.
-        job = outbox.enqueue(uow.session, "mail", notice=notice.slug if notice else None, subscription_ref=None,
-                             payload=last_mail)
+        job = outbox.enqueue(
+            uow.session, "mail", notice=notice.slug if notice else None, subscription_ref=None, payload=last_mail
+        )
         uow.session.flush()
         job_id = job.id
         uow.after_commit(lambda: outbox.deliver_now([job_id]))

@@ -21,6 +21,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid bearer token",
         403: "The token lacks the scope",
         413: "Body over 1 MB",
+        404: "Not held",
         415: "Not JSON",
         422: "A field is missing or invalid",
         429: "Rate limited",
@@ -38,7 +39,7 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Newsletter consent API",
             "version": "1.0.0",
-            "description": "Consent status, sign-ups, opt-outs and evidence, for the CRM.",
+            "description": "Consent status, sign-ups, opt-outs, contacts and evidence, for the CRM.",
         },
         "servers": [{"url": current_app.config["PUBLIC_URL"]}],
         "security": [{"bearer": []}],
@@ -130,6 +131,52 @@ def document() -> dict[str, Any]:
                             },
                         },
                         **_error_responses(400, 401, 403, 413, 415, 422, 429),
+                    },
+                }
+            },
+            "/api/v1/contacts": {
+                "post": {
+                    "summary": "Record a dialog with a contact, or their relationship (prospect or customer)",
+                    "description": (
+                        "last_contact_at starts the notice's prospect-with-dialog retention period and only "
+                        "moves forward; a customer is reviewed periodically instead of purged."
+                    ),
+                    "operationId": "recordContact",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["email", "notice"],
+                                    "properties": {
+                                        "email": EMAIL,
+                                        "notice": notice_slug,
+                                        "last_contact_at": {"type": "string", "format": "date-time"},
+                                        "relationship": {"enum": ["subscriber", "prospect", "customer"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Recorded",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["notice", "relationship", "last_contact_at"],
+                                        "properties": {
+                                            "notice": {"type": "string"},
+                                            "relationship": {"enum": ["subscriber", "prospect", "customer"]},
+                                            "last_contact_at": {"type": ["string", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_error_responses(400, 401, 403, 404, 413, 415, 422, 429),
                     },
                 }
             },

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from .. import accounts, consent
 from ..database import MAX_ID, id_param
 from ..extensions import db, limiter
-from ..models import ConsentEvent, EventDetail, Subscription, utcnow
+from ..models import ConsentEvent, EventDetail, Subscription, utc_naive, utcnow
 from . import bp
 from .openapi import document
 
@@ -191,3 +191,34 @@ def events() -> Response:
         items.append(item)
     next_after = page[-1][0].seq if len(rows) > limit else None
     return jsonify({"events": items, "next_after": next_after})
+
+
+@bp.post("/contacts")
+@limiter.limit(API_RATE_LIMIT)
+@needs("contact")
+def record_contact() -> Response:
+    """A dialog with a contact (starts the prospect-with-dialog retention period), or their relationship."""
+    body = _body()
+    notice = _notice(_string(body, "notice"))
+    email = _email(_string(body, "email"))
+    at_raw = _string(body, "last_contact_at", required=False)
+    at = utc_naive(at_raw) if at_raw else None
+    if at_raw and (at is None or at.year < 2000):
+        raise ApiError(422, "invalid_field", "last_contact_at must be an ISO 8601 date-time")
+    relationship = _string(body, "relationship", required=False)
+    if at is None and relationship is None:
+        raise ApiError(422, "invalid_field", "give last_contact_at, relationship, or both")
+    try:
+        sub = consent.record_contact(notice, email, at, relationship, _facts())
+    except consent.InvalidInput as exc:
+        what = "in the future" if str(exc) == "future" else "invalid"
+        raise ApiError(422, "invalid_field", f"{exc.field} is {what}") from None
+    if sub is None:
+        raise ApiError(404, "not_found", "that address is not held under this notice")
+    return jsonify(
+        {
+            "notice": notice.slug,
+            "relationship": sub.relationship,
+            "last_contact_at": sub.last_contact_at.isoformat(timespec="seconds") + "Z" if sub.last_contact_at else None,
+        }
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import DateField, EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import AnyOf, DataRequired, Length, Optional
 
 
 class LoginForm(FlaskForm):
@@ -27,6 +27,13 @@ class TokenForm(FlaskForm):
     name = StringField(validators=[DataRequired(), Length(max=100)])
 
 
+class ContactForm(FlaskForm):
+    """A dialog with the contact on a day, and/or their relationship (retention facts)."""
+
+    last_contact = DateField(validators=[Optional()])
+    relationship = StringField(validators=[Optional(), AnyOf(("subscriber", "prospect", "customer"))])
+
+
 class ImportForm(FlaskForm):
     """Step one of an import: the file and the facts every imported contact carries."""
 
@@ -40,3 +47,5 @@ class ImportForm(FlaskForm):
 class MappingForm(FlaskForm):
     email_column = StringField(validators=[DataRequired(), Length(max=200)])
     name_column = StringField(validators=[Length(max=200)])
+    last_contact_column = StringField(validators=[Length(max=200)])
+    relationship_column = StringField(validators=[Length(max=200)])

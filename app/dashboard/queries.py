@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 
+from .. import retention
 from ..extensions import db
-from ..models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
+from ..models import ConsentEvent, EventDetail, NoticeVersion, Subscription, Suppression, utcnow
 from ..notices import Notice
 
 CHART_DAYS = 30
@@ -78,15 +79,52 @@ def chart(notice: Notice, days: int = CHART_DAYS) -> tuple[Chart, float | None]:
     return Chart(dates, series), rate
 
 
+def versions(notice: Notice) -> list[dict[str, Any]]:
+    """Each version of a notice ever shown, newest first, with how many hold a subscription under it."""
+    counts = dict(
+        db.session.execute(
+            select(Subscription.notice_version, func.count())
+            .where(Subscription.notice == notice.slug)
+            .group_by(Subscription.notice_version)
+        ).all()
+    )
+    rows = db.session.execute(
+        select(NoticeVersion.version, NoticeVersion.first_seen_at)
+        .where(NoticeVersion.notice == notice.slug)
+        .order_by(NoticeVersion.first_seen_at.desc())
+    ).all()
+    return [
+        {"version": v, "first_seen_at": at, "subscriptions": counts.get(v, 0), "current": v == notice.version}
+        for v, at in rows
+    ]
+
+
+def review_due(notice: Notice) -> int:
+    query = retention.review_due_query(notice)
+    if query is None:
+        return 0
+    return db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+
+
 def subscribers(
-    *, notice: str | None, status: str | None, search: str | None, after: int | None
+    *,
+    notice: str | None,
+    status: str | None,
+    search: str | None,
+    after: int | None,
+    version: str | None = None,
+    review_due_for: Notice | None = None,
 ) -> tuple[list[Subscription], int | None]:
     """One page, newest first, by keyset (``id < after``): as fast on page 1,000 as on page 1."""
     query = select(Subscription)
+    if review_due_for is not None:
+        query = retention.review_due_query(review_due_for) or query.where(false())
     if notice:
         query = query.where(Subscription.notice == notice)
     if status:
         query = query.where(Subscription.status == status)
+    if version:
+        query = query.where(Subscription.notice_version == version)
     if search:
         # A prefix range on the stored (lower-case) address uses the plain index.
         query = query.where(Subscription.email >= search, Subscription.email < search + "\U0010ffff")

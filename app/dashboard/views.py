@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 
-from .. import accounts, consent, import_jobs, importer, ledger, outbox
+from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
 from ..database import id_param
 from ..extensions import db
 from ..models import ContactImport, Subscription
 from . import bp, queries
 from .auth import requires
-from .forms import ActionForm, ImportForm, MappingForm, RectifyForm, TokenForm
+from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm
 
 STATUSES = ("pending", "subscribed", "unsubscribed")
 
@@ -53,6 +54,8 @@ def overview():  # type: ignore[no-untyped-def]
         deadline_hours=queries.OPT_OUT_DEADLINE_HOURS,
         deadline_used=round(100 * oldest / deadline, 1) if oldest is not None else None,
         action=ActionForm(),
+        versions={notice.slug: queries.versions(notice) for notice in notices},
+        review_due={notice.slug: queries.review_due(notice) for notice in notices},
     )
 
 
@@ -83,7 +86,20 @@ def subscribers():  # type: ignore[no-untyped-def]
         abort(400)
     if status is not None and status not in STATUSES:
         abort(400)
-    rows, next_after = queries.subscribers(notice=notice, status=status, search=search, after=id_param(after))
+    version = request.args.get("version") or None
+    if version is not None and not consent.HASH_RE.match(version):
+        abort(400)
+    review = request.args.get("review") == "due"
+    if review and notice is None:
+        abort(400)
+    rows, next_after = queries.subscribers(
+        notice=notice,
+        status=status,
+        search=search,
+        after=id_param(after),
+        version=version,
+        review_due_for=consent.get_notice(notice) if review else None,
+    )
     return _no_store(
         make_response(
             render_template(
@@ -92,7 +108,7 @@ def subscribers():  # type: ignore[no-untyped-def]
                 next_after=next_after,
                 notices=consent.notices().values(),
                 statuses=STATUSES,
-                chosen={"notice": notice, "status": status, "q": search or ""},
+                chosen={"notice": notice, "status": status, "q": search or "", "version": version, "review": review},
             )
         )
     )
@@ -113,9 +129,50 @@ def subject(ref: str):  # type: ignore[no-untyped-def]
                 events=queries.timeline(sub.ref),
                 form=form,
                 action=ActionForm(),
+                relationships=consent.RELATIONSHIPS,
+                review_due=_review_due(sub, notice),
             )
         )
     )
+
+
+def _review_due(sub: Subscription, notice) -> bool:  # type: ignore[no-untyped-def]
+    query = retention.review_due_query(notice) if notice else None
+    if query is None or sub.relationship != "customer":
+        return False
+    return db.session.execute(query.where(Subscription.id == sub.id)).first() is not None
+
+
+@bp.post("/subscribers/<ref>/contact")
+@requires("marketer")
+def record_contact(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    notice = consent.get_notice(sub.notice)
+    form = ContactForm()
+    if notice is None or not form.validate_on_submit():
+        flash(_("Please check the values."), "error")
+        return redirect(url_for("dashboard.subject", ref=ref), code=303)
+    day = form.last_contact.data
+    at = datetime(day.year, day.month, day.day) if day else None
+    relationship = form.relationship.data or None
+    try:
+        consent.record_contact(notice, sub.email, at, relationship, _facts())
+    except consent.InvalidInput:
+        flash(_("Please check the values."), "error")
+    else:
+        flash(_("Saved."), "info")
+    return redirect(url_for("dashboard.subject", ref=ref), code=303)
+
+
+@bp.post("/subscribers/<ref>/reviewed")
+@requires("marketer")
+def mark_reviewed(ref: str):  # type: ignore[no-untyped-def]
+    sub = _subscription_or_404(ref)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    consent.mark_reviewed(sub.ref, _facts())
+    flash(_("The review was recorded."), "info")
+    return redirect(url_for("dashboard.subject", ref=ref), code=303)
 
 
 @bp.get("/subscribers/<ref>/export.json")
@@ -273,13 +330,14 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
     if request.method == "POST":
         if not form.validate_on_submit() or form.email_column.data not in record.columns:
             abort(400)
-        name_column = form.name_column.data or None
-        if name_column is not None and name_column not in record.columns:
+        optional = {
+            key: getattr(form, key).data or None
+            for key in ("name_column", "last_contact_column", "relationship_column")
+        }
+        if any(column is not None and column not in record.columns for column in optional.values()):
             abort(400)
         try:
-            import_jobs.queue(
-                import_id, form.email_column.data, name_column, dry_run=request.form.get("mode") != "import"
-            )
+            import_jobs.queue(import_id, form.email_column.data, optional, dry_run=request.form.get("mode") != "import")
         except importer.ImportError_ as exc:
             flash(str(exc), "error")
         return redirect(url_for("dashboard.import_status", import_id=import_id))

@@ -1,0 +1,303 @@
+"""Retention: each notice's periods, applied by ``flask --app wsgi retention purge``.
+
+The rules are data, in the notice file's ``[retention]`` table (days):
+
+- ``unconfirmed_days``: a sign-up never confirmed, counted from its last
+  confirmation mail (or its creation);
+- ``unsubscribed_days``: an unsubscribed contact, from the opt-out (the
+  suppression entry stays, so the address is not added again);
+- ``prospect_without_dialog_days``: a prospect (a contact the controller
+  added) with no recorded dialog, from being added;
+- ``prospect_with_dialog_days``: a prospect with dialog, from the last contact;
+- ``customer_review_days``: customers are never purged by a rule; they are
+  listed for review once this long has passed since the last review;
+- ``evidence_days``: after this long, an event's personal details (IP, user
+  agent, old addresses) are deleted and only its anonymous chain entry stays -
+  except the details that still prove a current subscription's consent.
+
+Every purge runs in batches, each its own short transaction, so a purge of
+100,000 rows never holds the database for long; every deleted subscription
+leaves a ``personal_data_deleted`` event naming the rule, and each run that
+changed anything leaves one ``retention_purged`` event per notice with counts.
+Running it again changes nothing more: it is safe from cron.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import Select, and_, delete, func, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from . import ledger, outbox, provider_sync
+from .consent import notices
+from .database import unit_of_work, wipe_free_space
+from .extensions import db
+from .ledger import Evidence
+from .models import ConsentEvent, ContactImport, EventDetail, OutboxJob, ProviderDelivery, Subscription, utcnow
+from .notices import Notice
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+PURGE_RULES = ("unconfirmed_days", "unsubscribed_days", "prospect_without_dialog_days", "prospect_with_dialog_days")
+# Events whose details prove the consent a subscription rests on; kept while it does.
+PROOF_EVENTS = ("signup_requested", "consent_confirmed", "imported", "provider_subscribed")
+# Housekeeping that is not a notice's promise but keeps personal traces short-lived.
+DELIVERY_KEEP_DAYS = 90  # webhook de-duplication keys (an HMAC, no address)
+UPLOAD_KEEP_DAYS = 7  # dashboard import files never run for real
+FINISHED_JOB_KEEP_DAYS = 30  # outbox jobs done, cancelled or discarded (payload already wiped)
+
+
+@dataclass
+class Report:
+    """What a purge did, or with ``dry_run`` would do."""
+
+    dry_run: bool
+    purged: dict[str, dict[str, int]] = field(default_factory=dict)  # notice -> rule -> rows
+    review_due: dict[str, int] = field(default_factory=dict)
+    evidence_reduced: dict[str, int] = field(default_factory=dict)
+    housekeeping: dict[str, int] = field(default_factory=dict)
+    would_purge: list[dict[str, Any]] = field(default_factory=list)  # dry run: each row, and why
+
+    def add(self, notice: str, rule: str, count: int) -> None:
+        if count:
+            rules = self.purged.setdefault(notice, {})
+            rules[rule] = rules.get(rule, 0) + count
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "purged": self.purged,
+            "review_due": self.review_due,
+            "evidence_reduced": self.evidence_reduced,
+            "housekeeping": self.housekeeping,
+            **({"would_purge": self.would_purge} if self.dry_run else {}),
+        }
+
+
+def _condition(rule: str, cutoff: datetime) -> ColumnElement[bool]:
+    s = Subscription
+    if rule == "unconfirmed_days":
+        return and_(s.status == "pending", func.coalesce(s.confirmation_sent_at, s.created_at) < cutoff)
+    if rule == "unsubscribed_days":
+        return and_(s.status == "unsubscribed", s.unsubscribed_at < cutoff)
+    if rule == "prospect_without_dialog_days":
+        return and_(
+            s.relationship == "prospect", s.status != "pending", s.last_contact_at.is_(None), s.created_at < cutoff
+        )
+    assert rule == "prospect_with_dialog_days"
+    return and_(s.relationship == "prospect", s.status != "pending", s.last_contact_at < cutoff)
+
+
+def _due(notice: Notice, rule: str, now: datetime) -> Select[Any] | None:
+    days = notice.retention.get(rule)
+    if days is None:
+        return None
+    cutoff = now - timedelta(days=days)
+    return select(Subscription).where(Subscription.notice == notice.slug, _condition(rule, cutoff))
+
+
+def review_due_query(notice: Notice, now: datetime | None = None) -> Select[Any] | None:
+    """Customers whose yearly (or other) review is due, for the dashboard."""
+    days = notice.retention.get("customer_review_days")
+    if days is None:
+        return None
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    return select(Subscription).where(
+        Subscription.notice == notice.slug,
+        Subscription.relationship == "customer",
+        func.coalesce(Subscription.reviewed_at, Subscription.created_at) < cutoff,
+    )
+
+
+def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
+    now = now or utcnow()
+    report = Report(dry_run=dry_run)
+    for notice in notices().values():
+        for rule in PURGE_RULES:
+            query = _due(notice, rule, now)
+            if query is None:
+                continue
+            if dry_run:
+                for sub in db.session.execute(query.order_by(Subscription.id)).scalars():
+                    report.add(notice.slug, rule, 1)
+                    report.would_purge.append(_why(notice, rule, sub, now))
+                continue
+            for count in _purge_batches(notice, rule, query):
+                report.add(notice.slug, rule, count)
+        review = review_due_query(notice, now)
+        if review is not None:
+            report.review_due[notice.slug] = _count(review)
+        report.evidence_reduced[notice.slug] = _reduce_evidence(notice, now, dry_run)
+        if not dry_run and (report.purged.get(notice.slug) or report.evidence_reduced[notice.slug]):
+            with unit_of_work() as uow:
+                facts = {
+                    "purged": report.purged.get(notice.slug, {}),
+                    "evidence_reduced": report.evidence_reduced[notice.slug],
+                }
+                ledger.append(uow.session, [Evidence.under("retention_purged", notice, None, "system", facts)])
+    report.housekeeping = _housekeeping(now, dry_run)
+    if not dry_run and any(report.purged.values()):
+        wipe_free_space()
+    return report
+
+
+def _count(query: Select[Any]) -> int:
+    return db.session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+
+
+def _why(notice: Notice, rule: str, sub: Subscription, now: datetime) -> dict[str, Any]:
+    since = {
+        "unconfirmed_days": sub.confirmation_sent_at or sub.created_at,
+        "unsubscribed_days": sub.unsubscribed_at,
+        "prospect_without_dialog_days": sub.created_at,
+        "prospect_with_dialog_days": sub.last_contact_at,
+    }[rule]
+    return {
+        "notice": notice.slug,
+        "subscription": sub.id,
+        "email": sub.email,
+        "status": sub.status,
+        "rule": rule,
+        "limit_days": notice.retention[rule],
+        "age_days": (now - since).days if since else None,
+    }
+
+
+def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[int]:
+    """Delete the rows a rule selects, a batch per transaction; yields each batch's size."""
+    after = 0
+    while True:
+        with unit_of_work() as uow:
+            subs = (
+                uow.session.execute(
+                    query.where(Subscription.id > after).order_by(Subscription.id).limit(BATCH).with_for_update()
+                )
+                .scalars()
+                .all()
+            )
+            if not subs:
+                return
+            after = subs[-1].id
+            refs = [sub.ref for sub in subs]
+            evidence = []
+            for sub in subs:
+                if sub.confirmed_at is not None:  # the provider holds them: it must forget them too
+                    provider_sync.enqueue_delete(uow, sub)
+                evidence.append(
+                    Evidence.under(
+                        "personal_data_deleted",
+                        notice,
+                        sub.ref,
+                        "system",
+                        {"reason": "retention", "rule": rule, "days": notice.retention[rule]},
+                    )
+                )
+            uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref.in_(refs)))
+            outbox.cancel_pending(uow.session, refs, ("mail",))
+            uow.session.execute(delete(Subscription).where(Subscription.id.in_([sub.id for sub in subs])))
+            ledger.append(uow.session, evidence)
+            hashes = {sub.email_hash[:16] for sub in subs}
+            uow.after_commit(lambda hashes=hashes: _forget_folder_mail(hashes))
+        yield len(subs)
+
+
+def _forget_folder_mail(prefixes: set[str]) -> None:
+    """Delete mail the folder transport wrote to purged addresses (one pass over the folder)."""
+    folder = Path(current_app.config["MAIL_DIR"])
+    if not folder.is_dir():
+        return
+    for path in folder.glob("*.eml"):
+        if path.name[:16] in prefixes:
+            path.unlink(missing_ok=True)
+
+
+def _reduce_evidence(notice: Notice, now: datetime, dry_run: bool) -> int:
+    """Delete personal details of old events, keeping those that prove a current consent."""
+    days = notice.retention.get("evidence_days")
+    if days is None:
+        return 0
+    cutoff = now - timedelta(days=days)
+    reduced, after = 0, 0
+    while True:
+        with unit_of_work() as uow:
+            rows = uow.session.execute(
+                select(EventDetail.seq, ConsentEvent.subscription_ref, ConsentEvent.type)
+                .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
+                .where(ConsentEvent.notice == notice.slug, ConsentEvent.at < cutoff, EventDetail.seq > after)
+                .order_by(EventDetail.seq)
+                .limit(BATCH)
+            ).all()
+            if not rows:
+                break
+            after = rows[-1].seq
+            kept = _proof_seqs(uow.session, {row.subscription_ref for row in rows if row.type in PROOF_EVENTS})
+            doomed = [row.seq for row in rows if row.seq not in kept]
+            if doomed and not dry_run:
+                uow.session.execute(delete(EventDetail).where(EventDetail.seq.in_(doomed)))
+            reduced += len(doomed)
+    db.session.remove()
+    return reduced
+
+
+def _proof_seqs(session, refs: set[str | None]) -> set[int]:  # type: ignore[no-untyped-def]
+    """The latest proof event of each kind for those refs that are still subscribed."""
+    refs.discard(None)
+    if not refs:
+        return set()
+    subscribed = select(Subscription.ref).where(Subscription.ref.in_(refs), Subscription.status == "subscribed")
+    latest = session.execute(
+        select(func.max(ConsentEvent.seq))
+        .where(ConsentEvent.subscription_ref.in_(subscribed), ConsentEvent.type.in_(PROOF_EVENTS))
+        .group_by(ConsentEvent.subscription_ref, ConsentEvent.type)
+    ).scalars()
+    return set(latest)
+
+
+def _housekeeping(now: datetime, dry_run: bool) -> dict[str, int]:
+    """Short-lived traces no notice speaks of: old delivery keys, abandoned uploads, finished jobs."""
+    from .import_jobs import upload_path  # import_jobs registers an outbox handler; keep it lazy
+
+    old_deliveries = ProviderDelivery.received_at < now - timedelta(days=DELIVERY_KEEP_DAYS)
+    old_jobs = and_(
+        OutboxJob.state.in_(("done", "discarded")),
+        OutboxJob.finished_at < now - timedelta(days=FINISHED_JOB_KEEP_DAYS),
+    )
+    done: dict[str, int] = {}
+    with unit_of_work() as uow:
+        if dry_run:
+            count = select(func.count())
+            done["provider_deliveries"] = uow.session.execute(
+                count.select_from(ProviderDelivery).where(old_deliveries)
+            ).scalar_one()
+            done["finished_jobs"] = uow.session.execute(count.select_from(OutboxJob).where(old_jobs)).scalar_one()
+        else:
+            done["provider_deliveries"] = uow.session.execute(delete(ProviderDelivery).where(old_deliveries)).rowcount
+            done["finished_jobs"] = uow.session.execute(delete(OutboxJob).where(old_jobs)).rowcount
+        stale = (
+            uow.session.execute(
+                select(ContactImport.id).where(
+                    ContactImport.state.in_(("uploaded", "checked", "failed")),
+                    ContactImport.created_at < now - timedelta(days=UPLOAD_KEEP_DAYS),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        files = [path for path in map(upload_path, stale) if path.exists()]
+        done["import_uploads"] = len(files)
+        if not dry_run and files:
+            uow.session.execute(
+                update(ContactImport)
+                .where(ContactImport.id.in_(stale), ContactImport.state.in_(("uploaded", "checked")))
+                .values(state="failed", error=f"abandoned: the file was deleted after {UPLOAD_KEEP_DAYS} days")
+            )
+            uow.after_commit(lambda: [path.unlink(missing_ok=True) for path in files])
+    return done
