@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import Subscription
 
 from .support import subscribe_and_confirm
 
@@ -126,3 +130,43 @@ def test_bad_requests_get_clear_json_errors_and_change_nothing(client, runner, c
 def test_an_after_beyond_every_event_is_an_empty_page(client, crm):
     answer = client.get("/api/v1/events?after=999999999999999999", headers=crm)
     assert answer.status_code == 200 and answer.json == {"events": [], "next_after": None}
+
+
+def test_a_dialog_and_a_relationship_are_recorded_for_a_held_contact(app, client, mailbox, runner):
+    headers = make_token(runner, "contact")
+    subscribe_and_confirm(client, mailbox, "munkeby", "kalle@firma.se", "Kalle")
+    body = {"email": "Kalle@Firma.se", "notice": "munkeby", "last_contact_at": "2026-01-02T10:00:00+01:00"}
+    answer = client.post("/api/v1/contacts", json=body, headers=headers)
+    assert answer.status_code == 200
+    assert answer.json == {"notice": "munkeby", "relationship": "subscriber", "last_contact_at": "2026-01-02T09:00:00Z"}
+    answer = client.post(
+        "/api/v1/contacts", json={"email": "kalle@firma.se", "notice": "munkeby", "relationship": "customer"},
+        headers=headers,
+    )
+    assert answer.json["relationship"] == "customer" and answer.json["last_contact_at"] == "2026-01-02T09:00:00Z"
+    events = client.get("/api/v1/events?limit=100", headers=make_token(runner, "read")).json["events"]
+    assert [e["facts"] for e in events if e["type"] == "contact_recorded"] == [
+        {"last_contact_at": "2026-01-02T09:00:00Z", "actor": "token:1"},
+        {"relationship": "customer", "actor": "token:1"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({"email": "nobody@firma.se", "notice": "munkeby", "relationship": "customer"}, 404),
+        ({"email": "kalle@firma.se", "notice": "munkeby", "last_contact_at": "2999-01-01T00:00:00Z"}, 422),
+        ({"email": "kalle@firma.se", "notice": "munkeby", "last_contact_at": "yesterday"}, 422),
+        ({"email": "kalle@firma.se", "notice": "munkeby", "relationship": "friend"}, 422),
+        ({"email": "kalle@firma.se", "notice": "munkeby"}, 422),
+    ],
+)
+def test_bad_contact_records_are_refused_and_change_nothing(app, client, mailbox, runner, body, status):
+    headers = make_token(runner, "contact")
+    subscribe_and_confirm(client, mailbox, "munkeby", "kalle@firma.se", "Kalle")
+    answer = client.post("/api/v1/contacts", json=body, headers=headers)
+    assert answer.status_code == status and answer.json["status"] == status
+    assert client.post("/api/v1/contacts", json=body, headers=make_token(runner, "read")).status_code == 403
+    with app.app_context():
+        sub = db.session.execute(select(Subscription)).scalar_one()
+        assert sub.relationship == "subscriber" and sub.last_contact_at is None

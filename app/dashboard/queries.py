@@ -118,7 +118,8 @@ def subscribers(
     """One page, newest first, by keyset (``id < after``): as fast on page 1,000 as on page 1."""
     query = select(Subscription)
     if review_due_for is not None:
-        query = retention.review_due_query(review_due_for) or query.where(false())
+        due = retention.review_due_query(review_due_for)
+        query = due if due is not None else query.where(false())
     if notice:
         query = query.where(Subscription.notice == notice)
     if status:
