@@ -26,10 +26,11 @@ LAWFUL_BASES = ("consent", "legitimate_interest")
 PROVIDER_KEYS = {"mailchimp": ("list_id",), "apsis": ("section", "topic", "keyspace")}
 # Optional provider settings, also overridable as <SLUG>_<KEY>: Mailchimp's
 # GDPR marketing permission ids (comma-separated) and the APSIS attribute
-# version ids that hold the address and the name in the notice's section.
+# version ids that hold the address, the name, and our unsubscribe and manage
+# links (for newsletters to carry) in the notice's section.
 OPTIONAL_PROVIDER_KEYS = {
     "mailchimp": ("marketing_permissions",),
-    "apsis": ("email_attribute", "name_attribute"),
+    "apsis": ("email_attribute", "name_attribute", "unsubscribe_url_attribute", "manage_url_attribute"),
 }
 TEXT_KEYS = ("title", "summary", "consent_label", "body")
 RETENTION_KEYS = (

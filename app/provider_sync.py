@@ -90,6 +90,7 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
             timestamp_opt=_stamp(opt_at),
             unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.email_hash),
             language=sub.lang,
+            manage_url=mail.manage_link(sub.notice, sub.email_hash),
         )
     return members
 

@@ -16,7 +16,7 @@ from app.extensions import db
 from app.models import ConsentEvent, OutboxJob
 
 from .fakes.apsis import FakeApsis
-from .support import provider_env, subscribe_and_confirm, unsubscribe_path
+from .support import PUBLIC_URL, provider_env, subscribe_and_confirm, unsubscribe_path
 
 KEYSPACE = "com.apsis1.keyspaces.email"
 
@@ -24,7 +24,8 @@ KEYSPACE = "com.apsis1.keyspaces.email"
 @pytest.fixture
 def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
     # Attribute ids as a marketer would set them for the account's data model.
-    return {**app_env, **provider_env(apsis=apsis), "MYSOFT_EMAIL_ATTRIBUTE": "attr-email-v1"}
+    attributes = {"MYSOFT_EMAIL_ATTRIBUTE": "attr-email-v1", "MYSOFT_MANAGE_URL_ATTRIBUTE": "attr-manage-v1"}
+    return {**app_env, **provider_env(apsis=apsis), **attributes}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]
@@ -40,7 +41,9 @@ def test_confirmed_sign_up_becomes_an_opt_in_consent(client, mailbox, runner, ap
     assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
     assert apsis.consents(KEYSPACE, "bo@example.com") == {("mysoft-section", "mysoft-newsletter"): "opt-in"}
     profile = apsis.profiles[(KEYSPACE, "bo@example.com")]
-    assert profile["attributes"] == {"mysoft-section": {"attr-email-v1": "bo@example.com"}}
+    attributes = profile["attributes"]["mysoft-section"]
+    assert attributes["attr-email-v1"] == "bo@example.com"
+    assert attributes["attr-manage-v1"].startswith(PUBLIC_URL + "/manage/")  # for newsletters to link to
 
 
 def test_mysoft_opt_out_deletes_the_profile_at_apsis_and_forgets_the_address(app, client, mailbox, runner, apsis):

@@ -39,7 +39,8 @@ def test_confirmation_upserts_a_subscribed_member_with_our_unsubscribe_link(clie
     assert member["merge_fields"]["FNAME"] == "Anna" and member["merge_fields"]["LNAME"] == "Berg"
     assert member["merge_fields"]["UNSUBURL"].startswith(PUBLIC_URL + "/unsubscribe/")
     assert member["ip_opt"] == "127.0.0.1" and member["timestamp_opt"]
-    assert "UNSUBURL" in mailchimp.merge_tags(LIST_ID)  # created because the audience lacked it
+    assert member["merge_fields"]["MANAGEURL"].startswith(PUBLIC_URL + "/manage/")
+    assert {"UNSUBURL", "MANAGEURL"} <= set(mailchimp.merge_tags(LIST_ID))  # created because the audience lacked them
     assert member["marketing_permissions"] == [
         {"marketing_permission_id": "perm-email", "enabled": True},
         {"marketing_permission_id": "perm-ads", "enabled": True},

@@ -45,6 +45,7 @@ class Member:
     timestamp_opt: str | None
     unsubscribe_url: str
     language: str
+    manage_url: str = ""
 
 
 class Provider(Protocol):

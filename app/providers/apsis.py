@@ -191,12 +191,14 @@ class ApsisProvider:
         self._request("POST", f"{self._profile(notice, email)}/sections/{section}/consents", body, ok_statuses=(409,))
 
     def _attributes(self, notice: Notice, member: Member) -> None:
-        """The address and name in the section's attributes, where the notice names their ids."""
-        values = {}
-        if notice.provider.get("email_attribute"):
-            values[notice.provider["email_attribute"]] = member.email
-        if notice.provider.get("name_attribute") and member.name:
-            values[notice.provider["name_attribute"]] = member.name
+        """The address, name and our links in the section's attributes, where the notice names their ids."""
+        wanted = {
+            "email_attribute": member.email,
+            "name_attribute": member.name,
+            "unsubscribe_url_attribute": member.unsubscribe_url,
+            "manage_url_attribute": member.manage_url,
+        }
+        values = {notice.provider[key]: value for key, value in wanted.items() if notice.provider.get(key) and value}
         if values:
             section = quote(notice.provider["section"], safe="")
             self._request("PATCH", f"{self._profile(notice, member.email)}/sections/{section}/attributes", values)

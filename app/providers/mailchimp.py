@@ -41,6 +41,9 @@ DEFAULT_TIMEOUT_SECONDS = 10
 COMPLIANCE_TITLES = ("Member In Compliance State", "Forgotten Email Not Subscribed")
 PERMANENT_TITLES = ("Invalid Resource", "Member Exists", "Forgotten Email Not Subscribed")
 UNSUBSCRIBE_FIELD = "UNSUBURL"
+MANAGE_FIELD = "MANAGEURL"
+# Merge fields our links travel in, so every newsletter can carry them (*|UNSUBURL|*, *|MANAGEURL|*).
+LINK_FIELDS = {UNSUBSCRIBE_FIELD: "Unsubscribe link", MANAGE_FIELD: "Your data and settings link"}
 BATCH_SIZE = 500  # the batch-members endpoint takes at most 500 members
 
 
@@ -58,7 +61,7 @@ def _problem(exc: ApiClientError) -> dict[str, Any]:
 
 
 class MailchimpProvider:
-    # Audiences known to have the UNSUBURL field, by (API host, list id).
+    # Audiences known to have the link fields, by (API host, list id).
     _fields_checked: ClassVar[set[tuple[str, str]]] = set()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -106,21 +109,22 @@ class MailchimpProvider:
             raise ProviderRetry(f"Mailchimp {result.status_code} with no body", wait)
         return result
 
-    def _ensure_unsubscribe_field(self, list_id: str) -> None:
+    def _ensure_link_fields(self, list_id: str) -> None:
         key = (self.client.api_client.host, list_id)
         if key in self._fields_checked:
             return
         with self._lock:
             fields = self._call(self.client.lists.get_list_merge_fields, list_id) or {}
             tags = {f.get("tag") for f in fields.get("merge_fields", [])} if isinstance(fields, dict) else set()
-            if UNSUBSCRIBE_FIELD not in tags:
-                body = {"tag": UNSUBSCRIBE_FIELD, "name": "Unsubscribe link", "type": "url", "public": False}
-                self._call(self.client.lists.add_list_merge_field, list_id, body)
+            for tag, name in LINK_FIELDS.items():
+                if tag not in tags:
+                    body = {"tag": tag, "name": name, "type": "url", "public": False}
+                    self._call(self.client.lists.add_list_merge_field, list_id, body)
             self._fields_checked.add(key)
 
     @staticmethod
     def _member_body(notice: Notice, member: Member) -> dict[str, Any]:
-        merge = {UNSUBSCRIBE_FIELD: member.unsubscribe_url}
+        merge = {UNSUBSCRIBE_FIELD: member.unsubscribe_url, MANAGE_FIELD: member.manage_url}
         if member.name:
             first, _, last = member.name.partition(" ")
             merge.update({"FNAME": first, "LNAME": last})
@@ -142,7 +146,7 @@ class MailchimpProvider:
 
     def subscribe(self, notice: Notice, member: Member) -> str:
         list_id = notice.provider["list_id"]
-        self._ensure_unsubscribe_field(list_id)
+        self._ensure_link_fields(list_id)
         body = {**self._member_body(notice, member), "status_if_new": "subscribed"}
         key = subscriber_hash(member.email)
         try:
@@ -192,7 +196,7 @@ class MailchimpProvider:
         deletes = [(i, op) for i, op in enumerate(operations) if op.action == "delete"]
         if any(op.action == "subscribe" for _, op in status_ops):
             try:
-                self._ensure_unsubscribe_field(notice.provider["list_id"])
+                self._ensure_link_fields(notice.provider["list_id"])
             except (ProviderRetry, ProviderPermanent) as exc:
                 return [exc] * len(operations)
         chunks = [status_ops[n : n + BATCH_SIZE] for n in range(0, len(status_ops), BATCH_SIZE)]
