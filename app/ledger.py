@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
@@ -41,20 +41,22 @@ def _stamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def record_hash(event: ConsentEvent) -> str:
+def record_hash(event: ConsentEvent | Mapping[str, Any]) -> str:
+    """The hash of one event: every column but the hash itself (a row object or its values)."""
+    get = event.get if isinstance(event, Mapping) else lambda key: getattr(event, key)
     return _sha256(
         canonical(
             {
-                "seq": event.seq,
-                "at": _stamp(event.at),
-                "type": event.type,
-                "notice": event.notice,
-                "notice_version": event.notice_version,
-                "subscription_ref": event.subscription_ref,
-                "channel": event.channel,
-                "facts": event.facts,
-                "details_digest": event.details_digest,
-                "prev_hash": event.prev_hash,
+                "seq": get("seq"),
+                "at": _stamp(get("at")),
+                "type": get("type"),
+                "notice": get("notice"),
+                "notice_version": get("notice_version"),
+                "subscription_ref": get("subscription_ref"),
+                "channel": get("channel"),
+                "facts": get("facts"),
+                "details_digest": get("details_digest"),
+                "prev_hash": get("prev_hash"),
             }
         )
     )
@@ -98,49 +100,56 @@ class Evidence:
         )
 
 
-def append(session: Session, items: list[Evidence]) -> list[ConsentEvent]:
-    """Append events at the chain's tip, inside the caller's transaction.
+def append(session: Session, items: list[Evidence]) -> int:
+    """Append events at the chain's tip, inside the caller's transaction; answers the head's seq (0 for none).
 
     The head row is locked (``FOR UPDATE``; on SQLite the transaction already
     holds the write lock), so concurrent writers queue and never fork the chain.
+    The events are written with one multi-row insert, not as ORM objects: a
+    purge or an import appends thousands at a time.
     """
     if not items:
-        return []
-    head = session.execute(select(LedgerHead).where(LedgerHead.id == HEAD_ID).with_for_update()).scalar_one_or_none()
-    if head is None:
-        head = LedgerHead(id=HEAD_ID, seq=0, hash=GENESIS)
-        session.add(head)
-    written = []
+        return 0
+    session.flush()  # pending ORM changes first, so the order of writes stays the caller's
+    head = session.execute(
+        select(LedgerHead.seq, LedgerHead.hash).where(LedgerHead.id == HEAD_ID).with_for_update()
+    ).one_or_none()
+    seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+    events: list[dict[str, Any]] = []
+    details: list[dict[str, Any]] = []
+    now = utcnow()
     for item in items:
-        detail = None
+        seq += 1
         digest = None
         if item.details:
             salt = secrets.token_hex(16)
             details_json = canonical(dict(item.details))
             digest = details_digest(salt, details_json)
-            detail = EventDetail(
-                seq=head.seq + 1, subscription_ref=item.subscription_ref, salt=salt, details=details_json
+            details.append(
+                {"seq": seq, "subscription_ref": item.subscription_ref, "salt": salt, "details": details_json}
             )
-        event = ConsentEvent(
-            seq=head.seq + 1,
-            at=utcnow(),
-            type=item.type,
-            notice=item.notice,
-            notice_version=item.notice_version,
-            subscription_ref=item.subscription_ref,
-            channel=item.channel,
-            facts=canonical(dict(item.facts)),
-            details_digest=digest,
-            prev_hash=head.hash,
-        )
-        event.hash = record_hash(event)
-        session.add(event)
-        if detail is not None:
-            session.add(detail)
-        head.seq, head.hash = event.seq, event.hash
-        written.append(event)
-    session.flush()
-    return written
+        event = {
+            "seq": seq,
+            "at": now,
+            "type": item.type,
+            "notice": item.notice,
+            "notice_version": item.notice_version,
+            "subscription_ref": item.subscription_ref,
+            "channel": item.channel,
+            "facts": canonical(dict(item.facts)),
+            "details_digest": digest,
+            "prev_hash": prev,
+        }
+        event["hash"] = prev = record_hash(event)
+        events.append(event)
+    session.execute(insert(ConsentEvent), events)
+    if details:
+        session.execute(insert(EventDetail), details)
+    if head is None:
+        session.execute(insert(LedgerHead).values(id=HEAD_ID, seq=seq, hash=prev))
+    else:
+        session.execute(update(LedgerHead).where(LedgerHead.id == HEAD_ID).values(seq=seq, hash=prev))
+    return seq
 
 
 @dataclass

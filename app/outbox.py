@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import ledger
@@ -90,6 +90,12 @@ def enqueue(
     job = OutboxJob(kind=kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
     session.add(job)
     return job
+
+
+def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
+    """Write many jobs with one multi-row insert (columns as ``enqueue`` takes them)."""
+    if jobs:
+        session.execute(insert(OutboxJob), jobs)
 
 
 def backoff_seconds(attempts: int) -> float:

@@ -46,16 +46,20 @@ def enqueue_delete(uow: UnitOfWork, sub: Subscription) -> None:
     enqueue_delete_address(uow, sub.notice, sub.email, sub.email_hash, sub.ref)
 
 
+def delete_job(notice: str, email: str, email_hash: str, subscription_ref: str | None = None) -> dict[str, Any]:
+    """The outbox job that has the provider delete a person, as the columns it is written with."""
+    return {
+        "kind": OPT_OUT_JOB,
+        "notice": notice,
+        "subscription_ref": subscription_ref,
+        "payload": {"action": "delete", "personal_email": email, "email_hash": email_hash},
+    }
+
+
 def enqueue_delete_address(
     uow: UnitOfWork, notice: str, email: str, email_hash: str, subscription_ref: str | None = None
 ) -> None:
-    outbox.enqueue(
-        uow.session,
-        OPT_OUT_JOB,
-        notice=notice,
-        subscription_ref=subscription_ref,
-        payload={"action": "delete", "personal_email": email, "email_hash": email_hash},
-    )
+    outbox.enqueue(uow.session, **delete_job(notice, email, email_hash, subscription_ref))
 
 
 def _stamp(value: Any) -> str | None:

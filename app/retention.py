@@ -172,41 +172,39 @@ def _why(notice: Notice, rule: str, sub: Subscription, now: datetime) -> dict[st
 
 
 def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[int]:
-    """Delete the rows a rule selects, a batch per transaction; yields each batch's size."""
+    """Delete the rows a rule selects, a batch per transaction; yields each batch's size.
+
+    Plain rows and multi-row statements, not ORM objects: a purge may touch
+    hundreds of thousands of subscriptions.
+    """
+    s = Subscription
+    columns = query.with_only_columns(s.id, s.ref, s.email, s.email_hash, s.confirmed_at)
+    facts = {"reason": "retention", "rule": rule, "days": notice.retention[rule]}
     after = 0
     while True:
         with unit_of_work() as uow:
-            subs = (
-                uow.session.execute(
-                    query.where(Subscription.id > after).order_by(Subscription.id).limit(BATCH).with_for_update()
-                )
-                .scalars()
-                .all()
-            )
-            if not subs:
+            rows = uow.session.execute(columns.where(s.id > after).order_by(s.id).limit(BATCH).with_for_update()).all()
+            if not rows:
                 return
-            after = subs[-1].id
-            refs = [sub.ref for sub in subs]
-            evidence = []
-            for sub in subs:
-                if sub.confirmed_at is not None:  # the provider holds them: it must forget them too
-                    provider_sync.enqueue_delete(uow, sub)
-                evidence.append(
-                    Evidence.under(
-                        "personal_data_deleted",
-                        notice,
-                        sub.ref,
-                        "system",
-                        {"reason": "retention", "rule": rule, "days": notice.retention[rule]},
-                    )
-                )
+            after = rows[-1].id
+            refs = [row.ref for row in rows]
+            # The provider holds everyone who ever confirmed: it must forget them too.
+            deletes = [
+                provider_sync.delete_job(notice.slug, row.email, row.email_hash, row.ref)
+                for row in rows
+                if row.confirmed_at is not None
+            ]
             uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref.in_(refs)))
             outbox.cancel_pending(uow.session, refs, ("mail",))
-            uow.session.execute(delete(Subscription).where(Subscription.id.in_([sub.id for sub in subs])))
-            ledger.append(uow.session, evidence)
-            hashes = {sub.email_hash[:16] for sub in subs}
-            uow.after_commit(lambda hashes=hashes: _forget_folder_mail(hashes))
-        yield len(subs)
+            uow.session.execute(delete(s).where(s.id.in_([row.id for row in rows])))
+            outbox.enqueue_many(uow.session, deletes)
+            ledger.append(
+                uow.session,
+                [Evidence.under("personal_data_deleted", notice, ref, "system", facts) for ref in refs],
+            )
+            prefixes = {row.email_hash[:16] for row in rows}
+            uow.after_commit(lambda prefixes=prefixes: _forget_folder_mail(prefixes))
+        yield len(rows)
 
 
 def _forget_folder_mail(prefixes: set[str]) -> None:
