@@ -48,8 +48,13 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
 
 def test_worker_stops_cleanly_on_sigterm(app, app_env):
     worker = start_worker(app_env)
-    time.sleep(2)
+    assert worker.stderr is not None
+    first = ""
+    for line in worker.stderr:  # the signal handlers are in place once it says so
+        first += line
+        if "outbox worker started" in line:
+            break
     worker.send_signal(signal.SIGTERM)
-    _, stderr = worker.communicate(timeout=15)
-    assert worker.returncode == 0, stderr
-    assert "outbox worker stopped" in stderr
+    _, rest = worker.communicate(timeout=15)
+    assert worker.returncode == 0, first + rest
+    assert "outbox worker stopped" in rest
