@@ -112,6 +112,15 @@ def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, sh
     assert "Tack" in page.content()
     assert service.status_of("lisa@example.com") == "subscribed"
 
+    # The welcome mail's "your data and settings" link: the person's own page.
+    page.goto(mail_link(smtp, "lisa@example.com", "manage", service.url))
+    assert "lisa@example.com" in page.content() and "Lisa Ek" in page.content()
+    page.screenshot(path=str(shots / "manage.png"), full_page=True)
+    page.fill("input[name=name]", "Lisa Ek Berg")
+    page.click("form[action*='/name'] button[type=submit]")
+    page.wait_for_load_state()
+    assert "Ditt namn har ändrats." in page.content() and "Lisa Ek Berg" in page.content()
+
     page.goto(mail_link(smtp, "lisa@example.com", "unsubscribe", service.url))
     page.screenshot(path=str(shots / "unsubscribe.png"), full_page=True)
     page.click("button[type=submit]")
