@@ -727,6 +727,7 @@ def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts)
 
 
 RELATIONSHIPS = ("subscriber", "prospect", "customer")
+EARLIEST_CONTACT = datetime(2000, 1, 1)
 
 
 def record_contact(
@@ -741,7 +742,9 @@ def record_contact(
         raise InvalidInput("relationship", "invalid")
     now = utcnow()
     if at is not None and at > now + timedelta(minutes=5):
-        raise InvalidInput("at", "future")
+        raise InvalidInput("last_contact_at", "future")
+    if at is not None and at < EARLIEST_CONTACT:  # a typo such as 0202 would purge the contact at once
+        raise InvalidInput("last_contact_at", "invalid")
     ehash = email_hash(normalise_email(email_raw))
     with unit_of_work() as uow:
         sub = _subscription(uow, notice.slug, ehash)

@@ -101,7 +101,7 @@ class Evidence:
 
 
 def append(session: Session, items: list[Evidence]) -> int:
-    """Append events at the chain's tip, inside the caller's transaction; answers the head's seq (0 for none).
+    """Append events at the chain's tip, inside the caller's transaction; answers the head's seq (0 if none given).
 
     The head row is locked (``FOR UPDATE``; on SQLite the transaction already
     holds the write lock), so concurrent writers queue and never fork the chain.

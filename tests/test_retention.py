@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from app import import_jobs
 from app.extensions import db
-from app.models import ConsentEvent, EventDetail, OutboxJob, ProviderDelivery, Subscription, Suppression
+from app.models import ConsentEvent, DataRequest, EventDetail, OutboxJob, ProviderDelivery, Subscription, Suppression
 
 from .support import link_in, sign_up, subscribe_and_confirm
 
@@ -124,6 +124,8 @@ def test_prospects_go_a_year_after_being_added_or_two_after_the_last_dialog(app,
             headers=auth,
         )
         assert answer.json["relationship"] == "customer"
+    with at(364):
+        assert purge(runner)["purged"] == {}
     with at(366):
         report = purge(runner)
         assert report["purged"] == {"munkeby": {"prospect_without_dialog_days": 1}}
@@ -212,17 +214,57 @@ def test_old_evidence_loses_its_personal_details_except_the_proof_of_a_current_c
 def test_old_delivery_keys_and_abandoned_uploads_are_cleared(app, client, runner):
     with at(0), app.app_context():
         db.session.add(ProviderDelivery(key="k" * 64, provider="mailchimp", kind="unsubscribe", outcome="applied"))
+        db.session.add(DataRequest(kind="export", email_hash="h" * 64))
         db.session.commit()
         upload = import_jobs.store_upload(
             io.BytesIO(b"email\nleft@firma.se\n"), "left.csv", "mysoft", {"source": "x"}, "user:1"
         )
         path = import_jobs.upload_path(upload.id)
     assert path.exists()
+    with at(6):
+        assert purge(runner)["housekeeping"]["data_requests"] == 0
     with at(8):
+        assert purge(runner, dry_run=True)["housekeeping"]["data_requests"] == 1
         report = purge(runner)
         assert report["housekeeping"]["import_uploads"] == 1
+        assert report["housekeeping"]["data_requests"] == 1
+        assert count(app, DataRequest) == 0
         assert not path.exists()
     with at(91):
         report = purge(runner)
         assert report["housekeeping"]["provider_deliveries"] == 1
         assert count(app, ProviderDelivery) == 0
+
+
+def test_a_last_contact_before_2000_or_in_the_future_is_refused_and_changes_nothing(app, client, runner):
+    with at(0):
+        import_contacts(runner, "munkeby", "email;typ\nlead@firma.se;prospekt\n", "--relationship-column", "typ")
+        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact"]).stdout)["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        for when in ("1999-12-31T23:59:59Z", "2027-01-01T00:00:00Z"):
+            answer = client.post(
+                "/api/v1/contacts",
+                json={"email": "lead@firma.se", "notice": "munkeby", "last_contact_at": when},
+                headers=auth,
+            )
+            assert answer.status_code == 422 and answer.json["error"] == "invalid_field", answer.json
+            assert "last_contact_at" in answer.json["detail"]
+        assert held(app, "lead@firma.se", "munkeby").last_contact_at is None
+
+        ref = held(app, "lead@firma.se", "munkeby").ref
+        runner.invoke(args=["users", "create", "maria@munkeby.se", "--role", "marketer", "--password", "x" * 16])
+        login = client.get("/dashboard/login").get_data(as_text=True)
+        csrf = login.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        client.post("/dashboard/login", data={"csrf_token": csrf, "email": "maria@munkeby.se", "password": "x" * 16})
+        page = client.get(f"/dashboard/subscribers/{ref}?lang=en").get_data(as_text=True)
+        csrf = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        answer = client.post(
+            f"/dashboard/subscribers/{ref}/contact?lang=en",
+            data={"csrf_token": csrf, "last_contact": "1999-12-31"},
+            follow_redirects=True,
+        )
+        assert "Please check the values." in answer.get_data(as_text=True)
+        assert held(app, "lead@firma.se", "munkeby").last_contact_at is None
+        client.post(f"/dashboard/subscribers/{ref}/contact", data={"csrf_token": csrf, "last_contact": "2026-01-02"})
+        assert held(app, "lead@firma.se", "munkeby").last_contact_at == datetime(2026, 1, 2)
+    assert count(app, ConsentEvent, ConsentEvent.type == "contact_recorded") == 1

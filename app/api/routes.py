@@ -203,7 +203,7 @@ def record_contact() -> Response:
     email = _email(_string(body, "email"))
     at_raw = _string(body, "last_contact_at", required=False)
     at = utc_naive(at_raw) if at_raw else None
-    if at_raw and (at is None or at.year < 2000):
+    if at_raw and at is None:
         raise ApiError(422, "invalid_field", "last_contact_at must be an ISO 8601 date-time")
     relationship = _string(body, "relationship", required=False)
     if at is None and relationship is None:
