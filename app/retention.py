@@ -40,7 +40,16 @@ from .consent import notices
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, ContactImport, EventDetail, OutboxJob, ProviderDelivery, Subscription, utcnow
+from .models import (
+    ConsentEvent,
+    ContactImport,
+    DataRequest,
+    EventDetail,
+    OutboxJob,
+    ProviderDelivery,
+    Subscription,
+    utcnow,
+)
 from .notices import Notice
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ PROOF_EVENTS = ("signup_requested", "consent_confirmed", "imported", "provider_s
 DELIVERY_KEEP_DAYS = 90  # webhook de-duplication keys (an HMAC, no address)
 UPLOAD_KEEP_DAYS = 7  # dashboard import files never run for real
 FINISHED_JOB_KEEP_DAYS = 30  # outbox jobs done, cancelled or discarded (payload already wiped)
+DATA_REQUEST_KEEP_DAYS = 7  # export and erasure link requests: the per-address limit looks back 24 h
 
 
 @dataclass
@@ -268,17 +278,18 @@ def _housekeeping(now: datetime, dry_run: bool) -> dict[str, int]:
         OutboxJob.state.in_(("done", "discarded")),
         OutboxJob.finished_at < now - timedelta(days=FINISHED_JOB_KEEP_DAYS),
     )
+    old_requests = DataRequest.created_at < now - timedelta(days=DATA_REQUEST_KEEP_DAYS)
     done: dict[str, int] = {}
     with unit_of_work() as uow:
-        if dry_run:
-            count = select(func.count())
-            done["provider_deliveries"] = uow.session.execute(
-                count.select_from(ProviderDelivery).where(old_deliveries)
-            ).scalar_one()
-            done["finished_jobs"] = uow.session.execute(count.select_from(OutboxJob).where(old_jobs)).scalar_one()
-        else:
-            done["provider_deliveries"] = uow.session.execute(delete(ProviderDelivery).where(old_deliveries)).rowcount
-            done["finished_jobs"] = uow.session.execute(delete(OutboxJob).where(old_jobs)).rowcount
+
+        def clear(model: type[db.Model], where: ColumnElement[bool]) -> int:
+            if dry_run:
+                return uow.session.execute(select(func.count()).select_from(model).where(where)).scalar_one()
+            return uow.session.execute(delete(model).where(where)).rowcount
+
+        done["provider_deliveries"] = clear(ProviderDelivery, old_deliveries)
+        done["finished_jobs"] = clear(OutboxJob, old_jobs)
+        done["data_requests"] = clear(DataRequest, old_requests)
         stale = (
             uow.session.execute(
                 select(ContactImport.id).where(
