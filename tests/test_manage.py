@@ -59,8 +59,10 @@ def test_the_page_shows_every_controller_and_unsubscribes_from_one_or_all(app, c
     assert "Munkeby Systems" in body and "Mysoft AB" in body
 
     # Withdrawal needs one POST: no login, no CSRF token, no mail round trip (Art. 7(3)).
+    mails_before = len(mailbox.to("bo@firma.se"))
     answer = client.post(path + "/unsubscribe", data={"notice": "munkeby"})
     assert answer.status_code == 303
+    assert len(mailbox.to("bo@firma.se")) == mails_before
     assert status_of(app, "bo@firma.se", "munkeby") == "unsubscribed"
     assert status_of(app, "bo@firma.se", "mysoft") == "subscribed"
     assert "Du är avregistrerad." in client.get(answer.headers["Location"]).get_data(as_text=True)
@@ -126,18 +128,23 @@ def test_an_export_goes_through_a_mailed_link_that_works_once(app, client, mailb
     assert events(app, "subject_exported") == 1
 
 
-def test_a_data_link_expires(app, client, mailbox):
+@pytest.mark.parametrize("kind", ["export", "erase"])
+def test_a_data_link_expires(app, client, mailbox, kind):
     path = manage_path(subscribe_and_confirm(client, mailbox, "munkeby", "fia@firma.se", "Fia"))
-    client.post(path + "/request", data={"kind": "erase"})
+    client.post(path + "/request", data={"kind": kind})
     link = data_path(mailbox.last("fia@firma.se"))
-    with _later(app):
-        assert client.post(link).status_code == 410
+    with _later(app, -1):
+        assert client.get(link).status_code == 200  # still good a second before its end
+    with _later(app, 1):
+        expired = client.post(link + "?lang=en")
+        assert expired.status_code == 410 and "This link has expired" in expired.get_data(as_text=True)
     assert status_of(app, "fia@firma.se", "munkeby") == "subscribed"
+    assert events(app, "subject_exported") == 0 and events(app, "erasure_requested") == 0
 
 
-def _later(app):  # type: ignore[no-untyped-def]
-    """One second past a data link's lifetime."""
-    return time_machine.travel(datetime.now(UTC) + timedelta(seconds=app.config["DATA_LINK_MAX_AGE"] + 1))
+def _later(app, seconds: int):  # type: ignore[no-untyped-def]
+    """``seconds`` past (or, negative, before) the end of a data link's lifetime."""
+    return time_machine.travel(datetime.now(UTC) + timedelta(seconds=app.config["DATA_LINK_MAX_AGE"] + seconds))
 
 
 def test_erasure_through_the_mailed_link_erases_everything_and_says_so(app, client, mailbox):
