@@ -49,8 +49,10 @@ class Subscription(db.Model):
     __tablename__ = "subscriptions"
     __table_args__ = (
         UniqueConstraint("notice", "email_hash", name="uq_subscriptions_notice_email_hash"),
-        # The dashboard's address search (a prefix range) and its filtered, keyset-paged list.
-        Index("ix_subscriptions_email", "email"),
+        # The dashboard's address search (a prefix range in address order) and its
+        # filtered, keyset-paged lists: each filter has an index that ends in the sort key.
+        Index("ix_subscriptions_email_id", "email", "id"),
+        Index("ix_subscriptions_notice_id", "notice", "id"),
         Index("ix_subscriptions_notice_status_id", "notice", "status", "id"),
         # The dashboard's list of subscribers by the notice version they consented under.
         Index("ix_subscriptions_notice_version_id", "notice", "notice_version", "id"),
@@ -59,7 +61,9 @@ class Subscription(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     ref: Mapped[str] = mapped_column(String(32), unique=True, default=new_ref)
     notice: Mapped[str] = mapped_column(String(32))
-    email: Mapped[str] = mapped_column(String(254))
+    # Compared byte by byte on PostgreSQL too, whatever the database's locale: a prefix
+    # range (search >= p and < p + U+10FFFF) then holds exactly the addresses that start with p.
+    email: Mapped[str] = mapped_column(String(254).with_variant(String(254, collation="C"), "postgresql"))
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16))  # pending | subscribed | unsubscribed

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import false, func, select
+from sqlalchemy import false, func, select, tuple_
 
 from .. import retention
 from ..extensions import db
@@ -115,7 +115,13 @@ def subscribers(
     version: str | None = None,
     review_due_for: Notice | None = None,
 ) -> tuple[list[Subscription], int | None]:
-    """One page, newest first, by keyset (``id < after``): as fast on page 1,000 as on page 1."""
+    """One page by keyset: as fast on page 1,000 as on page 1.
+
+    A list is newest first (``id < after``). A search is in address order, so the
+    index walks the matching range and stops after a page however many match;
+    ``after`` is still the last row's id, and its address is looked up (a page
+    whose last row was deleted meanwhile starts the search over).
+    """
     query = select(Subscription)
     if review_due_for is not None:
         due = retention.review_due_query(review_due_for)
@@ -127,11 +133,17 @@ def subscribers(
     if version:
         query = query.where(Subscription.notice_version == version)
     if search:
-        # A prefix range on the stored (lower-case) address uses the plain index.
+        # A prefix range on the stored (lower-case) address, byte-wise: see Subscription.email.
         query = query.where(Subscription.email >= search, Subscription.email < search + "\U0010ffff")
-    if after:
-        query = query.where(Subscription.id < after)
-    rows = list(db.session.execute(query.order_by(Subscription.id.desc()).limit(PAGE_SIZE + 1)).scalars())
+        last = db.session.get(Subscription, after) if after else None
+        if last is not None:
+            query = query.where(tuple_(Subscription.email, Subscription.id) > (last.email, last.id))
+        query = query.order_by(Subscription.email, Subscription.id)
+    else:
+        if after:
+            query = query.where(Subscription.id < after)
+        query = query.order_by(Subscription.id.desc())
+    rows = list(db.session.execute(query.limit(PAGE_SIZE + 1)).scalars())
     next_after = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
     return rows[:PAGE_SIZE], next_after
 
