@@ -1,0 +1,181 @@
+"""Benchmark: the dashboard's subscriber list and search at 1,000,000 subscribers.
+
+1,000,000 subscriptions (two notices, three statuses, addresses spread over the alphabet)
+are written straight into a fresh database; gunicorn serves it with production-like
+settings, and a logged-in marketer asks for each kind of page in turn: the whole list,
+one notice, one notice and status, a deep page (keyset ``after=``), a broad search (one
+letter, ~1/26 of all rows) and a narrow one. Goal: p95 <= 100 ms for each.
+
+Run: .venv/bin/python bench/dashboard_search.py [--rows N] [--requests N] [--database sqlite|postgresql://...]
+Prints a table and appends it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import string
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import insert, text  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.consent import email_hash  # noqa: E402
+from app.extensions import db  # noqa: E402
+from app.models import Subscription, utcnow  # noqa: E402
+from tests.support import Service, free_port  # noqa: E402
+
+CHUNK = 20_000
+PASSWORD = "bench password 1234"  # noqa: S105 - a user of the benchmark's throwaway database
+STATUSES = ("subscribed", "subscribed", "subscribed", "unsubscribed", "pending")
+
+
+def settings(instance: Path, database: str) -> dict[str, str]:
+    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
+    return {
+        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+        "APP_ENV": "testing",
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": url,
+        "SECRET_KEY": "bench-secret-" + "s" * 32,
+        "SUPPRESSION_PEPPER": "bench-pepper-" + "p" * 32,
+        "PUBLIC_URL": "https://news.example.org",
+    }
+
+
+def address(i: int) -> str:
+    # A letter first, so that a one-letter search matches about 1/26 of the rows.
+    letters = string.ascii_lowercase
+    return f"{letters[i % 26]}{letters[(i // 26) % 26]}.person{i}@firma{i % 997}.se"
+
+
+def fill(env: dict[str, str], rows: int) -> float:
+    app = create_app(env=env)
+    started = time.perf_counter()
+    now = utcnow()
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(text("TRUNCATE subscriptions RESTART IDENTITY"))
+            db.session.commit()
+        versions = {slug: notice.version for slug, notice in app.extensions["notices"].items()}
+        for start in range(0, rows, CHUNK):
+            batch = []
+            for i in range(start, min(start + CHUNK, rows)):
+                notice = "munkeby" if i % 3 else "mysoft"
+                batch.append(
+                    {
+                        "ref": uuid.uuid4().hex,
+                        "notice": notice,
+                        "email": address(i),
+                        "email_hash": email_hash(address(i)),
+                        "name": f"Person {i}",
+                        "status": STATUSES[i % len(STATUSES)],
+                        "source": "bench",
+                        "notice_version": versions[notice],
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            db.session.execute(insert(Subscription), batch)
+            db.session.commit()
+        if db.engine.dialect.name == "postgresql":
+            db.session.execute(text("ANALYZE subscriptions"))
+        else:
+            db.session.execute(text("ANALYZE"))
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return time.perf_counter() - started
+
+
+def log_in(url: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(url + "/dashboard/login").text
+    token = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', page).group(1)
+    answer = session.post(
+        url + "/dashboard/login",
+        data={"csrf_token": token, "email": "bench@munkeby.se", "password": PASSWORD},
+        allow_redirects=False,
+    )
+    assert answer.status_code == 302, answer.text[:500]
+    return session
+
+
+def deep_after(session: requests.Session, url: str, pages: int) -> str:
+    """The keyset of page ``pages`` of the munkeby list, followed link by link."""
+    after = ""
+    for _ in range(pages):
+        page = session.get(url + "/dashboard/subscribers?notice=munkeby" + after).text
+        after = "&after=" + re.search(r'rel="next" href="[^"]*after=(\d+)', page).group(1)
+    return after
+
+
+def run(database: str, rows: int, count: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        instance = Path(folder) / "instance"
+        env = settings(instance, database)
+        fill_seconds = fill(env, rows)
+        service = Service(env, free_port(), Path(folder) / "gunicorn.log")
+        try:
+            service.wait_until_healthy()
+            created = service.flask("users", "create", "bench@munkeby.se", "--role", "viewer", "--password", PASSWORD)
+            assert created.returncode == 0, created.stderr
+            session = log_in(service.url)
+            pages = {
+                "whole list": "",
+                "one notice": "?notice=munkeby",
+                "notice + status": "?notice=munkeby&status=unsubscribed",
+                "page 200 of one notice": "?notice=munkeby" + deep_after(session, service.url, 200),
+                "search, one letter": "?q=m",
+                "search, one letter, one notice": "?q=m&notice=mysoft",
+                "search, narrow": "?q=mq.person",
+            }
+            label = "SQLite" if database == "sqlite" else "PostgreSQL"
+            lines = []
+            for what, query in pages.items():
+                times = []
+                for _ in range(count):
+                    began = time.perf_counter()
+                    answer = session.get(service.url + "/dashboard/subscribers" + query)
+                    times.append(time.perf_counter() - began)
+                    assert answer.status_code == 200 and "/dashboard/subscribers/" in answer.text, what
+                times.sort()
+                p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+                lines.append(
+                    f"| {what}, {label} | p95 {p95 * 1000:.0f} ms (median {statistics.median(times) * 1000:.0f} ms, "
+                    f"{count} requests) | <= 100 ms | {rows:,} rows, written in {fill_seconds:.0f} s |"
+                )
+            return lines
+        finally:
+            service.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL of an empty database")
+    args = parser.parse_args()
+    if args.rows < 20_000 or args.requests < 1:
+        parser.error("--rows must be at least 20000 (the deep page is page 200) and --requests at least 1")
+    table = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
+    table += run(args.database, args.rows, args.requests)
+    text_out = f"\n## Dashboard subscriber list and search ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join(table) + "\n"
+    print(text_out)
+    with open(REPO / "bench" / "results.md", "a") as fh:
+        fh.write(text_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Benchmark: a retention purge of 100,000 expired rows among 1,000,000, with the service up.
+
+1,000,000 Munkeby subscriptions are written straight into a fresh database; 100,000 of
+them unsubscribed 400 days ago (past ``unsubscribed_days = 365``), the rest subscribed.
+Every subscription carries a sign-up event with personal details in the ledger, and every
+unsubscribed one an opt-out too, so the purge meets the rows it meets in service: it deletes
+their details and chains a deletion event after each.
+gunicorn serves the same database while ``retention purge`` runs, and a prober sends a
+one-click unsubscribe (a write) and a consent lookup through the API (a read) in turn,
+timing each. Goal: the purge within 20 s, and the service answering throughout: the
+probe's worst latency during the purge is printed next to its latency before it.
+
+Run: .venv/bin/python bench/retention_purge.py [--rows N] [--expired N] [--database sqlite|postgresql://...]
+Prints a table and appends it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import insert, text  # noqa: E402
+
+from app import create_app, ledger  # noqa: E402
+from app.consent import email_hash  # noqa: E402
+from app.extensions import db  # noqa: E402
+from app.ledger import Evidence  # noqa: E402
+from app.mail import unsubscribe_link  # noqa: E402
+from app.models import Subscription, utcnow  # noqa: E402
+from tests.support import Service, free_port  # noqa: E402
+
+PEPPER = "bench-pepper-" + "p" * 32
+SECRET = "bench-secret-" + "s" * 32
+CHUNK = 20_000
+
+
+def settings(instance: Path, database: str) -> dict[str, str]:
+    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
+    return {
+        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+        "APP_ENV": "testing",
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": url,
+        "SECRET_KEY": SECRET,
+        "SUPPRESSION_PEPPER": PEPPER,
+        "PUBLIC_URL": "https://news.example.org",
+    }
+
+
+def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float]:
+    """Write the rows; answers the unsubscribe paths of a few live subscribers, for the probe."""
+    app = create_app(env=env)
+    started = time.perf_counter()
+    now = utcnow()
+    old = now - timedelta(days=400)
+    notice = app.extensions["notices"]["munkeby"]
+    every = rows // expired  # one row in every this many has expired
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            tables = "subscriptions, outbox_jobs, event_details, consent_events, suppressions"
+            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+            db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :genesis"), {"genesis": ledger.GENESIS})
+            db.session.commit()
+        for start in range(0, rows, CHUNK):
+            batch = []
+            for i in range(start, min(start + CHUNK, rows)):
+                gone = i % every == 0
+                address = f"person{i}@bench.example"
+                batch.append(
+                    {
+                        "ref": uuid.uuid4().hex,
+                        "notice": "munkeby",
+                        "email": address,
+                        "email_hash": email_hash(address),
+                        "name": f"Person {i}",
+                        "status": "unsubscribed" if gone else "subscribed",
+                        "lang": "sv",
+                        "source": "bench",
+                        "lawful_basis": "consent",
+                        "notice_version": notice.version,
+                        "relationship": "subscriber",
+                        "created_at": old if gone else now,
+                        "confirmed_at": old if gone else now,
+                        "unsubscribed_at": old if gone else None,
+                        "updated_at": old if gone else now,
+                    }
+                )
+            db.session.execute(insert(Subscription), batch)
+            evidence = []
+            for row in batch:
+                details = {"email": row["email"], "ip": "192.0.2.10", "user_agent": "bench"}
+                evidence.append(Evidence.under("signup_requested", notice, row["ref"], "web", {}, details))
+                if row["status"] == "unsubscribed":
+                    evidence.append(Evidence.under("opted_out", notice, row["ref"], "one_click", {}, details))
+            ledger.append(db.session, evidence)
+            db.session.commit()
+        probes = [
+            unsubscribe_link("munkeby", email_hash(f"person{i}@bench.example")).removeprefix("https://news.example.org")
+            for i in range(1, rows, max(1, rows // 2000))
+            if i % every
+        ]
+        db.session.remove()
+        db.engine.dispose()
+    return probes, time.perf_counter() - started
+
+
+class Prober(threading.Thread):
+    """Alternates a one-click unsubscribe and a consent lookup, recording each latency."""
+
+    def __init__(self, url: str, paths: list[str], token: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.paths, self.token = url, paths, token
+        self.samples: list[tuple[float, float]] = []  # (start, seconds)
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        for i, path in enumerate(self.paths):
+            if self.stop.is_set():
+                return
+            began = time.perf_counter()
+            try:
+                if i % 2:
+                    answer = session.get(
+                        self.url + "/api/v1/consent", params={"email": f"person{i}@bench.example"}, headers=headers
+                    )
+                else:
+                    answer = session.post(self.url + path, data={"List-Unsubscribe": "One-Click"})
+                if answer.status_code != 200:
+                    self.errors += 1
+            except requests.RequestException:
+                self.errors += 1
+            self.samples.append((began, time.perf_counter() - began))
+            time.sleep(0.05)  # about 15 requests a second: under the API limit of 600 a minute
+
+
+def ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    median = statistics.median(ordered)
+    return f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+
+
+def run(database: str, rows: int, expired: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as folder:
+        instance = Path(folder) / "instance"
+        env = settings(instance, database)
+        probes, fill_seconds = fill(env, rows, expired)
+        service = Service(env, free_port(), Path(folder) / "gunicorn.log")
+        try:
+            service.wait_until_healthy()
+            token = json.loads(service.flask("tokens", "create", "bench", "--scope", "read").stdout)["token"]
+            prober = Prober(service.url, probes, token)
+            prober.start()
+            time.sleep(3)  # latency before the purge
+            began = time.perf_counter()
+            purge = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "retention", "purge"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            seconds = time.perf_counter() - began
+            ended = time.perf_counter()
+            time.sleep(1)
+            prober.stop.set()
+            prober.join()
+        finally:
+            service.stop()
+        if purge.returncode != 0:
+            raise SystemExit(purge.stderr[-2000:])
+        purged = json.loads(purge.stdout)["purged"].get("munkeby", {}).get("unsubscribed_days", 0)
+        before = [s for t, s in prober.samples if t < began]
+        during = [s for t, s in prober.samples if began <= t <= ended]
+        label = "SQLite" if database == "sqlite" else "PostgreSQL"
+        return [
+            f"| retention purge, {label} | {seconds:.1f} s for {purged:,} of {rows:,} rows | <= 20 s | "
+            f"rows written in {fill_seconds:.0f} s beforehand |",
+            f"| service during the purge, {label} | {ms(during)} ({len(during)} probes, {prober.errors} errors) | "
+            f"answers throughout | before: {ms(before)} |",
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--expired", type=int, default=100_000)
+    parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL of an empty database")
+    args = parser.parse_args()
+    if not 0 < args.expired <= args.rows:
+        parser.error("--expired must be between 1 and --rows")
+    rows = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
+    rows += run(args.database, args.rows, args.expired)
+    text_out = f"\n## Retention purge ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join(rows) + "\n"
+    print(text_out)
+    with open(REPO / "bench" / "results.md", "a") as fh:
+        fh.write(text_out)
+
+
+if __name__ == "__main__":
+    main()
