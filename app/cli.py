@@ -6,6 +6,7 @@ Commands print their data on stdout and their logs on stderr.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -41,7 +42,9 @@ def outbox_run(once: bool) -> None:
     stop = threading.Event()
 
     def _stop(signum, _frame):  # type: ignore[no-untyped-def]
-        click.echo(f"signal {signum}: finishing the current job, then exiting", err=True)
+        # Straight to the descriptor: the signal may land while the main thread is inside a
+        # buffered write to stderr, and a second buffered write there raises "reentrant call".
+        os.write(2, f"signal {signum}: finishing the current job, then exiting\n".encode())
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
