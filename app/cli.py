@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from datetime import date, datetime
+from typing import IO
 
 import click
 from flask import Flask
@@ -18,6 +21,7 @@ from flask.cli import AppGroup
 
 from . import accounts, consent, importer, ledger, outbox, report_poller, retention
 from .extensions import db
+from .notices import LAWFUL_BASES
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
 ledger_cli = AppGroup("ledger", help="The evidence chain.")
@@ -195,10 +199,12 @@ def tokens_revoke(token_id: int) -> None:
 
 
 @contacts_cli.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("file", type=click.File("rb"))
 @click.option("--notice", "slug", required=True, help="The notice the contacts are added under.")
 @click.option(
-    "--basis", type=click.Choice(["consent", "legitimate_interest"]), help="Default: the notice's import basis."
+    "--basis",
+    type=click.Choice(LAWFUL_BASES),
+    help="Default: the notice's import basis. Only a basis the notice allows for imports is accepted.",
 )
 @click.option("--source", required=True, help="Where the contacts came from: a URL or a description.")
 @click.option(
@@ -208,7 +214,15 @@ def tokens_revoke(token_id: int) -> None:
 @click.option("--email-column", default="email", show_default=True)
 @click.option("--name-column", help="The column holding the name, if any.")
 @click.option("--last-contact-column", help="The column holding the date of the last dialog (YYYY-MM-DD), if any.")
-@click.option("--relationship-column", help="The column saying customer/kund or prospect/prospekt (the default).")
+@click.option(
+    "--relationship-column",
+    help="The column saying subscriber/prenumerant, customer/kund or prospect/prospekt"
+    " (default: subscriber on consent, prospect on legitimate interest).",
+)
+@click.option(
+    "--added-column",
+    help="The column holding the date the contact was first added (YYYY-MM-DD), if any; default: today.",
+)
 @click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
 def contacts_import(  # type: ignore[no-untyped-def]
     file,
@@ -221,9 +235,14 @@ def contacts_import(  # type: ignore[no-untyped-def]
     name_column,
     last_contact_column,
     relationship_column,
+    added_column,
     dry_run,
 ):
-    """Import contacts from a CSV file (FILE, or - for standard input)."""
+    """Import contacts from a CSV file in UTF-8 (FILE, or - for standard input).
+
+    The whole file is checked before anything is written: a file that is not
+    UTF-8 CSV is refused and changes nothing.
+    """
     notice = consent.get_notice(slug)
     if notice is None:
         raise click.BadParameter(f"no notice {slug!r}", param_hint="--notice")
@@ -239,16 +258,31 @@ def contacts_import(  # type: ignore[no-untyped-def]
         dry_run=dry_run,
         last_contact_column=last_contact_column,
         relationship_column=relationship_column,
+        added_column=added_column,
     )
 
     def progress(result: importer.ImportResult) -> None:
         click.echo(f"{result.rows} rows read, {result.counts['added']} to add", err=True)
 
     try:
-        result = importer.run_import(spec, file, progress)
+        spec.check()
+        with _rereadable(file) as binary:
+            importer.check_file(binary)
+            result = importer.run_import(spec, importer.TextLines(binary), progress)
     except importer.ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"dry_run": dry_run, **result.as_dict()}))
+
+
+def _rereadable(stream: IO[bytes]) -> IO[bytes]:
+    """The file itself, or for a pipe an unnamed temporary copy (gone when closed):
+    the import reads the file twice, first to check it whole."""
+    if stream.seekable():
+        return stream
+    copy = tempfile.TemporaryFile()
+    shutil.copyfileobj(stream, copy, length=1024 * 1024)
+    copy.seek(0)
+    return copy
 
 
 @retention_cli.command("purge")

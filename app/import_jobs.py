@@ -1,11 +1,13 @@
 """Dashboard imports: the uploaded file, and the worker job that imports it.
 
 An upload is stored in ``instance/imports/`` (mode 0600) and described by a
-``ContactImport`` row; the marketer maps its columns and asks for a dry run or
-the real import. The outbox worker runs it in batches and writes its progress
-to the row after each batch, which the dashboard page shows; the job's lease
-is extended as it goes, so a long import is not taken for a dead worker's. The
-file is deleted once the real import has run (or failed).
+``ContactImport`` row once it has been read whole and found to be UTF-8 CSV
+with a header; a file that is not leaves neither file nor row behind. The
+marketer maps its columns and asks for a dry run or the real import. The
+outbox worker runs it in batches and writes its progress to the row after
+each batch, which the dashboard page shows; the job's lease is extended as it
+goes, so a long import is not taken for a dead worker's. The file is deleted
+once the real import has run (or failed).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from pathlib import Path
 from typing import IO
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from . import outbox
 from .consent import get_notice
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
-from .importer import ImportError_, ImportResult, ImportSpec, read_header, run_import
+from .importer import ImportError_, ImportResult, ImportSpec, TextLines, check_file, run_import
 from .models import ContactImport, OutboxJob, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,31 +40,40 @@ def upload_path(import_id: int) -> Path:
 
 
 def store_upload(stream: IO[bytes], file_name: str, notice: str, spec: dict, actor: str) -> ContactImport:
-    """Keep the uploaded file and describe it; raises ImportError_ if it is not a CSV with a header."""
+    """Keep the uploaded file and describe it; raises ImportError_ (saying why) if it is not
+    UTF-8 CSV with a header, and then keeps nothing."""
     folder = Path(current_app.config["INSTANCE_PATH"]) / "imports"
     folder.mkdir(mode=0o700, exist_ok=True)
+    # The row comes first: a file a crash leaves mid-upload then belongs to a
+    # stale "uploaded" import, which the retention housekeeping deletes.
     with unit_of_work() as uow:
         record = ContactImport(notice=notice, file_name=file_name[:100], spec=spec, created_by=actor, columns=[])
         uow.session.add(record)
         uow.session.flush()
         import_id = record.id
     path = upload_path(import_id)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(stream, out, length=1024 * 1024)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as text:
-            columns, _ = read_header(text)
-    except (ImportError_, UnicodeDecodeError, ValueError) as exc:
-        discard(
-            import_id, "not a CSV file with a header row in UTF-8" if not isinstance(exc, ImportError_) else str(exc)
-        )
-        raise ImportError_("the file must be CSV in UTF-8 with a header row") from None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, length=1024 * 1024)
+        # The whole body, not only the header: the worker must not find a bad
+        # line half-way through an import that has already written batches.
+        with path.open("rb") as binary:
+            columns = check_file(binary)
+    except BaseException:  # a refused file, or an upload cut off: keep nothing of it
+        _forget(import_id)
+        raise
     with unit_of_work() as uow:
         record = uow.session.get(ContactImport, import_id)
         assert record is not None
         record.columns = columns[:MAX_COLUMNS]
     return record
+
+
+def _forget(import_id: int) -> None:
+    upload_path(import_id).unlink(missing_ok=True)
+    with unit_of_work() as uow:
+        uow.session.execute(delete(ContactImport).where(ContactImport.id == import_id))
 
 
 def discard(import_id: int, reason: str) -> None:
@@ -74,7 +85,7 @@ def discard(import_id: int, reason: str) -> None:
 
 
 def queue(import_id: int, email_column: str, optional: dict[str, str | None], dry_run: bool) -> None:
-    """Queue the dry run or the import; ``optional`` maps name, last-contact and relationship columns."""
+    """Queue the dry run or the import; ``optional`` maps the name, last-contact, relationship and added-on columns."""
     with unit_of_work() as uow:
         record = uow.session.get(ContactImport, import_id, with_for_update=True)
         if record is None or record.state not in ("uploaded", "checked", "failed"):
@@ -105,6 +116,7 @@ def _spec(record: ContactImport) -> ImportSpec:
         dry_run=record.dry_run,
         last_contact_column=s.get("last_contact_column"),
         relationship_column=s.get("relationship_column"),
+        added_column=s.get("added_column"),
     )
 
 
@@ -133,11 +145,10 @@ def run_contact_import(job: OutboxJob) -> None:
     progress(ImportResult())
     path = upload_path(import_id)
     try:
-        with path.open(encoding="utf-8-sig", newline="") as text:
-            result = run_import(spec, text, progress)
-    except (ImportError_, UnicodeDecodeError, FileNotFoundError) as exc:
-        reason = str(exc) if isinstance(exc, ImportError_) else "the file could not be read as UTF-8 CSV"
-        discard(import_id, reason)
+        with path.open("rb") as binary:
+            result = run_import(spec, TextLines(binary), progress)
+    except (ImportError_, FileNotFoundError) as exc:
+        discard(import_id, str(exc) if isinstance(exc, ImportError_) else "the uploaded file is gone")
         return
     with unit_of_work() as uow:
         record = uow.session.get(ContactImport, import_id)

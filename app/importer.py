@@ -6,7 +6,16 @@ contacts, e.g. collected from a company's public web page) with the source.
 Addresses that opted out (a suppression entry) are skipped and counted, as are
 addresses already held and rows without a valid address. A dry run reads and
 checks everything and writes nothing. Each batch commits on its own, so a
-large file neither holds one long transaction nor keeps rows in memory.
+large file neither holds one long transaction nor keeps rows in memory; that
+is why ``check_file`` reads a file whole before any batch is written: a file
+that is not UTF-8 CSV is refused before it can stop an import half-way.
+
+The notice limits the bases an import may use (``import_lawful_bases``), and
+the basis sets the retention facts: a contact imported with proof of consent
+is a subscriber (kept while they subscribe), one imported on legitimate
+interest a prospect (kept for the prospect periods), unless a relationship
+column says otherwise. An "added on" column keeps the day a contact was first
+added elsewhere (the CRM), which starts the prospect clock.
 
 Where the notice says so (``inform_imported``), a contact not collected from
 the person gets the GDPR Art. 14 information mail, with its unsubscribe link.
@@ -14,13 +23,15 @@ the person gets the GDPR Art. 14 information mail, with its unsubscribe link.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from sqlalchemy import insert, select
 
@@ -37,6 +48,10 @@ BATCH_SIZE = 1000
 ART14 = "art14"  # the information mail to people whose data was not collected from them
 MAX_FIELD = 1000
 csv.field_size_limit(64 * 1024)
+# No CRM export has a line this long; reading one whole would only let a hostile
+# upload fill the worker's memory before the field limit above is reached.
+MAX_LINE = 1024 * 1024
+MUST_BE_UTF8 = "the file must be CSV text in UTF-8: in Excel, save it as \u201cCSV UTF-8\u201d"
 
 
 class ImportError_(ValueError):
@@ -54,15 +69,23 @@ class ImportSpec:
     proof: str | None  # for consent: where the consent is recorded
     actor: str
     dry_run: bool = False
-    # Optional columns for the retention rules: the last dialog with the contact
-    # (a date, YYYY-MM-DD) and whether they are a customer (customer/kund) or a
-    # prospect (prospect/prospekt, the default for imported contacts).
+    # Optional columns for the retention rules (dates as YYYY-MM-DD): the last
+    # dialog with the contact; the day they were first added (default: the day
+    # of the import); and whether they are a subscriber, a customer or a
+    # prospect (default by basis, see DEFAULT_RELATIONSHIP).
     last_contact_column: str | None = None
     relationship_column: str | None = None
+    added_column: str | None = None
 
     def check(self) -> None:
         if self.lawful_basis not in LAWFUL_BASES:
             raise ImportError_(f"lawful basis must be one of {', '.join(LAWFUL_BASES)}")
+        allowed = self.notice.import_lawful_bases
+        if self.lawful_basis not in allowed:
+            raise ImportError_(
+                f"the {self.notice.controller['name']} notice allows imports only on {' or '.join(allowed)},"
+                f" not on {self.lawful_basis}"
+            )
         if self.lawful_basis == "consent" and not (self.proof or "").strip():
             raise ImportError_("an import on consent needs a reference to the proof of that consent")
         if not self.source.strip() or len(self.source) > 400:
@@ -81,6 +104,60 @@ class ImportResult:
 
 
 SKIPS = ("skipped_suppressed", "skipped_existing", "skipped_duplicate_in_file", "skipped_invalid")
+
+
+class TextLines:
+    """A CSV file's lines as text for the csv module, from its bytes.
+
+    Decoded line by line (a UTF-8 sequence never holds a newline byte), so an
+    error names the line: not UTF-8, a NUL byte (UTF-16 or binary; PostgreSQL
+    could not store it either), or longer than MAX_LINE. Line ends are kept,
+    and a lone CR ends a line too, as in universal-newline text mode.
+    """
+
+    def __init__(self, binary: IO[bytes]) -> None:
+        self.binary = binary
+        self.number = 0  # the physical line last read
+
+    def __iter__(self) -> Iterator[str]:
+        while raw := self.binary.readline(MAX_LINE + 1):
+            self.number += 1
+            if len(raw) > MAX_LINE:
+                raise ImportError_(f"line {self.number} is longer than {MAX_LINE // 2**20} MiB; {MUST_BE_UTF8}")
+            if b"\x00" in raw:
+                raise ImportError_(
+                    f"line {self.number} holds a NUL byte (a \u201cUnicode text\u201d export is UTF-16); {MUST_BE_UTF8}"
+                )
+            if self.number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ImportError_(
+                    f"line {self.number} is not UTF-8 (a plain \u201cCSV\u201d export from Excel is usually"
+                    f" Windows-1252); {MUST_BE_UTF8}"
+                ) from None
+            yield from (piece for piece in _LONE_CR.split(text) if piece)
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
+def check_file(binary: IO[bytes]) -> list[str]:
+    """Read a whole file before anything is written; its header's columns. Rewinds it.
+
+    Raises ImportError_ for anything that would stop the import part-way, so a
+    bad file is refused having changed nothing.
+    """
+    lines = TextLines(binary)
+    try:
+        header, rows = read_header(lines)
+        for _row in rows:
+            pass
+    except csv.Error as exc:
+        raise ImportError_(f"the file is not valid CSV at line {lines.number}: {exc}") from None
+    binary.seek(0)
+    return header
 
 
 def read_header(lines: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
@@ -102,8 +179,14 @@ def read_header(lines: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
 def run_import(
     spec: ImportSpec, lines: Iterable[str], progress: Callable[[ImportResult], None] | None = None
 ) -> ImportResult:
+    """Import the rows of ``lines`` (best a ``TextLines`` of a file ``check_file`` passed)."""
     spec.check()
-    header, rows = read_header(lines)
+    try:
+        header, rows = read_header(lines)
+    except csv.Error as exc:
+        raise ImportError_(f"the header row is not valid CSV: {exc}") from None
+    except UnicodeDecodeError:
+        raise ImportError_(MUST_BE_UTF8) from None
     try:
         email_at = header.index(spec.email_column)
     except ValueError:
@@ -111,6 +194,7 @@ def run_import(
     name_at = _column(header, spec.name_column)
     contact_at = _column(header, spec.last_contact_column)
     relationship_at = _column(header, spec.relationship_column)
+    added_at = _column(header, spec.added_column)
     today = date.today()
 
     def cell(row: list[str], at: int | None) -> str:
@@ -125,10 +209,9 @@ def run_import(
             try:
                 email = normalise_email(cell(row, email_at))
                 name = clean_name(cell(row, name_at)) if "name" in spec.notice.fields else None
-                last_contact = _date(cell(row, contact_at), today)
-                relationship = RELATIONSHIP_WORDS.get(cell(row, relationship_at).lower())
-                if relationship is None:
-                    raise InvalidInput("relationship", "invalid")
+                last_contact = _date(cell(row, contact_at), today, "last_contact")
+                added = _date(cell(row, added_at), today, "added_on")
+                relationship = _relationship(cell(row, relationship_at), spec.lawful_basis)
             except InvalidInput:
                 result.counts["skipped_invalid"] += 1
                 continue
@@ -136,7 +219,7 @@ def run_import(
                 result.counts["skipped_duplicate_in_file"] += 1
                 continue
             seen.add(email)
-            batch.append(Row(email, name, last_contact, relationship))
+            batch.append(Row(email, name, last_contact, relationship, added))
             if len(batch) >= BATCH_SIZE:
                 _import_batch(spec, batch, result)
                 batch = []
@@ -144,6 +227,8 @@ def run_import(
                     progress(result)
     except csv.Error as exc:
         raise ImportError_(f"the file is not valid CSV near row {result.rows + 1}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ImportError_(f"row {result.rows + 1}: {MUST_BE_UTF8}") from None
     if batch:
         _import_batch(spec, batch, result)
     if progress:
@@ -156,15 +241,32 @@ class Row(NamedTuple):
     name: str | None
     last_contact: datetime | None
     relationship: str
+    added: datetime | None
 
 
 RELATIONSHIP_WORDS = {
-    "": "prospect",
+    "subscriber": "subscriber",
+    "prenumerant": "subscriber",
     "prospect": "prospect",
     "prospekt": "prospect",
     "customer": "customer",
     "kund": "customer",
 }
+# Someone whose consent we hold is kept while they subscribe, as the notices
+# promise; someone taken from a public page on legitimate interest is a
+# prospect, kept only for the prospect periods.
+DEFAULT_RELATIONSHIP = {"consent": "subscriber", "legitimate_interest": "prospect"}
+
+
+def _relationship(word: str, basis: str) -> str:
+    if not word:
+        return DEFAULT_RELATIONSHIP[basis]
+    relationship = RELATIONSHIP_WORDS.get(word.lower())
+    # A subscriber asked for the newsletter; a contact who never consented cannot
+    # be one, or a harvested address would escape the prospect periods.
+    if relationship is None or (relationship == "subscriber" and basis != "consent"):
+        raise InvalidInput("relationship", "invalid")
+    return relationship
 
 
 def _column(header: list[str], name: str | None) -> int | None:
@@ -175,16 +277,16 @@ def _column(header: list[str], name: str | None) -> int | None:
     return header.index(name)
 
 
-def _date(value: str, today: date) -> datetime | None:
-    """A last-contact date from a cell: empty, or YYYY-MM-DD not in the future."""
+def _date(value: str, today: date, name: str) -> datetime | None:
+    """A date from a cell: empty, or YYYY-MM-DD from 2000 on and not in the future."""
     if not value:
         return None
     try:
         day = date.fromisoformat(value[:10])
     except ValueError:
-        raise InvalidInput("last_contact", "invalid") from None
+        raise InvalidInput(name, "invalid") from None
     if day > today or day.year < 2000:
-        raise InvalidInput("last_contact", "invalid")
+        raise InvalidInput(name, "invalid")
     return datetime(day.year, day.month, day.day)
 
 
@@ -229,9 +331,11 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
                 "source": f"import: {source}"[:500],
                 "lawful_basis": spec.lawful_basis,
                 "notice_version": notice.version,
-                "created_at": now,
                 "confirmed_at": now,
                 "updated_at": now,
+                # The day the contact was first added, elsewhere if the file says
+                # so: the prospect-without-dialog period counts from it.
+                "created_at": row.added or now,
             }
             for h, row in fresh
         ]
@@ -247,8 +351,19 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
         ledger.append(
             uow.session,
             [
-                Evidence.under("imported", notice, sub["ref"], "import", facts, details={"email": sub["email"]})
-                for sub in subs
+                Evidence.under(
+                    "imported",
+                    notice,
+                    sub["ref"],
+                    "import",
+                    {
+                        **facts,
+                        "relationship": row.relationship,
+                        **({"added_on": row.added.date().isoformat()} if row.added else {}),
+                    },
+                    details={"email": sub["email"]},
+                )
+                for sub, (_h, row) in zip(subs, fresh, strict=True)
             ],
         )
         jobs = [

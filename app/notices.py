@@ -62,6 +62,7 @@ class Notice:
     shown: Mapping[str, Any] = field(repr=False)
     inform_imported: bool = False  # imported contacts get the GDPR Art. 14 information mail
     import_lawful_basis: str = "consent"  # the basis an import uses unless told otherwise
+    import_lawful_bases: tuple[str, ...] = ("consent",)  # the only bases an import may use
     version: str = ""
 
     def text(self, lang: str) -> Mapping[str, str]:
@@ -127,8 +128,30 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
     _require(isinstance(inform_imported, bool), where, "collection.inform_imported must be true or false")
     basis = collection.get("lawful_basis", "consent")
     _require(basis in LAWFUL_BASES, where, f"collection.lawful_basis must be one of {LAWFUL_BASES}")
-    import_basis = collection.get("import_lawful_basis", basis)
-    _require(import_basis in LAWFUL_BASES, where, f"collection.import_lawful_basis must be one of {LAWFUL_BASES}")
+    # The bases an import may use: only those the notice tells people their
+    # addresses come in on. Absent, the one import_lawful_basis (itself by
+    # default the sign-up's basis); given, import_lawful_basis defaults to the first.
+    import_basis = collection.get("import_lawful_basis")
+    _require(
+        import_basis is None or import_basis in LAWFUL_BASES,
+        where,
+        f"collection.import_lawful_basis must be one of {LAWFUL_BASES}",
+    )
+    import_bases = collection.get("import_lawful_bases", [import_basis or basis])
+    _require(
+        isinstance(import_bases, list)
+        and bool(import_bases)
+        and all(b in LAWFUL_BASES for b in import_bases)
+        and len(set(import_bases)) == len(import_bases),
+        where,
+        f"collection.import_lawful_bases must be a list of different bases from {LAWFUL_BASES}",
+    )
+    import_basis = import_basis or import_bases[0]
+    _require(
+        import_basis in import_bases,
+        where,
+        "collection.import_lawful_basis must be one of collection.import_lawful_bases",
+    )
 
     rule = (raw.get("opt_out") or {}).get("rule")
     _require(rule in OPT_OUT_RULES, where, f"opt_out.rule must be one of {OPT_OUT_RULES}")
@@ -194,6 +217,7 @@ def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
         version=version_of(shown),
         inform_imported=inform_imported,
         import_lawful_basis=import_basis,
+        import_lawful_bases=tuple(import_bases),
     )
 
 

@@ -58,6 +58,10 @@ def test_a_third_controller_is_just_a_new_file(tmp_path):
         ('topic = "mysoft-newsletter"', 'topic = ""', "provider.topic"),
         ("unconfirmed_days = 30", "unconfirmed_days = -1", "retention"),
         ('slug = "mysoft"', 'slug = "other"', "file name"),
+        ('"legitimate_interest", "consent"]', '"legitimate_interest", "contract"]', "collection.import_lawful_bases"),
+        ('import_lawful_bases = ["legitimate_interest", "consent"]', "import_lawful_bases = []", "import_lawful_bases"),
+        ('"legitimate_interest", "consent"]', '"consent", "consent"]', "collection.import_lawful_bases"),
+        ('"legitimate_interest", "consent"]', '"consent"]', "import_lawful_basis must be one of"),
     ],
 )
 def test_malformed_notice_is_refused_with_the_key_named(tmp_path, old, new, message):
@@ -80,3 +84,39 @@ def test_optional_provider_ids_come_from_the_file_or_the_environment(tmp_path):
     path.write_text(source.replace("# name_attribute = \"\"", "name_attribute = 7"), encoding="utf-8")
     with pytest.raises(NoticeError, match=r"provider\.name_attribute must be a non-empty string"):
         parse_notice(path, {})
+
+
+def test_each_notice_names_the_bases_an_import_may_use():
+    notices = load_notices(NOTICES, {})
+    assert notices["munkeby"].import_lawful_bases == ("consent",)
+    assert notices["mysoft"].import_lawful_bases == ("legitimate_interest", "consent")
+    assert notices["mysoft"].import_lawful_basis == "legitimate_interest"
+
+
+def test_without_the_list_an_import_may_use_only_the_notices_import_basis(tmp_path):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source.replace('import_lawful_bases = ["legitimate_interest", "consent"]\n', ""), encoding="utf-8")
+    assert parse_notice(path, {}).import_lawful_bases == ("legitimate_interest",)
+    path.write_text(
+        source.replace('import_lawful_bases = ["legitimate_interest", "consent"]\n', "").replace(
+            'import_lawful_basis = "legitimate_interest"\n', ""
+        ),
+        encoding="utf-8",
+    )
+    assert parse_notice(path, {}).import_lawful_bases == ("consent",)  # the sign-up's basis
+    path.write_text(source.replace('import_lawful_basis = "legitimate_interest"\n', ""), encoding="utf-8")
+    assert parse_notice(path, {}).import_lawful_basis == "legitimate_interest"  # the first one listed
+
+
+def test_the_bases_an_import_may_use_are_part_of_the_version(tmp_path):
+    # They are a rule of where addresses come from, so the evidence of an import
+    # (its notice version) says which bases were allowed when it ran.
+    directory = copy_notices(tmp_path)
+    before = load_notices(directory, {})["munkeby"].version
+    path = directory / "munkeby.toml"
+    path.write_text(
+        path.read_text(encoding="utf-8").replace('= ["consent"]', '= ["consent", "legitimate_interest"]'),
+        encoding="utf-8",
+    )
+    assert load_notices(directory, {})["munkeby"].version != before

@@ -108,7 +108,8 @@ def test_unsubscribed_contacts_go_after_their_period_and_stay_suppressed(app, cl
 
 def test_prospects_go_a_year_after_being_added_or_two_after_the_last_dialog(app, client, runner):
     with at(0):
-        import_contacts(runner, "munkeby", "email\nquiet@firma.se\ntalks@firma.se\nbuyer@firma.se\n")
+        csv_text = "email;typ\nquiet@firma.se;prospekt\ntalks@firma.se;prospekt\nbuyer@firma.se;prospekt\n"
+        import_contacts(runner, "munkeby", csv_text, "--relationship-column", "typ")  # on consent: say prospect
         assert held(app, "quiet@firma.se", "munkeby").relationship == "prospect"
         token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact"]).stdout)["token"]
     auth = {"Authorization": f"Bearer {token}"}

@@ -49,3 +49,4 @@ class MappingForm(FlaskForm):
     name_column = StringField(validators=[Length(max=200)])
     last_contact_column = StringField(validators=[Length(max=200)])
     relationship_column = StringField(validators=[Length(max=200)])
+    added_column = StringField(validators=[Length(max=200)])
