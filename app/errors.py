@@ -25,9 +25,33 @@ def _messages() -> dict[int, tuple[str, str]]:
     }
 
 
+# The API's answer to a failure the framework raises (no route, wrong method, a
+# body too large, the rate limit): a stable English code a client can branch on,
+# as the API's own errors have (app/api/routes.py), and an English detail like
+# theirs. The page titles above are for people and change with the language.
+API_ERRORS = {
+    400: ("bad_request", "the request is malformed"),
+    401: ("unauthorized", "a valid bearer token is required"),
+    403: ("forbidden", "this is not allowed"),
+    404: ("not_found", "there is no such endpoint"),
+    405: ("method_not_allowed", "this endpoint does not take that method; see the Allow header"),
+    413: ("payload_too_large", "the request body is too large"),
+    415: ("unsupported_media_type", "send a JSON object with Content-Type: application/json"),
+    429: ("rate_limited", "too many requests in a short time; wait a while and try again"),
+    500: ("internal_error", "something went wrong on our side; nothing was changed"),
+}
+
+
+def _api_error(code: int):  # type: ignore[no-untyped-def]
+    error, detail = API_ERRORS.get(code) or API_ERRORS[500 if code >= 500 else 400]
+    return {"error": error, "detail": detail, "status": code}, code
+
+
 def render_error(code: int, detail: str | None = None):  # type: ignore[no-untyped-def]
+    if request.path.startswith("/api/"):
+        return _api_error(code)
     title, message = _messages().get(code, _messages()[400])
-    if request.path.startswith("/api/") or request.path.startswith("/webhooks/"):
+    if request.path.startswith("/webhooks/"):
         return {"error": title, "detail": detail or message, "status": code}, code
     return render_template("errors/error.html", code=code, title=title, message=detail or message), code
 

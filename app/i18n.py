@@ -1,17 +1,29 @@
 """Language choice for pages: Swedish unless the visitor asks for English.
 
-An explicit ``?lang=`` wins (the language switch on every page), then the
-browser's Accept-Language; Swedish is the default for these Swedish controllers.
+An explicit ``?lang=`` wins (the language switch on every page), then, on the
+dashboard only, the choice remembered in its session, then the browser's
+Accept-Language; Swedish is the default for these Swedish controllers.
+
+Only the dashboard remembers: it has a session cookie anyway (the login), while
+the subscribers' pages set no cookie beyond a strictly necessary one.
 """
 
 from __future__ import annotations
 
-from flask import has_request_context, request
+from urllib.parse import quote, urlencode
+
+from flask import has_request_context, request, session
 from flask_babel import get_locale
 
 from .notices import LANGUAGES, Notice
 
 DEFAULT_LANGUAGE = "sv"
+DASHBOARD_PREFIX = "/dashboard"
+SESSION_KEY = "lang"
+
+
+def _on_dashboard() -> bool:
+    return request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PREFIX + "/")
 
 
 def select_locale() -> str:
@@ -20,7 +32,32 @@ def select_locale() -> str:
     asked = request.args.get("lang", "")
     if asked in LANGUAGES:
         return asked
+    if _on_dashboard():
+        remembered = session.get(SESSION_KEY)
+        if remembered in LANGUAGES:
+            return remembered
     return request.accept_languages.best_match(LANGUAGES, default=DEFAULT_LANGUAGE) or DEFAULT_LANGUAGE
+
+
+def remember_dashboard_language() -> None:
+    """Keep a ``?lang=`` choice in the dashboard session (a ``before_request`` hook)."""
+    asked = request.args.get("lang", "")
+    if asked in LANGUAGES and session.get(SESSION_KEY) != asked:
+        session[SESSION_KEY] = asked
+
+
+def remembered_language() -> str | None:
+    """The dashboard's remembered choice, to carry over a session that is being replaced."""
+    found = session.get(SESSION_KEY)
+    return found if found in LANGUAGES else None
+
+
+def switch_url(lang: str) -> str:
+    """This page in ``lang``: the same path and query, with only ``lang`` replaced."""
+    args = [(key, value) for key, value in request.args.items(multi=True) if key != "lang"]
+    # One leading slash: a path like ``//host`` must not become a link to another site.
+    path = "/" + request.path.lstrip("/")
+    return f"{request.script_root}{quote(path)}?{urlencode([*args, ('lang', lang)])}"
 
 
 def current_language(notice: Notice | None = None) -> str:

@@ -325,45 +325,57 @@ def status() -> dict[str, Any]:
     }
 
 
-def retry_dead(ids: list[int] | None = None) -> int:
-    """Put dead letters (all, or those named) back in the queue with fresh attempts."""
+def _operator_evidence(kind: str, job: Any, actor: str, channel: str) -> ledger.Evidence:
+    """An operator's decision about a dead letter, as evidence naming who decided."""
+    notice = current_app.extensions["notices"].get(job.notice)
+    return ledger.Evidence(
+        type=kind,
+        channel=channel,
+        notice=job.notice,
+        notice_version=notice.version if notice else None,
+        subscription_ref=job.subscription_ref,
+        facts={"job": job.id, "job_kind": job.kind, "reason": job.last_error, "actor": actor},
+    )
+
+
+def retry_dead(ids: list[int] | None = None, actor: str | None = None, channel: str = "operator") -> int:
+    """Put dead letters (all, or those named) back in the queue with fresh attempts.
+
+    With an ``actor``, each retry is evidence naming them, written in the same
+    transaction as the state change: a retry recorded but not done (or done but
+    not recorded) would be a false account of who did what.
+    """
     query = update(OutboxJob).where(OutboxJob.state == "dead")
     if ids is not None:
         query = query.where(OutboxJob.id.in_(ids))
+    statement = (
+        query.values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
+        .returning(OutboxJob.id, OutboxJob.kind, OutboxJob.notice, OutboxJob.subscription_ref, OutboxJob.last_error)
+        .execution_options(synchronize_session=False)
+    )
     with unit_of_work() as uow:
-        result = uow.session.execute(
-            query.values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
-        )
-    return result.rowcount or 0
+        jobs = sorted(uow.session.execute(statement).all(), key=lambda job: job.id)
+        if actor is not None:
+            evidence = [_operator_evidence("provider_sync_retried", job, actor, channel) for job in jobs]
+            ledger.append(uow.session, evidence)
+    return len(jobs)
 
 
-def discard_dead(ids: list[int] | None, actor: str) -> int:
+def discard_dead(ids: list[int] | None, actor: str, channel: str = "operator") -> int:
     """Give up on dead letters (all, or those named), on an operator's word.
 
     The job is kept as ``discarded`` without personal data, and the decision is
-    evidence naming the actor: a discarded opt-out means the provider was never
-    told, which someone must be able to answer for.
+    evidence naming the actor, in the same transaction: a discarded opt-out
+    means the provider was never told, which someone must be able to answer for.
     """
     query = select(OutboxJob).where(OutboxJob.state == "dead").order_by(OutboxJob.id)
     if ids is not None:
         query = query.where(OutboxJob.id.in_(ids))
-    notices = current_app.extensions["notices"]
     with unit_of_work() as uow:
         jobs = list(uow.session.execute(query.with_for_update()).scalars())
         evidence = []
         for job in jobs:
-            facts = {"job": job.id, "job_kind": job.kind, "reason": job.last_error, "actor": actor}
-            notice = notices.get(job.notice)
-            evidence.append(
-                ledger.Evidence(
-                    type="provider_sync_discarded",
-                    channel="operator",
-                    notice=job.notice,
-                    notice_version=notice.version if notice else None,
-                    subscription_ref=job.subscription_ref,
-                    facts=facts,
-                )
-            )
+            evidence.append(_operator_evidence("provider_sync_discarded", job, actor, channel))
             if _without_personal(job.payload) != job.payload:
                 uow.after_commit(wipe_free_space)
             job.state, job.finished_at, job.payload = "discarded", utcnow(), _without_personal(job.payload)

@@ -207,8 +207,14 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error", "detail", "status"],
                     "properties": {
-                        "error": {"type": "string"},
-                        "detail": {"type": "string"},
+                        "error": {
+                            "type": "string",
+                            "description": "A stable English code to branch on, e.g. unauthorized, forbidden, "
+                            "invalid_json, invalid_field, not_found, method_not_allowed, payload_too_large, "
+                            "unsupported_media_type, rate_limited",
+                            "examples": ["invalid_field"],
+                        },
+                        "detail": {"type": "string", "description": "What was wrong, in English, for a person"},
                         "status": {"type": "integer"},
                     },
                 },

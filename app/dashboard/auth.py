@@ -13,6 +13,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from .. import accounts
 from ..database import id_param
 from ..extensions import db, limiter, login_manager
+from ..i18n import SESSION_KEY, remembered_language
 from ..models import User
 from . import bp
 from .forms import LoginForm
@@ -72,6 +73,14 @@ def _safe_next(target: str | None) -> str:
     return url_for("dashboard.overview")
 
 
+def _fresh_session() -> None:
+    """A new session at login and logout (no fixation); only the language choice carries over."""
+    lang = remembered_language()
+    session.clear()
+    if lang is not None:
+        session[SESSION_KEY] = lang
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(LOGIN_RATE_LIMIT, methods=["POST"])
 def login():  # type: ignore[no-untyped-def]
@@ -79,7 +88,7 @@ def login():  # type: ignore[no-untyped-def]
     if form.validate_on_submit():
         user = accounts.authenticate(form.email.data or "", form.password.data or "")
         if user is not None:
-            session.clear()
+            _fresh_session()
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
         flash(_("Wrong e-mail address or password."), "error")
@@ -91,5 +100,5 @@ def login():  # type: ignore[no-untyped-def]
 @login_required
 def logout():  # type: ignore[no-untyped-def]
     logout_user()
-    session.clear()
+    _fresh_session()
     return redirect(url_for("dashboard.login"))

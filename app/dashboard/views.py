@@ -64,12 +64,9 @@ def overview():  # type: ignore[no-untyped-def]
 def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    if what == "retry":
-        done = outbox.retry_dead([job_id])
-        if done:
-            consent.record_action("provider_sync_retried", None, None, _facts(), job=job_id)
-    else:
-        done = outbox.discard_dead([job_id], actor=current_user.actor)
+    # The state change and the evidence naming the user are one transaction.
+    change = outbox.retry_dead if what == "retry" else outbox.discard_dead
+    done = change([job_id], actor=current_user.actor, channel="dashboard")
     if not done:
         flash(_("That job is no longer a dead letter."), "error")
     return redirect(url_for("dashboard.overview"))
@@ -175,10 +172,14 @@ def mark_reviewed(ref: str):  # type: ignore[no-untyped-def]
     return redirect(url_for("dashboard.subject", ref=ref), code=303)
 
 
-@bp.get("/subscribers/<ref>/export.json")
+# A POST: the export is itself recorded as evidence, and GET never changes state
+# (a link prefetcher or scanner following it must not write to the ledger).
+@bp.post("/subscribers/<ref>/export.json")
 @requires("viewer")
 def export(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
+    if not ActionForm().validate_on_submit():
+        abort(400)
     data = consent.export_subject(sub.email)
     consent.record_action("subject_exported", sub.ref, sub.notice, _facts())
     response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
@@ -316,8 +317,13 @@ def import_upload():  # type: ignore[no-untyped-def]
             else:
                 return redirect(url_for("dashboard.import_status", import_id=record.id))
         flash(problem, "error")
-        return render_template("dashboard/import.html", form=form, notices=notices), 400
-    return render_template("dashboard/import.html", form=form, notices=notices)
+        return render_template("dashboard/import.html", form=form, notices=notices, notice=notice or notices[0]), 400
+    # The form is for one notice at a time, so that it offers only the bases this
+    # notice allows for imports (no script needed to narrow the choice).
+    notice = consent.get_notice(request.args.get("notice") or notices[0].slug)
+    if notice is None:
+        abort(400)
+    return render_template("dashboard/import.html", form=form, notices=notices, notice=notice)
 
 
 @bp.route("/imports/<int(max=2147483647):import_id>", methods=["GET", "POST"])
@@ -332,7 +338,7 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
             abort(400)
         optional = {
             key: getattr(form, key).data or None
-            for key in ("name_column", "last_contact_column", "relationship_column")
+            for key in ("name_column", "last_contact_column", "relationship_column", "added_column")
         }
         if any(column is not None and column not in record.columns for column in optional.values()):
             abort(400)
