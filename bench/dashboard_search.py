@@ -13,7 +13,6 @@ Prints a table and appends it to bench/results.md.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import string
@@ -28,6 +27,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness import label, percentile, report, service_env  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -39,19 +39,6 @@ from tests.support import Service, free_port  # noqa: E402
 CHUNK = 20_000
 PASSWORD = "bench password 1234"  # noqa: S105 - a user of the benchmark's throwaway database
 STATUSES = ("subscribed", "subscribed", "subscribed", "unsubscribed", "pending")
-
-
-def settings(instance: Path, database: str) -> dict[str, str]:
-    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
-    return {
-        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
-        "APP_ENV": "testing",
-        "INSTANCE_PATH": str(instance),
-        "DATABASE_URL": url,
-        "SECRET_KEY": "bench-secret-" + "s" * 32,
-        "SUPPRESSION_PEPPER": "bench-pepper-" + "p" * 32,
-        "PUBLIC_URL": "https://news.example.org",
-    }
 
 
 def address(i: int) -> str:
@@ -124,7 +111,7 @@ def deep_after(session: requests.Session, url: str, pages: int) -> str:
 def run(database: str, rows: int, count: int) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         instance = Path(folder) / "instance"
-        env = settings(instance, database)
+        env = service_env(instance, database)
         fill_seconds = fill(env, rows)
         service = Service(env, free_port(), Path(folder) / "gunicorn.log")
         try:
@@ -141,7 +128,6 @@ def run(database: str, rows: int, count: int) -> list[str]:
                 "search, one letter, one notice": "?q=m&notice=mysoft",
                 "search, narrow": "?q=mq.person",
             }
-            label = "SQLite" if database == "sqlite" else "PostgreSQL"
             lines = []
             for what, query in pages.items():
                 times = []
@@ -151,9 +137,9 @@ def run(database: str, rows: int, count: int) -> list[str]:
                     times.append(time.perf_counter() - began)
                     assert answer.status_code == 200 and "/dashboard/subscribers/" in answer.text, what
                 times.sort()
-                p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+                p95, median = percentile(times, 0.95), statistics.median(times)
                 lines.append(
-                    f"| {what}, {label} | p95 {p95 * 1000:.0f} ms (median {statistics.median(times) * 1000:.0f} ms, "
+                    f"| {what}, {label(database)} | p95 {p95 * 1000:.0f} ms (median {median * 1000:.0f} ms, "
                     f"{count} requests) | <= 100 ms | {rows:,} rows, written in {fill_seconds:.0f} s |"
                 )
             return lines
@@ -169,12 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rows < 20_000 or args.requests < 1:
         parser.error("--rows must be at least 20000 (the deep page is page 200) and --requests at least 1")
-    table = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
-    table += run(args.database, args.rows, args.requests)
-    text_out = f"\n## Dashboard subscriber list and search ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join(table) + "\n"
-    print(text_out)
-    with open(REPO / "bench" / "results.md", "a") as fh:
-        fh.write(text_out)
+    report("Dashboard subscriber list and search", run(args.database, args.rows, args.requests))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness import label, report, service_env  # noqa: E402  (bench/ is on the path)
+
 from app import create_app  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.models import OutboxJob  # noqa: E402
@@ -32,21 +34,9 @@ from tests.fakes.apsis import FakeApsis  # noqa: E402
 from tests.fakes.mailchimp import FakeMailchimp  # noqa: E402
 from tests.support import queue_sync_jobs  # noqa: E402
 
-PEPPER = "bench-pepper-" + "p" * 32
-
 
 def make_app(instance: Path, database: str, extra: dict[str, str]):  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
-    env = {
-        "APP_ENV": "testing",
-        "INSTANCE_PATH": str(instance),
-        "DATABASE_URL": url,
-        "SECRET_KEY": "bench-secret-" + "s" * 32,
-        "SUPPRESSION_PEPPER": PEPPER,
-        "PUBLIC_URL": "https://news.example.org",
-        **extra,
-    }
-    return create_app(env=env)
+    return create_app(env=service_env(instance, database, **extra))
 
 
 def drain() -> float:
@@ -144,14 +134,8 @@ def main() -> None:
     parser.add_argument("--apsis-profiles", type=int, default=900)
     parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL")
     args = parser.parse_args()
-    rows = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
-    rows += bench_mailchimp(args.database, args.members)
-    rows += bench_apsis(args.database, args.apsis_profiles)
-    label = "SQLite" if args.database == "sqlite" else "PostgreSQL"
-    text = f"\n## Provider sync ({label}, {time.strftime('%Y-%m-%d')})\n\n" + "\n".join(rows) + "\n"
-    print(text)
-    with open(REPO / "bench" / "results.md", "a") as fh:
-        fh.write(text)
+    rows = bench_mailchimp(args.database, args.members) + bench_apsis(args.database, args.apsis_profiles)
+    report(f"Provider sync ({label(args.database)})", rows)
 
 
 if __name__ == "__main__":

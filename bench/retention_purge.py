@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from harness import label, percentile, report, service_env  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
@@ -44,22 +44,7 @@ from app.mail import unsubscribe_link  # noqa: E402
 from app.models import Subscription, utcnow  # noqa: E402
 from tests.support import Service, free_port  # noqa: E402
 
-PEPPER = "bench-pepper-" + "p" * 32
-SECRET = "bench-secret-" + "s" * 32
 CHUNK = 20_000
-
-
-def settings(instance: Path, database: str) -> dict[str, str]:
-    url = f"sqlite:///{instance / 'bench.sqlite3'}" if database == "sqlite" else database
-    return {
-        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
-        "APP_ENV": "testing",
-        "INSTANCE_PATH": str(instance),
-        "DATABASE_URL": url,
-        "SECRET_KEY": SECRET,
-        "SUPPRESSION_PEPPER": PEPPER,
-        "PUBLIC_URL": "https://news.example.org",
-    }
 
 
 def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float]:
@@ -155,7 +140,7 @@ def ms(values: list[float]) -> str:
     if not values:
         return "-"
     ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = percentile(ordered, 0.99)
     median = statistics.median(ordered)
     return f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
 
@@ -163,7 +148,7 @@ def ms(values: list[float]) -> str:
 def run(database: str, rows: int, expired: int) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         instance = Path(folder) / "instance"
-        env = settings(instance, database)
+        env = service_env(instance, database)
         probes, fill_seconds = fill(env, rows, expired)
         service = Service(env, free_port(), Path(folder) / "gunicorn.log")
         try:
@@ -192,11 +177,11 @@ def run(database: str, rows: int, expired: int) -> list[str]:
         purged = json.loads(purge.stdout)["purged"].get("munkeby", {}).get("unsubscribed_days", 0)
         before = [s for t, s in prober.samples if t < began]
         during = [s for t, s in prober.samples if began <= t <= ended]
-        label = "SQLite" if database == "sqlite" else "PostgreSQL"
         return [
-            f"| retention purge, {label} | {seconds:.1f} s for {purged:,} of {rows:,} rows | <= 20 s | "
+            f"| retention purge, {label(database)} | {seconds:.1f} s for {purged:,} of {rows:,} rows | <= 20 s | "
             f"rows written in {fill_seconds:.0f} s beforehand |",
-            f"| service during the purge, {label} | {ms(during)} ({len(during)} probes, {prober.errors} errors) | "
+            f"| service during the purge, {label(database)} | {ms(during)} "
+            f"({len(during)} probes, {prober.errors} errors) | "
             f"answers throughout | before: {ms(before)} |",
         ]
 
@@ -209,12 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.expired <= args.rows:
         parser.error("--expired must be between 1 and --rows")
-    rows = ["| benchmark | measured | goal | notes |", "|---|---|---|---|"]
-    rows += run(args.database, args.rows, args.expired)
-    text_out = f"\n## Retention purge ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join(rows) + "\n"
-    print(text_out)
-    with open(REPO / "bench" / "results.md", "a") as fh:
-        fh.write(text_out)
+    report("Retention purge", run(args.database, args.rows, args.expired))
 
 
 if __name__ == "__main__":
