@@ -4,7 +4,8 @@ Passwords are hashed with argon2id (argon2-cffi's defaults: 64 MiB, 3 passes,
 4 lanes, above OWASP's minimum). An unknown address costs the same hash as a
 wrong password, so the login's timing does not tell which accounts exist. API
 tokens are random; only their SHA-256 is stored, so a database leak yields no
-usable token.
+usable token. Creating and revoking a token are evidence naming who did it:
+a token is the CRM's power to opt people in and out.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 
+from . import ledger
 from .database import unit_of_work
 from .extensions import db
 from .models import ApiToken, User, utcnow
@@ -109,7 +112,17 @@ def create_token(name: str, scopes: list[str], created_by: str) -> NewToken:
         uow.session.add(token)
         uow.session.flush()
         token_id = token.id
+        facts = {"token": token_id, "scopes": list(ordered), "actor": created_by}
+        ledger.append(uow.session, [_token_evidence("api_token_created", created_by, facts, {"name": name})])
     return NewToken(token_id, name, ordered, secret)
+
+
+def _token_evidence(
+    kind: str, actor: str, facts: dict[str, Any], details: dict[str, Any] | None = None
+) -> ledger.Evidence:
+    # The name is free text an admin typed (it may name a person), so it sits with
+    # the erasable details, not in the chained facts.
+    return ledger.Evidence(type=kind, channel="cli" if actor == "cli" else "dashboard", facts=facts, details=details)
 
 
 def token_for(secret: str) -> ApiToken | None:
@@ -122,12 +135,14 @@ def token_for(secret: str) -> ApiToken | None:
     return token
 
 
-def revoke_token(token_id: int) -> bool:
+def revoke_token(token_id: int, revoked_by: str) -> bool:
     with unit_of_work() as uow:
-        token = uow.session.get(ApiToken, token_id)
+        token = uow.session.get(ApiToken, token_id, with_for_update=True)
         if token is None or token.revoked_at is not None:
             return False
         token.revoked_at = utcnow()
+        facts = {"token": token_id, "actor": revoked_by}
+        ledger.append(uow.session, [_token_evidence("api_token_revoked", revoked_by, facts)])
     return True
 
 

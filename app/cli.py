@@ -193,7 +193,7 @@ def tokens_list() -> None:
 @click.argument("token_id", type=int)
 def tokens_revoke(token_id: int) -> None:
     """Revoke a token at once."""
-    if not accounts.revoke_token(token_id):
+    if not accounts.revoke_token(token_id, revoked_by="cli"):
         raise click.ClickException(f"no live token with id {token_id}")
     click.echo(json.dumps({"revoked": token_id}))
 

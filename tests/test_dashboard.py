@@ -430,7 +430,7 @@ def test_an_address_is_corrected_from_the_subject_page_and_the_provider_forgets_
     with app.app_context():
         assert db.session.execute(select(func.count()).where(ConsentEvent.type == "rectified")).scalar_one() == 0
 
-    assert "Rättat: email." in correct("Anna.Lind@Example.com")
+    assert "Rättat: E-postadress." in correct("Anna.Lind@Example.com")
     assert held("anna.lind@example.com") and not held("anna@example.com")
     assert subscription_ref(app, "anna.lind@example.com") == ref
     [delete] = delete_jobs_for("anna@example.com")
@@ -477,6 +477,16 @@ def test_an_admin_creates_and_revokes_api_tokens(app, client, runner):
     ]
     assert client.post("/dashboard/tokens/1/revoke", data={"csrf_token": token}).status_code == 302
     assert json.loads(runner.invoke(args=["tokens", "list"]).stdout)[0]["revoked"] is True
+    assert client.post("/dashboard/tokens/1/revoke", data={"csrf_token": token}).status_code == 404  # once only
+    with app.app_context():
+        events = db.session.execute(
+            select(ConsentEvent.type, ConsentEvent.channel, ConsentEvent.facts).order_by(ConsentEvent.seq)
+        ).all()
+    admin = actor_of(app, "admin@munkeby.se")
+    assert [(kind, channel, json.loads(facts)) for kind, channel, facts in events] == [
+        ("api_token_created", "dashboard", {"token": 1, "scopes": ["read", "opt_out"], "actor": admin}),
+        ("api_token_revoked", "dashboard", {"token": 1, "actor": admin}),
+    ]
 
 
 def test_out_of_range_ids_are_refused_not_crashed_on(app, marketer):

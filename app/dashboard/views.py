@@ -222,7 +222,9 @@ def rectify(ref: str):  # type: ignore[no-untyped-def]
     except consent.InvalidInput as exc:
         flash(messages.get(str(exc), _("Please check the values.")), "error")
         return redirect(url_for("dashboard.subject", ref=ref))
-    flash(_("Corrected: %(fields)s.", fields=", ".join(changed)) if changed else _("Nothing changed."), "info")
+    labels = {"name": _("Name"), "email": _("E-mail address")}
+    fields = ", ".join(str(labels.get(field, field)) for field in changed)
+    flash(_("Corrected: %(fields)s.", fields=fields) if changed else _("Nothing changed."), "info")
     return redirect(url_for("dashboard.subject", ref=ref))
 
 
@@ -272,7 +274,7 @@ def api_tokens():  # type: ignore[no-untyped-def]
 def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    if not accounts.revoke_token(token_id):
+    if not accounts.revoke_token(token_id, current_user.actor):
         abort(404)
     flash(_("The token was revoked."), "info")
     return redirect(url_for("dashboard.api_tokens"))
