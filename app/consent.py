@@ -928,7 +928,10 @@ def retention_summary(notice: Notice, sub: Subscription) -> str:
     """How long this subscription's data is kept, in words, from the notice's rules (current language)."""
     r = notice.retention
     if sub.status == "pending" and "unconfirmed_days" in r:
-        return gettext("an unconfirmed sign-up is deleted %(days)s days after it was made", days=r["unconfirmed_days"])
+        return gettext(
+            "an unconfirmed sign-up is deleted %(days)s days after the last confirmation mail",
+            days=r["unconfirmed_days"],
+        )
     if notice.deletes_on_opt_out:
         return gettext("kept until you unsubscribe; then deleted")
     if sub.status == "unsubscribed" and "unsubscribed_days" in r:

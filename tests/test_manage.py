@@ -199,3 +199,20 @@ def test_bad_form_values_are_refused(app, client, mailbox):
     assert client.post(path + "/unsubscribe", data={"notice": "nope"}).status_code == 400
     assert client.post(path + "/request", data={"kind": "delete-everything"}).status_code == 400
     assert status_of(app, "jan@firma.se", "munkeby") == "subscribed"
+
+
+def test_an_imported_contact_sees_where_their_address_came_from_and_the_facts_held(app, client, mailbox, runner):
+    csv_text = "email;Senast\nlead@firma.se;2026-10-01\n"
+    result = runner.invoke(
+        args=[
+            "contacts", "import", "-", "--notice", "mysoft", "--basis", "legitimate_interest",
+            "--source", "https://www.firma.se/kontakt", "--source-date", "2026-11-01",
+            "--email-column", "email", "--last-contact-column", "Senast",
+        ],
+        input=csv_text,
+    )
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0  # the Art. 14 mail
+    page = client.get(manage_path(mailbox.last("lead@firma.se")) + "?lang=en").get_data(as_text=True)
+    assert "https://www.firma.se/kontakt" in page and "legitimate interest" in page
+    assert 'data-relationship="prospect"' in page and "2026-10-01" in page
