@@ -25,7 +25,7 @@ def _messages() -> dict[int, tuple[str, str]]:
     }
 
 
-# The API's answer to a failure the framework raises (no route, wrong method, a
+# The API's and the webhooks' answer to a failure the framework raises (no route, wrong method, a
 # body too large, the rate limit): a stable English code a client can branch on,
 # as the API's own errors have (app/api/routes.py), and an English detail like
 # theirs. The page titles above are for people and change with the language.
@@ -48,11 +48,9 @@ def _api_error(code: int):  # type: ignore[no-untyped-def]
 
 
 def render_error(code: int, detail: str | None = None):  # type: ignore[no-untyped-def]
-    if request.path.startswith("/api/"):
+    if request.path.startswith(("/api/", "/webhooks/")):  # read by programs, not people
         return _api_error(code)
     title, message = _messages().get(code, _messages()[400])
-    if request.path.startswith("/webhooks/"):
-        return {"error": title, "detail": detail or message, "status": code}, code
     return render_template("errors/error.html", code=code, title=title, message=detail or message), code
 
 
