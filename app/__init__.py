@@ -68,7 +68,7 @@ def register_body_limit(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from . import database  # noqa: F401  (installs the SQLite connection hooks)
     from .extensions import babel, csrf, db, limiter, migrate
-    from .i18n import current_language, select_locale
+    from .i18n import current_language, select_locale, switch_url
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(REPO_ROOT / "migrations"))
@@ -82,6 +82,7 @@ def register_extensions(app: Flask) -> None:
         default_translation_directories=str(REPO_ROOT / "app" / "translations"),
     )
     app.jinja_env.globals["current_lang"] = current_language
+    app.jinja_env.globals["language_switch_url"] = switch_url
     if app.config["TRUSTED_PROXY_COUNT"]:
         count = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]

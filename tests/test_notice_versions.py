@@ -49,6 +49,10 @@ def check_versions(restarted, old_version: str, mailbox) -> None:  # type: ignor
         assert page.status_code == 200
         body = page.get_data(as_text=True)
         assert "Vår personal i Malmö." in body and "Malmö och Lund" not in body and old_version in body
+    # The language switch keeps the version being read.
+    switch = re.search(r'href="([^"]+)" hreflang="en"', body).group(1).replace("&amp;", "&")
+    english = new_client.get(switch).get_data(as_text=True)
+    assert "Our staff in Malmö." in english and old_version in english
     assert new_client.get("/munkeby/privacy/" + "0" * 64).status_code == 404
     assert new_client.get("/munkeby/privacy?version=not-a-hash").status_code == 404
 

@@ -6,11 +6,10 @@ Every route needs a logged-in user; what a role may do is checked per route
 
 from flask import Blueprint
 
-from ..i18n import remember_dashboard_language, switch_url
+from ..i18n import remember_dashboard_language
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 # A language chosen once holds on every dashboard page until changed.
 bp.before_request(remember_dashboard_language)
-bp.context_processor(lambda: {"language_switch_url": switch_url})
 
 from . import auth, views  # noqa: E402,F401  (routes attach themselves to bp)
