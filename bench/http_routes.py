@@ -1,0 +1,259 @@
+"""Benchmark: the write routes against a trivial route of the same app, side by side.
+
+gunicorn serves the app (``bench/wsgi_bench.py``: ``create_app()`` plus one route that
+returns "ok") on a throwaway database; ``wrk`` (Debian's package) drives each route over
+loopback for a fixed time, each request a new person so that every one does the full work:
+
+- trivial: ``GET /bench/ok``, the ceiling for this app, server and machine;
+- one-click unsubscribe: ``POST /unsubscribe/<token>`` with ``List-Unsubscribe=One-Click``
+  (token check, state change, evidence, outbox job, committed);
+- Mailchimp webhook: ``POST /webhooks/mailchimp/<secret>``, an unsubscribe event;
+- subscribe: ``POST /munkeby/subscribe`` with a CSRF token (validation, evidence, mail).
+
+Goals, as ratios measured in one run: unsubscribe >= 50% of the trivial route's requests/s
+with p99 <= 4x its p99; webhook >= 40%; subscribe >= 30%; no errors.
+
+Run: .venv/bin/python bench/http_routes.py [--seconds N] [--workers N] [--database sqlite|postgresql://...]
+Prints a table and appends it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import label, report, service_env  # noqa: E402  (bench/ is on the path)
+from sqlalchemy import insert, text  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.consent import email_hash  # noqa: E402
+from app.extensions import db  # noqa: E402
+from app.mail import unsubscribe_link  # noqa: E402
+from app.models import Subscription, utcnow  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+HOOK_SECRET = "bench-hook-" + "h" * 24
+WRK = shutil.which("wrk") or "wrk"
+CONNECTIONS = 8
+# Requests per second above which no route here is expected to go: bounds the people
+# prepared for each route, so every request finds a fresh one.
+CEILING = 4000
+LUA = """
+local paths, bodies, n = {}, {}, 0
+function init(args)
+  for line in io.lines(args[1]) do
+    local path, body = line:match("^(%S+)\\t?(.*)$")
+    n = n + 1; paths[n] = path; bodies[n] = body
+  end
+  i = math.random(n)
+end
+request = function()
+  i = i % n + 1
+  local body = bodies[i]
+  if body == "" then return wrk.format("GET", paths[i]) end
+  return wrk.format("POST", paths[i], HEADERS, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d %.0f\\n", summary.requests, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), summary.duration, 0))
+end
+"""
+
+
+def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
+    """Subscribed Munkeby people; answers (address, email hash) for each."""
+    app = create_app(env=env)
+    now = utcnow()
+    found = []
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            tables = "subscriptions, outbox_jobs, event_details, consent_events, suppressions, provider_deliveries"
+            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+            db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :g"), {"g": "0" * 64})
+            db.session.commit()
+        version = app.extensions["notices"]["munkeby"].version
+        for start in range(0, people, 20_000):
+            rows = []
+            for i in range(start, min(start + 20_000, people)):
+                address = f"reader{i}@bench.example"
+                found.append((address, email_hash(address)))
+                rows.append(
+                    {
+                        "ref": uuid.uuid4().hex,
+                        "notice": "munkeby",
+                        "email": address,
+                        "email_hash": found[-1][1],
+                        "status": "subscribed",
+                        "source": "bench",
+                        "notice_version": version,
+                        "created_at": now,
+                        "confirmed_at": now,
+                        "updated_at": now,
+                    }
+                )
+            db.session.execute(insert(Subscription), rows)
+            db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+    return found
+
+
+def request_file(folder: Path, name: str, lines: list[str]) -> Path:
+    path = folder / f"{name}.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def wrk(url: str, script: Path, requests_file: Path, seconds: int, headers: dict[str, str]) -> dict[str, float]:
+    lua = LUA.replace("HEADERS", "{" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}")
+    script.write_text(lua, encoding="utf-8")
+    command = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    run = subprocess.run(
+        [*command, "--", str(requests_file)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk gave no result:\n{run.stdout}\n{run.stderr}")
+    total, bad_status, socket_errors, p50, p99, duration_us, _ = (float(x) for x in line.split()[1:])
+    return {
+        "rps": total / (duration_us / 1e6),
+        "requests": total,
+        "errors": bad_status + socket_errors,
+        "p50_ms": p50 / 1000,
+        "p99_ms": p99 / 1000,
+    }
+
+
+def start(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)),
+                *("--no-control-socket", "--chdir", str(REPO / "bench"), "--pythonpath", str(REPO), "wsgi_bench:app"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/bench/ok", timeout=2).status_code == 200:
+                return process
+        except requests.RequestException:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"gunicorn did not start:\n{log.read_text()}")
+
+
+def subscribe_form(url: str) -> tuple[str, str]:
+    """A session cookie and its CSRF token, as a browser holds them after opening the form."""
+    session = requests.Session()
+    page = session.get(url + "/munkeby/subscribe").text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    return cookie, token
+
+
+def run(database: str, seconds: int, workers: int) -> list[str]:
+    if shutil.which(WRK) is None:
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = service_env(
+            folder / "instance",
+            database,
+            MAILCHIMP_WEBHOOK_SECRET=HOOK_SECRET,
+            SUBSCRIBE_RATE_LIMIT="100000000 per hour",
+        )
+        people = prepare(env, 2 * CEILING * seconds)
+        half = len(people) // 2
+        app = create_app(env=env)
+        with app.app_context():
+            unsubscribe = [unsubscribe_link("munkeby", h).split("://", 1)[1].split("/", 1)[1] for _, h in people[:half]]
+        list_id = app.extensions["notices"]["munkeby"].provider["list_id"]
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start(env, port, workers, folder / "gunicorn.log")
+        try:
+            cookie, csrf = subscribe_form(url)
+            hook = f"/webhooks/mailchimp/{HOOK_SECRET}"
+            fired = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            routes = {
+                "trivial GET /bench/ok": (["/bench/ok"], {}),
+                "one-click unsubscribe POST": (
+                    [f"/{path}\tList-Unsubscribe=One-Click" for path in unsubscribe],
+                    {"Content-Type": "application/x-www-form-urlencoded"},
+                ),
+                "Mailchimp webhook POST (unsubscribe)": (
+                    [
+                        f"{hook}\ttype=unsubscribe&fired_at={fired.replace(' ', '+')}&data%5Blist_id%5D={list_id}"
+                        f"&data%5Bemail%5D={address.replace('@', '%40')}&data%5Breason%5D=manual"
+                        for address, _ in people[half:]
+                    ],
+                    {"Content-Type": "application/x-www-form-urlencoded"},
+                ),
+                "subscribe POST": (
+                    [
+                        f"/munkeby/subscribe\tcsrf_token={csrf}&email=new{i}%40bench.example&name=New+{i}&consent=y"
+                        for i in range(CEILING * seconds)
+                    ],
+                    {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie},
+                ),
+            }
+            figures = {}
+            for what, (lines, headers) in routes.items():
+                figures[what] = wrk(url, folder / "script.lua", request_file(folder, "r", lines), seconds, headers)
+                figures[what]["people"] = len(lines)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    base = figures["trivial GET /bench/ok"]
+    goals = {"one-click unsubscribe POST": 0.5, "Mailchimp webhook POST (unsubscribe)": 0.4, "subscribe POST": 0.3}
+    lines = []
+    for what, f in figures.items():
+        ratio = f["rps"] / base["rps"]
+        goal = "the ceiling" if what not in goals else f">= {goals[what]:.0%} of trivial"
+        if what == "one-click unsubscribe POST":
+            goal += ", p99 <= 4x"
+        lines.append(
+            f"| {what}, {label(database)}, {workers} worker(s) | {f['rps']:.0f} req/s ({ratio:.0%}), "
+            f"p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms ({f['p99_ms'] / base['p99_ms']:.1f}x) | {goal} | "
+            f"{f['requests']:.0f} requests in {seconds} s, {f['errors']:.0f} errors"
+            f"{'' if what.startswith('trivial') or f['requests'] <= f['people'] else ', some people twice'} |"
+        )
+    print(json.dumps(figures, indent=2), file=sys.stderr)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL of an empty database")
+    args = parser.parse_args()
+    if not 1 <= args.seconds <= 120 or not 1 <= args.workers <= 16:
+        parser.error("--seconds must be 1 to 120 and --workers 1 to 16")
+    report("HTTP routes against a trivial route", run(args.database, args.seconds, args.workers))
+
+
+if __name__ == "__main__":
+    main()
