@@ -142,9 +142,9 @@ def append(session: Session, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    session.execute(insert(ConsentEvent), events)
+    session.execute(insert(ConsentEvent.__table__), events)  # Core: no ORM bookkeeping per row
     if details:
-        session.execute(insert(EventDetail), details)
+        session.execute(insert(EventDetail.__table__), details)
     if head is None:
         session.execute(insert(LedgerHead).values(id=HEAD_ID, seq=seq, hash=prev))
     else:

@@ -95,7 +95,7 @@ def enqueue(
 def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
     """Write many jobs with one multi-row insert (columns as ``enqueue`` takes them)."""
     if jobs:
-        session.execute(insert(OutboxJob), jobs)
+        session.execute(insert(OutboxJob.__table__), jobs)  # Core: no ORM bookkeeping per row
 
 
 def backoff_seconds(attempts: int) -> float:

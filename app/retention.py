@@ -235,22 +235,26 @@ def _reduce_evidence(notice: Notice, now: datetime, dry_run: bool) -> int:
     cutoff = now - timedelta(days=days)
     reduced, after = 0, 0
     while True:
-        with unit_of_work() as uow:
-            rows = uow.session.execute(
-                select(EventDetail.seq, ConsentEvent.subscription_ref, ConsentEvent.type)
-                .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
-                .where(ConsentEvent.notice == notice.slug, ConsentEvent.at < cutoff, EventDetail.seq > after)
-                .order_by(EventDetail.seq)
-                .limit(BATCH)
-            ).all()
-            if not rows:
-                break
-            after = rows[-1].seq
-            kept = _proof_seqs(uow.session, {row.subscription_ref for row in rows if row.type in PROOF_EVENTS})
-            doomed = [row.seq for row in rows if row.seq not in kept]
-            if doomed and not dry_run:
+        # Read in a plain transaction: on SQLite a unit of work holds the write lock,
+        # and this scan also passes over the proofs it keeps, run after run.
+        rows = db.session.execute(
+            select(EventDetail.seq, ConsentEvent.subscription_ref, ConsentEvent.type)
+            .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
+            .where(ConsentEvent.notice == notice.slug, ConsentEvent.at < cutoff, EventDetail.seq > after)
+            .order_by(EventDetail.seq)
+            .limit(BATCH)
+        ).all()
+        if not rows:
+            break
+        after = rows[-1].seq
+        kept = _proof_seqs(db.session, {row.subscription_ref for row in rows if row.type in PROOF_EVENTS})
+        doomed = [row.seq for row in rows if row.seq not in kept]
+        db.session.rollback()  # end the read before taking the write lock
+        if doomed and not dry_run:
+            with unit_of_work() as uow:
+                # A detail another process deleted meanwhile is simply not there to delete.
                 uow.session.execute(delete(EventDetail).where(EventDetail.seq.in_(doomed)))
-            reduced += len(doomed)
+        reduced += len(doomed)
     db.session.remove()
     return reduced
 

@@ -111,7 +111,7 @@ class Prober(threading.Thread):
         super().__init__(daemon=True)
         self.url, self.paths, self.token = url, paths, token
         self.samples: list[tuple[float, float]] = []  # (start, seconds)
-        self.errors = 0
+        self.errors: dict[str, int] = {}  # by status code, or the exception's name
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -129,9 +129,9 @@ class Prober(threading.Thread):
                 else:
                     answer = session.post(self.url + path, data={"List-Unsubscribe": "One-Click"})
                 if answer.status_code != 200:
-                    self.errors += 1
-            except requests.RequestException:
-                self.errors += 1
+                    self.errors[str(answer.status_code)] = self.errors.get(str(answer.status_code), 0) + 1
+            except requests.RequestException as exc:
+                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
             self.samples.append((began, time.perf_counter() - began))
             time.sleep(0.05)  # about 15 requests a second: under the API limit of 600 a minute
 
@@ -177,11 +177,15 @@ def run(database: str, rows: int, expired: int) -> list[str]:
         purged = json.loads(purge.stdout)["purged"].get("munkeby", {}).get("unsubscribed_days", 0)
         before = [s for t, s in prober.samples if t < began]
         during = [s for t, s in prober.samples if began <= t <= ended]
+        if during:  # where in the purge the slowest answer came, for a profile to look at
+            worst_at, worst = max(((t, s) for t, s in prober.samples if began <= t <= ended), key=lambda p: p[1])
+            where = f"{worst_at - began:.1f} s into a {seconds:.1f} s purge"
+            print(f"slowest probe: {worst:.2f} s, {where}", file=sys.stderr)
         return [
             f"| retention purge, {label(database)} | {seconds:.1f} s for {purged:,} of {rows:,} rows | <= 20 s | "
             f"rows written in {fill_seconds:.0f} s beforehand |",
             f"| service during the purge, {label(database)} | {ms(during)} "
-            f"({len(during)} probes, {prober.errors} errors) | "
+            f"({len(during)} probes, errors: {json.dumps(prober.errors) if prober.errors else 0}) | "
             f"answers throughout | before: {ms(before)} |",
         ]
 
