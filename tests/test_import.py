@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription
 
-from .support import REPO, subscribe_and_confirm, text_body, unsubscribe_path
+from .support import REPO, link_in, subscribe_and_confirm, text_body, unsubscribe_path
 
 CSV = (
     "E-post;Namn;Företag\n"
@@ -103,6 +103,8 @@ def test_an_import_records_basis_and_source_and_informs_under_art_14(app, client
     body = text_body(mail)
     assert "art. 14" in body.lower() and SOURCE in body and "/unsubscribe/" in body
     assert mail["List-Unsubscribe"] and mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    manage = client.get(link_in(mail, "manage") + "?lang=en").get_data(as_text=True)
+    assert "ada@firma.se" in manage and SOURCE in manage  # the person's own page, from the mail
     assert client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert runner.invoke(args=["subjects", "export", "ada@firma.se"]).exit_code == 1  # Mysoft's rule: deleted
 
