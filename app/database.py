@@ -92,11 +92,14 @@ def wipe_free_space() -> None:
 
     ``secure_delete`` zeroes freed cells in the main file; the WAL still holds
     older page images until a checkpoint copies them back and truncates it.
+    A truncating checkpoint holds off writers while it runs, so a passive one
+    copies the bulk first, alongside them; the truncating one has little left.
     """
     if not is_sqlite():
         return
     db.session.remove()
     with db.engine.connect() as conn:
+        conn.execute(text("PRAGMA wal_checkpoint(PASSIVE)")).one()
         busy, _log_frames, _copied = conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()
     if busy:
         current_app.logger.warning(

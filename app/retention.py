@@ -25,6 +25,7 @@ Running it again changes nothing more: it is safe from cron.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -140,12 +141,22 @@ def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
                     report.add(notice.slug, rule, 1)
                     report.would_purge.append(_why(notice, rule, sub, now))
                 continue
+            started = time.perf_counter()
             for count in _purge_batches(notice, rule, query):
                 report.add(notice.slug, rule, count)
+            done = report.purged.get(notice.slug, {}).get(rule, 0)
+            log.info("retention: %s %s purged %d in %.1f s", notice.slug, rule, done, time.perf_counter() - started)
         review = review_due_query(notice, now)
         if review is not None:
             report.review_due[notice.slug] = _count(review)
+        started = time.perf_counter()
         report.evidence_reduced[notice.slug] = _reduce_evidence(notice, now, dry_run)
+        log.info(
+            "retention: %s evidence reduced %d in %.1f s",
+            notice.slug,
+            report.evidence_reduced[notice.slug],
+            time.perf_counter() - started,
+        )
         if not dry_run and (report.purged.get(notice.slug) or report.evidence_reduced[notice.slug]):
             with unit_of_work() as uow:
                 facts = {
@@ -153,9 +164,11 @@ def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
                     "evidence_reduced": report.evidence_reduced[notice.slug],
                 }
                 ledger.append(uow.session, [Evidence.under("retention_purged", notice, None, "system", facts)])
+    started = time.perf_counter()
     report.housekeeping = _housekeeping(now, dry_run)
     if not dry_run and any(report.purged.values()):
         wipe_free_space()
+    log.info("retention: housekeeping and the file wipe in %.1f s", time.perf_counter() - started)
     return report
 
 

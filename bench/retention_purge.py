@@ -174,6 +174,9 @@ def run(database: str, rows: int, expired: int) -> list[str]:
             service.stop()
         if purge.returncode != 0:
             raise SystemExit(purge.stderr[-2000:])
+        for line in purge.stderr.splitlines():  # the purge's own account of where its time went
+            if "retention:" in line:
+                print(line, file=sys.stderr)
         purged = json.loads(purge.stdout)["purged"].get("munkeby", {}).get("unsubscribed_days", 0)
         before = [s for t, s in prober.samples if t < began]
         during = [s for t, s in prober.samples if began <= t <= ended]
