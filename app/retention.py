@@ -166,9 +166,11 @@ def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
                 ledger.append(uow.session, [Evidence.under("retention_purged", notice, None, "system", facts)])
     started = time.perf_counter()
     report.housekeeping = _housekeeping(now, dry_run)
+    log.info("retention: housekeeping in %.1f s", time.perf_counter() - started)
     if not dry_run and any(report.purged.values()):
+        started = time.perf_counter()
         wipe_free_space()
-    log.info("retention: housekeeping and the file wipe in %.1f s", time.perf_counter() - started)
+        log.info("retention: the database files wiped in %.1f s", time.perf_counter() - started)
     return report
 
 
