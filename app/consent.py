@@ -22,7 +22,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import force_locale, gettext
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import ledger, mail, outbox, provider_sync
@@ -120,20 +120,31 @@ def email_hash(normalised_email: str) -> str:
 
 
 def _subscription(uow: UnitOfWork, notice: str, ehash: str) -> Subscription | None:
-    return uow.session.execute(
-        select(Subscription).where(Subscription.notice == notice, Subscription.email_hash == ehash).with_for_update()
-    ).scalar_one_or_none()
+    return uow.session.execute(_SUBSCRIPTION, {"notice": notice, "h": ehash}).scalar_one_or_none()
+
+
+# Built once: every sign-up, confirmation and opt-out looks the person up this way.
+_SUBSCRIPTION = (
+    select(Subscription)
+    .where(Subscription.notice == bindparam("notice"), Subscription.email_hash == bindparam("h"))
+    .with_for_update()
+)
 
 
 def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
     """Ensure a suppression entry; True when it is new."""
-    exists = uow.session.execute(
-        select(Suppression.id).where(Suppression.notice == notice, Suppression.email_hash == ehash)
-    ).first()
-    if exists:
+    if uow.session.execute(_SUPPRESSED, {"notice": notice, "h": ehash}).first():
         return False
-    uow.session.add(Suppression(notice=notice, email_hash=ehash, reason=reason))
+    uow.session.execute(_INSERT_SUPPRESSION, {"notice": notice, "email_hash": ehash, "reason": reason})
     return True
+
+
+# Every opt-out runs these; built once as Core statements (see bench/README.md).
+_SUPPRESSIONS = Suppression.__table__
+_SUPPRESSED = select(_SUPPRESSIONS.c.id).where(
+    _SUPPRESSIONS.c.notice == bindparam("notice"), _SUPPRESSIONS.c.email_hash == bindparam("h")
+)
+_INSERT_SUPPRESSION = insert(_SUPPRESSIONS)
 
 
 def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:

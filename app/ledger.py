@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
@@ -111,9 +111,7 @@ def append(session: Session, items: list[Evidence]) -> int:
     if not items:
         return 0
     session.flush()  # pending ORM changes first, so the order of writes stays the caller's
-    head = session.execute(
-        select(LedgerHead.seq, LedgerHead.hash).where(LedgerHead.id == HEAD_ID).with_for_update()
-    ).one_or_none()
+    head = session.execute(_READ_HEAD).one_or_none()
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
     events: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -142,14 +140,25 @@ def append(session: Session, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    session.execute(insert(ConsentEvent.__table__), events)  # Core: no ORM bookkeeping per row
+    session.execute(_INSERT_EVENTS, events)
     if details:
-        session.execute(insert(EventDetail.__table__), details)
+        session.execute(_INSERT_DETAILS, details)
     if head is None:
-        session.execute(insert(LedgerHead).values(id=HEAD_ID, seq=seq, hash=prev))
+        session.execute(insert(_HEAD).values(id=HEAD_ID, seq=seq, hash=prev))
     else:
-        session.execute(update(LedgerHead).where(LedgerHead.id == HEAD_ID).values(seq=seq, hash=prev))
+        session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq
+
+
+# Every evidence write runs these: built once as Core statements, they skip the
+# ORM's per-call statement construction and bookkeeping (see bench/README.md).
+_HEAD = LedgerHead.__table__
+_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+_MOVE_HEAD = (
+    update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT_EVENTS = insert(ConsentEvent.__table__)
+_INSERT_DETAILS = insert(EventDetail.__table__)
 
 
 @dataclass

@@ -36,9 +36,9 @@ OPT_OUT_JOB = "sync_optout"
 
 
 def enqueue_sync(uow: UnitOfWork, sub: Subscription, *, opt_out: bool) -> None:
-    outbox.enqueue(
-        uow.session, OPT_OUT_JOB if opt_out else CONSENT_JOB, notice=sub.notice, subscription_ref=sub.ref, payload={}
-    )
+    # Written as a Core row (no ORM object): every confirmation and opt-out queues one.
+    job = {"kind": OPT_OUT_JOB if opt_out else CONSENT_JOB, "notice": sub.notice, "subscription_ref": sub.ref}
+    outbox.enqueue_many(uow.session, [{**job, "payload": {}}])
 
 
 def enqueue_delete(uow: UnitOfWork, sub: Subscription) -> None:
@@ -59,7 +59,7 @@ def delete_job(notice: str, email: str, email_hash: str, subscription_ref: str |
 def enqueue_delete_address(
     uow: UnitOfWork, notice: str, email: str, email_hash: str, subscription_ref: str | None = None
 ) -> None:
-    outbox.enqueue(uow.session, **delete_job(notice, email, email_hash, subscription_ref))
+    outbox.enqueue_many(uow.session, [delete_job(notice, email, email_hash, subscription_ref)])
 
 
 def _stamp(value: Any) -> str | None:
