@@ -19,7 +19,6 @@ import string
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import requests
@@ -27,7 +26,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, percentile, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -60,19 +59,11 @@ def fill(env: dict[str, str], rows: int) -> float:
             batch = []
             for i in range(start, min(start + CHUNK, rows)):
                 notice = "munkeby" if i % 3 else "mysoft"
+                status = STATUSES[i % len(STATUSES)]
                 batch.append(
-                    {
-                        "ref": uuid.uuid4().hex,
-                        "notice": notice,
-                        "email": address(i),
-                        "email_hash": email_hash(address(i)),
-                        "name": f"Person {i}",
-                        "status": STATUSES[i % len(STATUSES)],
-                        "source": "bench",
-                        "notice_version": versions[notice],
-                        "created_at": now,
-                        "updated_at": now,
-                    }
+                    subscription_row(
+                        address(i), email_hash(address(i)), notice, versions[notice], status, now, name=f"Person {i}"
+                    )
                 )
             db.session.execute(insert(Subscription), batch)
             db.session.commit()

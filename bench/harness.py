@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PEPPER = "bench-pepper-" + "p" * 32
@@ -22,6 +25,25 @@ def service_env(instance: Path, database: str, **extra: str) -> dict[str, str]:
         "SECRET_KEY": "bench-secret-" + "s" * 32,
         "SUPPRESSION_PEPPER": PEPPER,
         "PUBLIC_URL": "https://news.example.org",
+        **extra,
+    }
+
+
+def subscription_row(
+    address: str, email_hash: str, notice: str, version: str, status: str, at: datetime, **extra: Any
+) -> dict[str, Any]:
+    """One subscriptions row as the benchmarks write them in bulk (confirmed at ``at`` unless pending)."""
+    return {
+        "ref": uuid.uuid4().hex,
+        "notice": notice,
+        "email": address,
+        "email_hash": email_hash,
+        "status": status,
+        "source": "bench",
+        "notice_version": version,
+        "created_at": at,
+        "confirmed_at": None if status == "pending" else at,
+        "updated_at": at,
         **extra,
     }
 

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import requests
@@ -35,7 +34,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import label, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -91,20 +90,7 @@ def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
             for i in range(start, min(start + 20_000, people)):
                 address = f"reader{i}@bench.example"
                 found.append((address, email_hash(address)))
-                rows.append(
-                    {
-                        "ref": uuid.uuid4().hex,
-                        "notice": "munkeby",
-                        "email": address,
-                        "email_hash": found[-1][1],
-                        "status": "subscribed",
-                        "source": "bench",
-                        "notice_version": version,
-                        "created_at": now,
-                        "confirmed_at": now,
-                        "updated_at": now,
-                    }
-                )
+                rows.append(subscription_row(address, found[-1][1], "munkeby", version, "subscribed", now))
             db.session.execute(insert(Subscription), rows)
             db.session.commit()
         db.session.remove()

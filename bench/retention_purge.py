@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, percentile, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
@@ -66,25 +65,9 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
             for i in range(start, min(start + CHUNK, rows)):
                 gone = i % every == 0
                 address = f"person{i}@bench.example"
-                batch.append(
-                    {
-                        "ref": uuid.uuid4().hex,
-                        "notice": "munkeby",
-                        "email": address,
-                        "email_hash": email_hash(address),
-                        "name": f"Person {i}",
-                        "status": "unsubscribed" if gone else "subscribed",
-                        "lang": "sv",
-                        "source": "bench",
-                        "lawful_basis": "consent",
-                        "notice_version": notice.version,
-                        "relationship": "subscriber",
-                        "created_at": old if gone else now,
-                        "confirmed_at": old if gone else now,
-                        "unsubscribed_at": old if gone else None,
-                        "updated_at": old if gone else now,
-                    }
-                )
+                status, at = ("unsubscribed", old) if gone else ("subscribed", now)
+                row = subscription_row(address, email_hash(address), "munkeby", notice.version, status, at)
+                batch.append({**row, "name": f"Person {i}", "unsubscribed_at": old if gone else None})
             db.session.execute(insert(Subscription), batch)
             evidence = []
             for row in batch:
