@@ -170,30 +170,34 @@ class Verification:
     reason: str = ""
 
 
-def _events(session: Session, batch: int = 5000) -> Iterator[tuple[ConsentEvent, EventDetail | None]]:
+def _events(session: Session, batch: int = 5000) -> Iterator[Mapping[str, Any]]:
+    """Every event with its details' salt and text, in chain order, as plain rows.
+
+    Plain rows, not ORM objects: ``ledger verify`` walks every event ever written.
+    """
+    e, d = ConsentEvent.__table__.c, EventDetail.__table__.c
+    query = (
+        select(*e, d.salt, d.details.label("detail_text"))
+        .outerjoin(EventDetail.__table__, d.seq == e.seq)
+        .order_by(e.seq)
+        .limit(batch)
+    )
     last = 0
     while True:
-        rows = session.execute(
-            select(ConsentEvent, EventDetail)
-            .outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
-            .where(ConsentEvent.seq > last)
-            .order_by(ConsentEvent.seq)
-            .limit(batch)
-        ).all()
+        rows = session.execute(query.where(e.seq > last)).mappings().all()
         if not rows:
             return
-        yield from rows  # type: ignore[misc]
-        last = rows[-1][0].seq
-        session.expunge_all()
+        yield from rows
+        last = rows[-1]["seq"]
 
 
-def _check(event: ConsentEvent, detail: EventDetail | None, prev_hash: str) -> str | None:
+def _check(event: Mapping[str, Any], prev_hash: str) -> str | None:
     """Why this event does not fit after ``prev_hash``, or None if it does."""
-    if event.prev_hash != prev_hash:
+    if event["prev_hash"] != prev_hash:
         return "its previous-hash does not match the event before it"
-    if record_hash(event) != event.hash:
+    if record_hash(event) != event["hash"]:
         return "its content does not match its hash (a field was changed)"
-    if detail is not None and details_digest(detail.salt, detail.details) != event.details_digest:
+    if event["salt"] is not None and details_digest(event["salt"], event["detail_text"]) != event["details_digest"]:
         return "its personal details do not match their digest"
     return None
 
@@ -201,15 +205,15 @@ def _check(event: ConsentEvent, detail: EventDetail | None, prev_hash: str) -> s
 def verify(session: Session) -> Verification:
     """Walk the whole chain; report the first event that does not fit."""
     prev_hash, count = GENESIS, 0
-    for event, detail in _events(session):
+    for event in _events(session):
         expected = count + 1
-        if event.seq != expected:
-            reason = f"event {expected} is missing (next found: {event.seq})"
+        if event["seq"] != expected:
+            reason = f"event {expected} is missing (next found: {event['seq']})"
             return Verification(False, count, prev_hash, expected, reason)
-        problem = _check(event, detail, prev_hash)
+        problem = _check(event, prev_hash)
         if problem:
-            return Verification(False, count, prev_hash, event.seq, problem)
-        prev_hash, count = event.hash, count + 1
+            return Verification(False, count, prev_hash, event["seq"], problem)
+        prev_hash, count = event["hash"], count + 1
     head = session.get(LedgerHead, HEAD_ID)
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
     if head_seq != count or head_hash != prev_hash:
