@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -46,6 +48,18 @@ def subscription_row(
         "updated_at": at,
         **extra,
     }
+
+
+def flask_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``flask --app wsgi ARGS`` as an operator runs it, with the service's settings; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
 
 
 def label(database: str) -> str:

@@ -11,7 +11,6 @@ Prints a table and appends it to bench/results.md.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import flask_command, label, report, service_env  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import text  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
@@ -59,14 +58,7 @@ def run(database: str, events: int) -> list[str]:
         env = service_env(Path(folder) / "instance", database)
         fill_seconds = fill(env, events)
         began = time.perf_counter()
-        verify = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "ledger", "verify"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
+        verify = flask_command(env, "ledger", "verify")
         seconds = time.perf_counter() - began
     if verify.returncode != 0 or not verify.stdout.startswith(f"ok: {events} events"):
         raise SystemExit(f"ledger verify failed:\n{verify.stdout}\n{verify.stderr[-2000:]}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +31,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from harness import flask_command, label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
@@ -141,13 +140,7 @@ def run(database: str, rows: int, expired: int) -> list[str]:
             prober.start()
             time.sleep(3)  # latency before the purge
             began = time.perf_counter()
-            purge = subprocess.run(
-                [sys.executable, "-m", "flask", "--app", "wsgi", "retention", "purge"],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
+            purge = flask_command(env, "retention", "purge")
             seconds = time.perf_counter() - began
             ended = time.perf_counter()
             time.sleep(1)
