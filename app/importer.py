@@ -36,7 +36,7 @@ from typing import IO, Any, NamedTuple
 from sqlalchemy import insert, select
 
 from . import ledger, provider_sync
-from .consent import InvalidInput, clean_name, email_hash, normalise_email
+from .consent import EARLIEST_CONTACT, InvalidInput, clean_name, email_hash, normalise_email
 from .database import unit_of_work
 from .ledger import Evidence
 from .models import OutboxJob, Subscription, Suppression, new_ref, utcnow
@@ -278,14 +278,14 @@ def _column(header: list[str], name: str | None) -> int | None:
 
 
 def _date(value: str, today: date, name: str) -> datetime | None:
-    """A date from a cell: empty, or YYYY-MM-DD from 2000 on and not in the future."""
+    """A date from a cell: empty, or YYYY-MM-DD from EARLIEST_CONTACT on and not in the future."""
     if not value:
         return None
     try:
         day = date.fromisoformat(value[:10])
     except ValueError:
         raise InvalidInput(name, "invalid") from None
-    if day > today or day.year < 2000:
+    if day > today or day < EARLIEST_CONTACT.date():
         raise InvalidInput(name, "invalid")
     return datetime(day.year, day.month, day.day)
 
