@@ -26,7 +26,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from harness import empty_database, label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -51,9 +51,7 @@ def fill(env: dict[str, str], rows: int) -> float:
     started = time.perf_counter()
     now = utcnow()
     with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(text("TRUNCATE subscriptions RESTART IDENTITY"))
-            db.session.commit()
+        empty_database()
         versions = {slug: notice.version for slug, notice in app.extensions["notices"].items()}
         for start in range(0, rows, CHUNK):
             batch = []

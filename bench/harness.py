@@ -50,6 +50,24 @@ def subscription_row(
     }
 
 
+def empty_database() -> None:
+    """On PostgreSQL (a database kept between runs), every table the service writes emptied
+    and the ledger back at its start; the notice versions stay. Inside an app context."""
+    from sqlalchemy import text
+
+    from app.extensions import db
+    from app.ledger import GENESIS, HEAD_ID
+    from app.models import LedgerHead, NoticeVersion
+
+    if db.engine.dialect.name != "postgresql":
+        return  # a fresh temporary SQLite file each run
+    keep = {NoticeVersion.__tablename__, LedgerHead.__tablename__}
+    tables = ", ".join(t.name for t in db.metadata.sorted_tables if t.name not in keep)
+    db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :g WHERE id = :id"), {"g": GENESIS, "id": HEAD_ID})
+    db.session.commit()
+
+
 def flask_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``flask --app wsgi ARGS`` as an operator runs it, with the service's settings; output captured."""
     return subprocess.run(

@@ -34,8 +34,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
-from sqlalchemy import insert, text  # noqa: E402
+from harness import empty_database, label, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.consent import email_hash  # noqa: E402
@@ -79,11 +79,7 @@ def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
     now = utcnow()
     found = []
     with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            tables = "subscriptions, outbox_jobs, event_details, consent_events, suppressions, provider_deliveries"
-            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
-            db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :g"), {"g": "0" * 64})
-            db.session.commit()
+        empty_database()
         version = app.extensions["notices"]["munkeby"].version
         for start in range(0, people, 20_000):
             rows = []

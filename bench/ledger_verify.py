@@ -19,8 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import flask_command, label, report, service_env  # noqa: E402  (bench/ is on the path)
-from sqlalchemy import text  # noqa: E402
+from harness import empty_database, flask_command, label, report, service_env  # noqa: E402  (bench/ is on the path)
 
 from app import create_app, ledger  # noqa: E402
 from app.extensions import db  # noqa: E402
@@ -34,10 +33,7 @@ def fill(env: dict[str, str], events: int) -> float:
     app = create_app(env=env)
     started = time.perf_counter()
     with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            db.session.execute(text("TRUNCATE event_details, consent_events"))
-            db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :g"), {"g": ledger.GENESIS})
-            db.session.commit()
+        empty_database()
         notice = app.extensions["notices"]["munkeby"]
         for start in range(0, events, CHUNK):
             items = []

@@ -31,8 +31,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import flask_command, label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
-from sqlalchemy import insert, text  # noqa: E402
+from harness import empty_database, flask_command, label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from sqlalchemy import insert  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
 from app.consent import email_hash  # noqa: E402
@@ -54,11 +54,7 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
     notice = app.extensions["notices"]["munkeby"]
     every = rows // expired  # one row in every this many has expired
     with app.app_context():
-        if db.engine.dialect.name == "postgresql":
-            tables = "subscriptions, outbox_jobs, event_details, consent_events, suppressions"
-            db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
-            db.session.execute(text("UPDATE ledger_head SET seq = 0, hash = :genesis"), {"genesis": ledger.GENESIS})
-            db.session.commit()
+        empty_database()
         for start in range(0, rows, CHUNK):
             batch = []
             for i in range(start, min(start + CHUNK, rows)):
