@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from flask import current_app
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session
 
 from .extensions import db
@@ -57,8 +57,9 @@ class UnitOfWork:
     is registered with ``after_commit`` and runs after the commit succeeded.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, conn: Connection) -> None:
         self.session = session
+        self.conn = conn  # the transaction's connection, for Core statements
         self._after_commit: list[Callable[[], None]] = []
 
     def after_commit(self, fn: Callable[[], None]) -> None:
@@ -72,8 +73,7 @@ def unit_of_work() -> Iterator[UnitOfWork]:
         # A read earlier in the request left a transaction open; start afresh
         # so the write transaction begins with the right lock.
         session.rollback()
-    session.connection(execution_options={_IMMEDIATE: True})
-    uow = UnitOfWork(session)
+    uow = UnitOfWork(session, session.connection(execution_options={_IMMEDIATE: True}))
     try:
         yield uow
         session.commit()

@@ -119,7 +119,8 @@ def append(session: Session, items: list[Evidence]) -> int:
     if not items:
         return 0
     session.flush()  # pending ORM changes first, so the order of writes stays the caller's
-    head = session.execute(_READ_HEAD).one_or_none()
+    conn = session.connection()  # Core statements on the transaction's connection: no ORM layer per call
+    head = conn.execute(_READ_HEAD).one_or_none()
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
     events: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -148,13 +149,14 @@ def append(session: Session, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    session.execute(_INSERT_EVENTS, events)
+    # One row is one parameter set, not a list: a list takes the executemany path.
+    conn.execute(_INSERT_EVENTS, events if len(events) > 1 else events[0])
     if details:
-        session.execute(_INSERT_DETAILS, details)
+        conn.execute(_INSERT_DETAILS, details if len(details) > 1 else details[0])
     if head is None:
-        session.execute(insert(_HEAD).values(id=HEAD_ID, seq=seq, hash=prev))
+        conn.execute(insert(_HEAD).values(id=HEAD_ID, seq=seq, hash=prev))
     else:
-        session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq
 
 

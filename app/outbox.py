@@ -94,8 +94,11 @@ def enqueue(
 
 def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
     """Write many jobs with one multi-row insert (columns as ``enqueue`` takes them)."""
-    if jobs:
-        session.execute(insert(OutboxJob.__table__), jobs)  # Core: no ORM bookkeeping per row
+    if jobs:  # Core on the transaction's connection: no ORM bookkeeping per row or per call
+        session.connection().execute(_INSERT, jobs if len(jobs) > 1 else jobs[0])
+
+
+_INSERT = insert(OutboxJob.__table__)
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -284,7 +287,7 @@ def cancel_pending(session: Session, subscription_ref: str | list[str], kinds: t
     refs = [subscription_ref] if isinstance(subscription_ref, str) else subscription_ref
     # Core does not autoflush, so jobs added earlier in this unit of work go first.
     session.flush()
-    session.execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
+    session.connection().execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
 
 
 # Every opt-out runs this. A Core statement built once: the ORM's bulk-update path

@@ -122,6 +122,19 @@ def _read(purpose: str, token: str, max_age: int | None = None):  # type: ignore
         return None, "invalid"
 
 
+def _one_click_page(notice, lang: str, text) -> str:  # type: ignore[no-untyped-def]
+    """The one-click answer of a notice version in a language, rendered once per process.
+
+    It holds nothing of the person, so one rendering serves every request; mail
+    clients send these by the thousand after a newsletter goes out.
+    """
+    pages = current_app.extensions.setdefault("one_click_pages", {})
+    key = (notice.slug, notice.version, lang)
+    if key not in pages:
+        pages[key] = render_template("public/one_click_done.html", notice=notice, text=text, lang=lang)
+    return pages[key]
+
+
 def _invalid_link():  # type: ignore[no-untyped-def]
     return _token_page("public/link_invalid.html", 400)
 
@@ -166,16 +179,24 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     notice = consent.get_notice(payload.get("n")) if payload else None
     if problem or notice is None:
         return _invalid_link()
-    text = notice.text(current_language(notice))
+    lang = current_language(notice)
+    text = notice.text(lang)
+    # RFC 8058: only a POST whose body says List-Unsubscribe=One-Click acts;
+    # the page's own button sends the same field. Anything else changes nothing.
+    acts = request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click"
+    from_page = request.form.get("via") == "page" if acts else False
+    if acts and not from_page:
+        # A mail client's one-click request: the short answer, nothing per person in it.
+        consent.unsubscribe(payload, _facts("one-click"))
+        response = make_response(_one_click_page(notice, lang, text))
+        response.headers["Cache-Control"] = "no-store"
+        return response
     manage = url_for("public.manage", token=tokens.make("manage", {"n": notice.slug, "h": payload.get("h")}))
     if request.method != "POST":  # GET and HEAD only read
         return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token, manage=manage)
-    # RFC 8058: only a POST whose body says List-Unsubscribe=One-Click acts;
-    # the page's own button sends the same field. Anything else changes nothing.
-    if request.form.get("List-Unsubscribe") != "One-Click":
+    if not acts:
         return _token_page(
             "public/unsubscribe.html", 400, notice=notice, text=text, token=token, stray=True, manage=manage
         )
-    channel = "page" if request.form.get("via") == "page" else "one-click"
-    consent.unsubscribe(payload, _facts(channel))
+    consent.unsubscribe(payload, _facts("page"))
     return _token_page("public/unsubscribed.html", notice=notice, text=text, manage=manage)
