@@ -22,7 +22,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import force_locale, gettext
-from sqlalchemy import Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -922,9 +922,7 @@ def export_by_hash(ehash: str) -> dict[str, Any] | None:
             item["details"] = ledger_details(detail)
         events.append(item)
     with force_locale("en"):  # the document is in English, whatever the page's language
-        summaries = {
-            sub.ref: retention_summary(n, sub) for sub in subs if (n := get_notice(sub.notice)) is not None
-        }
+        summaries = {sub.ref: retention_summary(n, sub) for sub in subs if (n := get_notice(sub.notice)) is not None}
     public_url = current_app.config["PUBLIC_URL"]
     subscriptions = []
     for sub in subs:

@@ -164,9 +164,7 @@ def append(session: Session, items: list[Evidence]) -> int:
 # ORM's per-call statement construction and bookkeeping (see bench/README.md).
 _HEAD = LedgerHead.__table__
 _READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
-_MOVE_HEAD = (
-    update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-)
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _INSERT_EVENTS = insert(ConsentEvent.__table__)
 _INSERT_DETAILS = insert(EventDetail.__table__)
 
