@@ -77,7 +77,8 @@ def get_notice(slug: object) -> Notice | None:
 
 
 def _has_control_chars(value: str) -> bool:
-    return any(unicodedata.category(ch).startswith("C") for ch in value)
+    # A printable string holds no character of category C: the quick answer for nearly every value.
+    return not value.isprintable() and any(unicodedata.category(ch).startswith("C") for ch in value)
 
 
 def normalise_email(raw: str | None) -> str:

@@ -89,11 +89,14 @@ def log_in(url: str) -> requests.Session:
 
 
 def deep_after(session: requests.Session, url: str, pages: int) -> str:
-    """The keyset of page ``pages`` of the munkeby list, followed link by link."""
+    """The keyset of page ``pages`` of the munkeby list (or its last page), followed link by link."""
     after = ""
     for _ in range(pages):
         page = session.get(url + "/dashboard/subscribers?notice=munkeby" + after).text
-        after = "&after=" + re.search(r'rel="next" href="[^"]*after=(\d+)', page).group(1)
+        found = re.search(r'rel="next" href="[^"]*after=(\d+)', page)
+        if found is None:  # a small run has fewer pages
+            break
+        after = "&after=" + found.group(1)
     return after
 
 

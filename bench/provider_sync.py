@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import label, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import empty_database, label, report, service_env  # noqa: E402  (bench/ is on the path)
 
 from app import create_app  # noqa: E402
 from app.extensions import db  # noqa: E402
@@ -126,6 +128,51 @@ def bench_apsis(database: str, profiles: int) -> list[str]:
         f"| APSIS: {profiles:,} opt-out consents at a 100 req/s limit | {rate:.1f} req/s | >= 90 req/s, "
         f"no 429 | {figures['count_429']} answered 429, peak {figures['max_per_second']}/s, {left} not done |"
     ]
+
+
+def bench_outbox_workers(database: str, members: int, counts: tuple[int, ...] = (1, 2, 4)) -> list[str]:
+    """``members`` opt-outs drained by 1, 2 and 4 ``outbox run`` processes side by side in
+    one run: how the worker side grows with processes (each holds up to 10 provider calls)."""
+    rows = []
+    for workers in counts:
+        with tempfile.TemporaryDirectory() as tmp, fake_in_own_process(_start_mailchimp) as (settings, figures):
+            env = service_env(Path(tmp), database, **settings)
+            app = create_app(env=env)
+            with app.app_context():
+                empty_database()
+                queue_sync_jobs("munkeby", members, "unsubscribed", "sync_optout")
+                db.session.remove()
+                started = time.perf_counter()
+                processes = [
+                    subprocess.Popen(
+                        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "run"],
+                        cwd=REPO,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for _ in range(workers)
+                ]
+                try:
+                    left = members
+                    while left and time.perf_counter() - started < 600:
+                        time.sleep(0.25)
+                        left = db.session.query(OutboxJob).filter(OutboxJob.state != "done").count()
+                        db.session.rollback()
+                    seconds = time.perf_counter() - started
+                finally:
+                    for process in processes:
+                        process.send_signal(signal.SIGTERM)
+                    for process in processes:
+                        process.wait(timeout=30)
+                db.session.remove()
+                db.engine.dispose()
+        rows.append(
+            f"| outbox run x {workers}: {members:,} Mailchimp opt-outs, {label(database)} | {seconds:.1f} s "
+            f"({members / seconds:,.0f} jobs/s) | grows with workers | start-up included; "
+            f"{figures['requests']} calls, max {figures['max_concurrent']} at once, {left} not done |"
+        )
+    return rows
 
 
 def main() -> None:

@@ -1,0 +1,116 @@
+"""Benchmark: ``contacts import`` of a 1,000,000-row CSV, checked against suppressions.
+
+The database already holds 100,000 suppressed addresses (people who opted out) and 50,000
+subscriptions, all of them addresses that appear in the file, so every row is looked up
+against both. The command runs as an operator runs it (``flask --app wsgi contacts import``,
+its own process); its wall time and its peak resident memory (the child's ``ru_maxrss``)
+are measured. Goal: at most 60 s and at most 300 MB.
+
+Run: .venv/bin/python bench/contact_import.py [--rows N] [--database sqlite|postgresql://...]
+Prints a table and appends it to bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import empty_database, flask_command, label, report, service_env, subscription_row  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.consent import email_hash  # noqa: E402
+from app.extensions import db  # noqa: E402
+from app.models import Subscription, Suppression, utcnow  # noqa: E402
+
+SUPPRESSED_EVERY = 10  # one row in ten opted out earlier
+HELD_EVERY = 20  # one in twenty is held already (of those not suppressed)
+
+
+def address(i: int) -> str:
+    return f"contact{i}@import.example"
+
+
+def prepare(env: dict[str, str], folder: Path, rows: int) -> Path:
+    """The CSV file, and the suppressions and subscriptions its rows meet."""
+    app = create_app(env=env)
+    now = utcnow()
+    with app.app_context():
+        empty_database()
+        version = app.extensions["notices"]["munkeby"].version
+        suppressions, held = [], []
+        for i in range(rows):
+            if i % SUPPRESSED_EVERY == 0:
+                suppressions.append(
+                    {"notice": "munkeby", "email_hash": email_hash(address(i)), "reason": "opt_out", "created_at": now}
+                )
+            elif i % HELD_EVERY == 1:
+                held.append(subscription_row(address(i), email_hash(address(i)), "munkeby", version, "subscribed", now))
+            if len(suppressions) >= 20_000 or len(held) >= 20_000 or i == rows - 1:
+                if suppressions:
+                    db.session.execute(insert(Suppression), suppressions)
+                if held:
+                    db.session.execute(insert(Subscription), held)
+                db.session.commit()
+                suppressions, held = [], []
+        db.session.remove()
+        db.engine.dispose()
+    path = folder / "contacts.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("E-post;Namn;Företag\n")
+        for start in range(0, rows, 50_000):
+            out.write(
+                "".join(
+                    f"{address(i)};Kontakt {i};Företag {i % 997} AB\n" for i in range(start, min(start + 50_000, rows))
+                )
+            )
+    return path
+
+
+def run(database: str, rows: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = service_env(folder / "instance", database)
+        csv_path = prepare(env, folder, rows)
+        size_mb = csv_path.stat().st_size / 1e6
+        started = time.monotonic()
+        done = flask_command(
+            env,
+            *("contacts", "import", str(csv_path), "--notice", "munkeby", "--basis", "consent"),
+            *("--source", "CRM export", "--proof", "CRM consent log", "--email-column", "E-post"),
+            "--name-column",
+            "Namn",
+        )
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise SystemExit(f"import failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+        # The largest resident set of any child waited for: the import command is the only one.
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    counts = ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in result.items() if key != "dry_run")
+    return [
+        f"| contacts import of {rows:,} rows ({size_mb:.0f} MB CSV), {label(database)} | {seconds:.1f} s, "
+        f"peak memory {peak_mb:.0f} MB | <= 60 s, <= 300 MB | {counts} |"
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--database", default="sqlite", help="sqlite, or a postgresql:// URL of an empty database")
+    args = parser.parse_args()
+    if not 100 <= args.rows <= 5_000_000:
+        parser.error("--rows must be 100 to 5,000,000")
+    report("Contact import", run(args.database, args.rows))
+
+
+if __name__ == "__main__":
+    main()

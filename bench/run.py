@@ -1,0 +1,129 @@
+"""Every benchmark, on SQLite and on PostgreSQL, in one run: one table, printed and
+written to bench/results.md (the latest full run; git keeps the earlier ones).
+
+Run: .venv/bin/python bench/run.py [--scale 0.1] [--only http,sync,...] [--postgres URL | --no-postgres]
+
+``--scale`` shrinks the row and event counts (1 = the sizes the goals name) for a quick
+look; the table says which scale it was taken at. PostgreSQL needs a database the runs may
+empty (default ``postgresql://postgres@127.0.0.1:5432/bench``, created when missing); when
+the server cannot be reached its rows are left out and the table says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import contact_import  # noqa: E402
+import dashboard_search  # noqa: E402
+import http_routes  # noqa: E402
+import ledger_verify  # noqa: E402
+import provider_sync  # noqa: E402
+import retention_purge  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/bench"
+
+
+def suites(scale: float) -> dict[str, Callable[[str], list[str]]]:
+    """Each benchmark as a function of the database, at the sizes the goals name times ``scale``."""
+
+    def n(count: int) -> int:
+        return max(100, int(count * scale))
+
+    return {
+        "http": lambda db: http_routes.run(db, seconds=10, workers=2),
+        "sync": lambda db: provider_sync.bench_mailchimp(db, n(100_000)) + provider_sync.bench_apsis(db, 900),
+        "import": lambda db: contact_import.run(db, n(1_000_000)),
+        "purge": lambda db: retention_purge.run(db, n(1_000_000), n(100_000)),
+        "verify": lambda db: ledger_verify.run(db, n(1_000_000)),
+        "dashboard": lambda db: dashboard_search.run(db, n(1_000_000), 100),
+    }
+
+
+def scaling(database: str, scale: float) -> list[str]:
+    """How throughput grows with web processes and outbox workers (PostgreSQL)."""
+    rows = []
+    for workers in (1, 2, 4):
+        rows += [r for r in http_routes.run(database, seconds=10, workers=workers) if not r.startswith("| subscribe")]
+    return rows + provider_sync.bench_outbox_workers(database, max(100, int(100_000 * scale)))
+
+
+def postgres_ready(url: str) -> str | None:
+    """Create the benchmark database if missing; None when ready, else why not."""
+    target = make_url(url)
+    try:
+        admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": target.database}).first()
+            if not found:
+                conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+        admin.dispose()
+    except Exception as exc:  # the server is away or refuses: say so in the table
+        return f"PostgreSQL at {target.host}:{target.port} could not be used ({type(exc).__name__})"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="row counts times this (default 1: the goals' sizes)")
+    parser.add_argument("--only", default="", help="comma-separated: http,sync,import,purge,verify,dashboard,scaling")
+    parser.add_argument("--postgres", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_POSTGRES))
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    args = parser.parse_args()
+    if not 0.001 <= args.scale <= 1:
+        parser.error("--scale must be between 0.001 and 1")
+    chosen = [x for x in args.only.split(",") if x] or [*suites(1), "scaling"]
+    unknown = set(chosen) - {*suites(1), "scaling"}
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+
+    databases, notes = ["sqlite"], []
+    if not args.no_postgres:
+        why_not = postgres_ready(args.postgres)
+        if why_not:
+            notes.append(f"PostgreSQL rows left out: {why_not}.")
+        else:
+            databases.append(args.postgres)
+
+    rows: list[str] = []
+    started = time.monotonic()
+    for name in chosen:
+        for database in databases:
+            if name == "scaling":
+                if database == "sqlite":
+                    continue  # measured on PostgreSQL: SQLite has one writer at a time
+                found = scaling(database, args.scale)
+            else:
+                found = suites(args.scale)[name](database)
+            label = "SQLite" if database == "sqlite" else "PostgreSQL"
+            rows += [f"| {label} {row}" for row in found]
+            print(f"{name} on {label}: done after {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+    header = [
+        f"# Benchmark results ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"`bench/run.py`, scale {args.scale:g}, on {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{time.monotonic() - started:.0f} s in all. Ratios are taken side by side in this one run.",
+        *(["", *notes] if notes else []),
+        "",
+        "| database | benchmark | measured | goal | notes |",
+        "|---|---|---|---|---|",
+    ]
+    table = "\n".join([*header, *rows]) + "\n"
+    print(table)
+    (REPO / "bench" / "results.md").write_text(table, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
