@@ -90,8 +90,5 @@ def percentile(ordered: list[float], share: float) -> float:
 
 
 def report(title: str, rows: list[str]) -> None:
-    """Print the table and append it to bench/results.md."""
-    text = f"\n## {title} ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join([*HEADER, *rows]) + "\n"
-    print(text)
-    with open(REPO / "bench" / "results.md", "a") as fh:
-        fh.write(text)
+    """Print one benchmark's table (``bench/run.py`` is what writes bench/results.md)."""
+    print(f"\n## {title} ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join([*HEADER, *rows]))

@@ -88,17 +88,18 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
-    databases, notes = ["sqlite"], []
+    databases, notes = ["sqlite"], []  # notes: why a database is left out
     if not args.no_postgres:
         why_not = postgres_ready(args.postgres)
         if why_not:
-            notes.append(f"PostgreSQL rows left out: {why_not}.")
+            notes.append(f"PostgreSQL rows left out: {why_not}")
         else:
             databases.append(args.postgres)
 
-    rows: list[str] = []
+    sections: dict[str, list[str]] = {}
     started = time.monotonic()
     for name in chosen:
+        rows = sections[name] = []
         for database in databases:
             if name == "scaling":
                 if database == "sqlite":
@@ -110,19 +111,35 @@ def main() -> None:
             rows += [f"| {label} {row}" for row in found]
             print(f"{name} on {label}: done after {time.monotonic() - started:.0f} s", file=sys.stderr)
 
-    header = [
-        f"# Benchmark results ({time.strftime('%Y-%m-%d')})",
-        "",
-        f"`bench/run.py`, scale {args.scale:g}, on {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{time.monotonic() - started:.0f} s in all. Ratios are taken side by side in this one run.",
-        *(["", *notes] if notes else []),
-        "",
-        "| database | benchmark | measured | goal | notes |",
-        "|---|---|---|---|---|",
-    ]
-    table = "\n".join([*header, *rows]) + "\n"
-    print(table)
-    (REPO / "bench" / "results.md").write_text(table, encoding="utf-8")
+    about = (
+        f"{time.strftime('%Y-%m-%d')}, scale {args.scale:g}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}" + "".join(f"; {note}" for note in notes)
+    )
+    print("\n".join([*COLUMNS, *(row for rows in sections.values() for row in rows)]))
+    write_results({name: (about, rows) for name, rows in sections.items()})
+    print(f"\n{time.monotonic() - started:.0f} s in all; bench/results.md updated", file=sys.stderr)
+
+
+COLUMNS = ["| database | benchmark | measured | goal | notes |", "|---|---|---|---|---|"]
+RESULTS = REPO / "bench" / "results.md"
+ORDER = [*suites(1), "scaling"]
+
+
+def write_results(fresh: dict[str, tuple[str, list[str]]]) -> None:
+    """bench/results.md holds the latest run of each benchmark: those run now replace
+    theirs, the others keep the figures (and the date) of their last run."""
+    kept: dict[str, str] = {}
+    if RESULTS.exists():
+        for section in RESULTS.read_text(encoding="utf-8").split("\n## ")[1:]:
+            kept[section.split(" ", 1)[0]] = "## " + section.strip() + "\n"
+    for name, (about, rows) in fresh.items():
+        kept[name] = "\n".join([f"## {name} ({about})", "", *COLUMNS, *rows]) + "\n"
+    body = "\n".join(kept[name] for name in ORDER if name in kept)
+    RESULTS.write_text(
+        "# Benchmark results\n\nWritten by `bench/run.py`: the latest run of each benchmark, "
+        "with its date and scale. Ratios are taken side by side within one run.\n\n" + body,
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

@@ -72,3 +72,44 @@ def test_truncated_tail_is_found_against_the_recorded_head(app, client, mailbox,
         assert db.session.execute(select(LedgerHead.seq)).scalar_one() == 10
     result = verify(runner)
     assert result.exit_code == 1 and "chain ends at event 8" in result.stdout
+
+
+def test_each_hash_is_the_sha256_of_the_documented_canonical_record(app):
+    """The hash format is a promise to every ledger already written: the SHA-256 of the
+    record's JSON with sorted keys, no spaces, text as UTF-8, time as ...T...Z."""
+    import hashlib
+    import json
+
+    from app import ledger
+    from app.ledger import Evidence
+
+    with app.app_context():
+        notice = app.extensions["notices"]["munkeby"]
+        odd = {"reason": 'quote " back \\ slash', "name": "Åsa Öberg 😀", "line": "a\u2028b\nc", "n": 7, "none": None}
+        ledger.append(
+            db.session,
+            [
+                Evidence.under("opted_out", notice, "a" * 32, "one-click", odd, details={"email": "åsa@exempel.se"}),
+                Evidence.under("opted_out", notice, None, "api", {}),
+            ],
+        )
+        db.session.commit()
+        rows = db.session.execute(select(ConsentEvent).order_by(ConsentEvent.seq)).scalars().all()
+        assert len(rows) == 2
+        for row in rows:
+            record = {
+                "seq": row.seq,
+                "at": row.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "type": row.type,
+                "notice": row.notice,
+                "notice_version": row.notice_version,
+                "subscription_ref": row.subscription_ref,
+                "channel": row.channel,
+                "facts": row.facts,
+                "details_digest": row.details_digest,
+                "prev_hash": row.prev_hash,
+            }
+            text_form = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            assert row.hash == hashlib.sha256(text_form.encode("utf-8")).hexdigest()
+        assert json.loads(rows[0].facts) == odd
+        assert ledger.verify(db.session).ok
