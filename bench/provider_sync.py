@@ -103,6 +103,7 @@ def run_sync(database: str, settings: dict[str, str], notice: str, count: int) -
     with tempfile.TemporaryDirectory() as tmp:
         app = make_app(Path(tmp), database, settings)
         with app.app_context():
+            empty_database()
             queue_sync_jobs(notice, count, "unsubscribed", "sync_optout")
             seconds = drain()
             left = db.session.query(OutboxJob).filter(OutboxJob.state != "done").count()
