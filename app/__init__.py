@@ -61,8 +61,10 @@ def load_notice_files(app: Flask) -> None:
 
 def register_body_limit(app: Flask) -> None:
     from .security import register_body_limit as register
+    from .security import register_input_guard
 
     register(app)
+    register_input_guard(app)
 
 
 def register_extensions(app: Flask) -> None:

@@ -42,6 +42,35 @@ def register_body_limit(app: Flask) -> None:
             abort(413)
 
 
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def register_input_guard(app: Flask) -> None:
+    """Refuse a NUL character in any path part, query, form or JSON value with a 400.
+
+    No field of the service takes one, PostgreSQL cannot store one, and a value
+    that holds one is an attack or a broken client; refusing it here means no
+    handler meets it.
+    """
+
+    @app.before_request
+    def _no_nul() -> None:
+        values = [*(request.view_args or {}).values(), *request.args.keys(), *request.args.values()]
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            values += [*request.form.keys(), *request.form.values()]
+        if request.is_json:
+            values.append(request.get_json(silent=True))
+        if any(_holds_nul(v) for v in values):
+            abort(400)
+
+
 def register_security_headers(app: Flask) -> None:
     @app.after_request
     def _headers(response: Response) -> Response:
