@@ -207,7 +207,7 @@ def queue_sync_jobs(notice: str, count: int, status: str, kind: str) -> list[str
 class Service:
     """gunicorn serving wsgi:app, plus the CLI run with the same settings."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log: Path, workers: int = 2) -> None:
         self.env, self.url, self.log = env, f"http://127.0.0.1:{port}", log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -219,7 +219,7 @@ class Service:
                     "--bind",
                     f"127.0.0.1:{port}",
                     "--workers",
-                    "2",
+                    str(workers),
                     "--no-control-socket",
                     "wsgi:app",
                 ],
