@@ -12,11 +12,13 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from datetime import date, datetime
+from pathlib import Path
 from typing import IO
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import accounts, consent, importer, ledger, outbox, report_poller, retention
@@ -54,7 +56,15 @@ def outbox_run(once: bool) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     click.echo("outbox worker started", err=True)
-    outbox.run_forever(stop)
+    interval = current_app.config["LEDGER_CHECKPOINT_SECONDS"]
+    last = {"at": 0.0}
+
+    def checkpoint_if_due() -> None:
+        if time.monotonic() - last["at"] >= interval:
+            _checkpoint()
+            last["at"] = time.monotonic()
+
+    outbox.run_forever(stop, every_pass=checkpoint_if_due)
     click.echo("outbox worker stopped", err=True)
 
 
@@ -82,15 +92,40 @@ def outbox_discard(job_ids: tuple[int, ...], everything: bool, actor: str) -> No
     click.echo(json.dumps({"discarded": outbox.discard_dead(None if everything else list(job_ids), actor)}))
 
 
+def _checkpoint_path() -> Path:
+    return Path(current_app.config["LEDGER_CHECKPOINT_FILE"])
+
+
+def _checkpoint() -> dict:  # type: ignore[type-arg]
+    record = ledger.write_checkpoint(db.session, _checkpoint_path(), current_app.config["SECRET_KEY"])
+    db.session.rollback()  # the read's transaction
+    # The log keeps every checkpoint too: a second copy outside the database.
+    current_app.logger.info("ledger checkpoint: event %s, hash %s", record["seq"], record["hash"])
+    return record
+
+
 @ledger_cli.command("verify")
 def ledger_verify() -> None:
-    """Check the whole evidence chain; name the first broken event."""
+    """Check the whole evidence chain and the signed checkpoint; name the first broken event.
+
+    A chain that verifies moves the checkpoint to its head."""
     result = ledger.verify(db.session)
-    if result.ok:
-        click.echo(f"ok: {result.count} events verified; head {result.head}")
-        return
-    click.echo(f"BROKEN at event {result.broken_seq}: {result.reason} ({result.count} events verified before it)")
-    sys.exit(1)
+    if not result.ok:
+        click.echo(f"BROKEN at event {result.broken_seq}: {result.reason} ({result.count} events verified before it)")
+        sys.exit(1)
+    keys = [current_app.config["SECRET_KEY"], *current_app.config["SECRET_KEY_FALLBACKS"]]
+    problem = ledger.check_checkpoint(db.session, _checkpoint_path(), keys)
+    if problem:
+        click.echo(f"BROKEN: {problem} ({result.count} events in the chain)")
+        sys.exit(1)
+    _checkpoint()
+    click.echo(f"ok: {result.count} events verified; head {result.head}")
+
+
+@ledger_cli.command("checkpoint")
+def ledger_checkpoint() -> None:
+    """Record the ledger's head, signed, in LEDGER_CHECKPOINT_FILE (the outbox worker does this too)."""
+    click.echo(json.dumps(_checkpoint()))
 
 
 def _address(email: str) -> str:

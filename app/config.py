@@ -147,6 +147,10 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "SCANNER_WINDOW_SECONDS": _int("SCANNER_WINDOW_SECONDS", env, 10, 0),
         "TRUSTED_PROXY_COUNT": _int("TRUSTED_PROXY_COUNT", env, 0, 0),
         "OUTBOX_MAX_ATTEMPTS": _int("OUTBOX_MAX_ATTEMPTS", env, 12, 1),
+        # The signed ledger head outside the database (see ledger.py); keep it where the
+        # database's users cannot write. The outbox worker renews it this often.
+        "LEDGER_CHECKPOINT_FILE": env.get("LEDGER_CHECKPOINT_FILE") or str(instance / "ledger-checkpoint.json"),
+        "LEDGER_CHECKPOINT_SECONDS": _int("LEDGER_CHECKPOINT_SECONDS", env, 300, 1),
         "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", env, 120, 5),
         "PROVIDER_TIMEOUT_SECONDS": _int("PROVIDER_TIMEOUT_SECONDS", env, 10, 1),
         "OUTBOX_CLAIM_SIZE": _int("OUTBOX_CLAIM_SIZE", env, 5000, 1),

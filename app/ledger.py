@@ -10,11 +10,14 @@ digest unlinkable to any guessed address while the chain still verifies.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -255,3 +258,56 @@ def verify(session: Session) -> Verification:
         reason = f"the recorded head is event {head_seq}, but the chain ends at event {count}"
         return Verification(False, count, prev_hash, count + 1 if head_seq > count else None, reason)
     return Verification(True, count, prev_hash)
+
+
+# --- checkpoints: the head, signed and kept outside the database ---------------
+#
+# An attacker with write access to the database can cut the chain's tail and move the
+# recorded head back with it; the chain still verifies. A checkpoint file, signed with
+# the service's key and kept where the database's users cannot write, remembers an event
+# the chain must still hold: cutting below it is found.
+
+_CHECKPOINT_SALT = "newsletter-consent/ledger-checkpoint/v1"
+
+
+def _checkpoint_signature(key: str, seq: int, head_hash: str) -> str:
+    message = f"{_CHECKPOINT_SALT}\n{seq}\n{head_hash}".encode()
+    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def write_checkpoint(session: Session, path: Path, key: str) -> dict[str, Any]:
+    """Record the current head in ``path`` (atomically); answers what was written."""
+    head = session.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)).one_or_none()
+    seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    record = {
+        "seq": seq,
+        "hash": head_hash,
+        "at": utcnow().isoformat(timespec="seconds") + "Z",
+        "signature": _checkpoint_signature(key, seq, head_hash),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return record
+
+
+def check_checkpoint(session: Session, path: Path, keys: list[str]) -> str | None:
+    """Why the chain does not hold the checkpointed event, or None if it does (or there is none)."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        seq, head_hash, signature = int(record["seq"]), str(record["hash"]), str(record["signature"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the checkpoint file {path} cannot be read"
+    if not any(hmac.compare_digest(_checkpoint_signature(key, seq, head_hash), signature) for key in keys):
+        return f"the checkpoint file {path} is not signed with this service's key"
+    if seq == 0:
+        return None
+    found = session.execute(select(ConsentEvent.hash).where(ConsentEvent.seq == seq)).scalar_one_or_none()
+    if found is None:
+        return f"the chain no longer holds event {seq}, which the checkpoint of {record.get('at')} recorded"
+    if found != head_hash:
+        return f"event {seq} is not the one the checkpoint of {record.get('at')} recorded"
+    return None

@@ -270,10 +270,13 @@ def run_due(limit: int | None = None) -> int:
     return len(claimed)
 
 
-def run_forever(stop: threading.Event, poll_seconds: float = 1.0) -> None:
+def run_forever(stop: threading.Event, poll_seconds: float = 1.0, every_pass: Callable[[], None] | None = None) -> None:
+    """Work until ``stop`` is set; ``every_pass`` runs after each pass (housekeeping)."""
     while not stop.is_set():
         try:
             done = run_due()
+            if every_pass:
+                every_pass()
         except Exception:
             log.exception("outbox pass failed; trying again")
             db.session.rollback()

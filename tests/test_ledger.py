@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from sqlalchemy import select, text, update
 
 from app.extensions import db
@@ -72,6 +75,34 @@ def test_truncated_tail_is_found_against_the_recorded_head(app, client, mailbox,
         assert db.session.execute(select(LedgerHead.seq)).scalar_one() == 10
     result = verify(runner)
     assert result.exit_code == 1 and "chain ends at event 8" in result.stdout
+
+
+def test_a_tail_cut_with_the_head_moved_back_is_found_against_the_signed_checkpoint(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    assert runner.invoke(args=["ledger", "checkpoint"]).exit_code == 0  # the worker does this every few minutes
+    # The attacker cuts the last two events and moves the recorded head back with them:
+    # the chain alone verifies again.
+    with app.app_context():
+        event_8 = db.session.execute(select(ConsentEvent.hash).where(ConsentEvent.seq == 8)).scalar_one()
+    tamper(
+        app,
+        "DELETE FROM event_details WHERE seq >= 9",
+        "DELETE FROM consent_events WHERE seq >= 9",
+        update(LedgerHead).values(seq=8, hash=event_8),
+    )
+    result = verify(runner)
+    assert result.exit_code == 1 and "no longer holds event 10" in result.stdout
+
+
+def test_a_checkpoint_not_signed_with_the_service_key_is_refused(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    assert verify(runner).exit_code == 0  # a good chain moves the checkpoint to its head
+    path = Path(app.config["LEDGER_CHECKPOINT_FILE"])
+    record = json.loads(path.read_text())
+    assert record["seq"] == 10
+    path.write_text(json.dumps({**record, "seq": 3}))  # pointing at an earlier event, unsigned
+    result = verify(runner)
+    assert result.exit_code == 1 and "not signed" in result.stdout
 
 
 def test_each_hash_is_the_sha256_of_the_documented_canonical_record(app):

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import LedgerHead
 
 from .fakes.mailchimp import FakeMailchimp
 from .support import provider_env, start_worker, subscribe_and_confirm
@@ -58,3 +63,21 @@ def test_worker_stops_cleanly_on_sigterm(app, app_env):
     _, rest = worker.communicate(timeout=15)
     assert worker.returncode == 0, first + rest
     assert "outbox worker stopped" in rest
+
+
+def test_a_running_worker_keeps_a_signed_checkpoint_of_the_ledger(app, app_env, client, mailbox):
+    subscribe_and_confirm(client, mailbox, "munkeby", "kept@example.com")
+    worker = start_worker(app_env)
+    try:
+        checkpoint = Path(app.config["LEDGER_CHECKPOINT_FILE"])
+        deadline = time.monotonic() + 20
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        record = json.loads(checkpoint.read_text())
+        with app.app_context():
+            head = db.session.execute(select(LedgerHead.seq, LedgerHead.hash)).one()
+        assert (record["seq"], record["hash"]) == tuple(head) and head.seq > 0
+        assert len(record["signature"]) == 64
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=15)
