@@ -22,6 +22,7 @@ import json
 import re
 import socketserver
 import threading
+import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime
@@ -114,6 +115,11 @@ class FakeMailchimp:
         self.request_headers: list[dict[str, str]] = []
         self.max_concurrent = 0
         self.in_flight = 0
+        # An outage: until this time.monotonic() every call answers 503, every other one
+        # only after ``outage_hang`` seconds (longer than the client waits: a timeout).
+        self.outage_until = 0.0
+        self.outage_hang = 0.0
+        self.outage_answers = 0
         self._failures: deque[tuple[int, dict[str, Any] | None, dict[str, str], str | None, str | None]] = deque()
         self._lock = threading.RLock()
         self._closing = threading.Event()
@@ -596,6 +602,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.latency:
             fake._closing.wait(fake.latency)
 
+        if time.monotonic() < fake.outage_until:
+            with fake._lock:
+                fake.outage_answers += 1
+                hang = fake.outage_hang if fake.outage_answers % 2 else 0.0
+            if hang:
+                fake._closing.wait(hang)
+            problem = _Problem(503, "Service Unavailable", "The service is temporarily unavailable.")
+            self._send(503, problem.body(), {"Content-Type": "application/problem+json; charset=utf-8"})
+            return
         failure = fake._take_failure(method, path)
         if failure is not None:
             status, fbody, headers = failure
