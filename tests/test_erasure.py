@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,42 @@ def test_cli_erase_removes_everything_but_keeps_a_verifiable_chain(app, client, 
 def test_erasing_an_unknown_address_says_so(runner):
     result = runner.invoke(args=["subjects", "erase", "nobody@example.com"])
     assert result.exit_code != 0 and "nothing is held" in result.stderr
+
+
+def dump_holds(app, needle: str) -> bool:  # type: ignore[no-untyped-def]
+    """The database as a backup would hold it: the raw files on SQLite, pg_dump on PostgreSQL."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("sqlite"):
+        return raw_bytes_contain(app, needle)
+    dump = subprocess.run(
+        [shutil.which("pg_dump") or "pg_dump", "--data-only", url.replace("postgresql+psycopg://", "postgresql://")],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return needle.encode() in dump
+
+
+def test_after_erasure_no_file_log_dump_or_provider_holds_the_address(
+    app, client, mailbox, runner, caplog, mailchimp, apsis
+):
+    if shutil.which("pg_dump") is None and not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        pytest.skip("pg_dump is not installed; the PostgreSQL dump cannot be checked")
+    caplog.set_level(logging.DEBUG)
+    address, name = "wholly.gone.2718@example.com", "Greta Gone"
+    subscribe_and_confirm(client, mailbox, "munkeby", address, name)
+    subscribe_and_confirm(client, mailbox, "mysoft", address)
+    drain(runner)
+    # Every place is looked at while the person is held, so the checks can see them.
+    assert dump_holds(app, address) and dump_holds(app, name)
+    assert address in json.dumps(mailchimp.members) and address in json.dumps(list(apsis.profiles))
+    assert any(address in p.read_text(errors="ignore") for p in Path(app.config["MAIL_DIR"]).glob("*.eml"))
+
+    assert runner.invoke(args=["subjects", "erase", address]).exit_code == 0
+    drain(runner)  # the providers' deletes
+
+    assert not dump_holds(app, address) and not dump_holds(app, name)
+    mail_dir = Path(app.config["MAIL_DIR"])
+    assert not any(address in p.name or address in p.read_text(errors="ignore") for p in mail_dir.glob("*"))
+    assert address not in json.dumps(mailchimp.members) and address not in json.dumps(list(apsis.profiles))
+    assert address not in caplog.text and name not in caplog.text  # nothing logged it, at any level
