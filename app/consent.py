@@ -513,23 +513,35 @@ def apply_provider_event(event: ProviderEvent) -> str:
 def _apply_provider_event(event: ProviderEvent) -> str:
     key = email_hash(f"{event.provider}|delivery|{event.identity}")
     with unit_of_work() as uow:
-        if uow.session.execute(select(ProviderDelivery.id).where(ProviderDelivery.key == key)).first():
+        # Recording the delivery first is the duplicate check: a repeat finds the key
+        # taken and changes nothing (one statement, and no race between check and insert).
+        record = {"key": key, "provider": event.provider, "kind": event.kind, "notice": event.notice.slug}
+        delivery = uow.conn.execute(_RECORD_DELIVERY[uow.conn.dialect.name], {**record, "outcome": ""}).first()
+        if delivery is None:
             return "duplicate"
         outcome, evidence = _provider_event_effect(uow, event)
-        uow.session.add(
-            ProviderDelivery(
-                key=key, provider=event.provider, kind=event.kind, notice=event.notice.slug, outcome=outcome
-            )
-        )
+        uow.conn.execute(_DELIVERY_OUTCOME, {"delivery_id": delivery.id, "outcome": outcome})
         ledger.append(uow.session, evidence)
     log.info("%s %s event for %s: %s", event.provider, event.kind, event.notice.slug, outcome)
     return outcome
 
 
+_DELIVERIES = ProviderDelivery.__table__
+_RECORD_DELIVERY = {
+    name: dialect.insert(_DELIVERIES).on_conflict_do_nothing(index_elements=["key"]).returning(_DELIVERIES.c.id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_DELIVERY_OUTCOME = (
+    update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id")).values(outcome=bindparam("outcome"))
+)
+
+
 def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, list[Evidence]]:
     notice = event.notice
     ehash = email_hash(event.email)
-    sub = _subscription(uow, notice.slug, ehash)
+    # An opt-out only reads the subscription and writes by id: its plain row will do.
+    opting_out = event.kind in OPT_OUT_EVENTS
+    sub = (_subscription_row if opting_out else _subscription)(uow, notice.slug, ehash)
     facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
     if event.kind in OPT_OUT_EVENTS:

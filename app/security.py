@@ -43,12 +43,18 @@ def register_body_limit(app: Flask) -> None:
 
 
 def _holds_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+    """Whether any text in ``value`` (a JSON document's strings and keys, at any depth) holds a NUL."""
+    pending = [value]
+    while pending:  # a loop, not recursion: a document may nest as deep as the parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
@@ -63,10 +69,17 @@ def register_input_guard(app: Flask) -> None:
     @app.before_request
     def _no_nul() -> None:
         values = [*(request.view_args or {}).values(), *request.args.keys(), *request.args.values()]
-        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        if request.mimetype == "application/x-www-form-urlencoded":
+            # Keep the raw body readable (a webhook signature covers it); bodies are small here.
+            request.get_data(cache=True, parse_form_data=False)
+            values += [*request.form.keys(), *request.form.values()]
+        elif request.mimetype == "multipart/form-data":
             values += [*request.form.keys(), *request.form.values()]
         if request.is_json:
-            values.append(request.get_json(silent=True))
+            try:
+                values.append(request.get_json(silent=True))
+            except RecursionError:  # nested too deep to parse: no handler could read it either
+                abort(400)
         if any(_holds_nul(v) for v in values):
             abort(400)
 

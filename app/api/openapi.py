@@ -56,7 +56,7 @@ def document() -> dict[str, Any]:
                             "description": "One answer per notice",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConsentStatus"}}},
                         },
-                        **_error_responses(401, 403, 422, 429),
+                        **_error_responses(400, 401, 403, 422, 429),
                     },
                 }
             },
@@ -195,7 +195,7 @@ def document() -> dict[str, Any]:
                             "description": "A page; pass next_after as after for the next one",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventPage"}}},
                         },
-                        **_error_responses(401, 403, 422, 429),
+                        **_error_responses(400, 401, 403, 422, 429),
                     },
                 }
             },
