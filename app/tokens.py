@@ -9,6 +9,7 @@ keep verifying until that key is dropped from the list.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import current_app
@@ -39,8 +40,13 @@ class TokenExpired(Exception):
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
     config = current_app.config
     # itsdangerous signs with the last key and tries all of them, newest first.
-    keys = [*config["SECRET_KEY_FALLBACKS"], config["SECRET_KEY"]]
-    return URLSafeTimedSerializer(keys, salt=SALTS[purpose])
+    return _built(purpose, (*config["SECRET_KEY_FALLBACKS"], config["SECRET_KEY"]))
+
+
+@functools.lru_cache(maxsize=64)
+def _built(purpose: str, keys: tuple[str, ...]) -> URLSafeTimedSerializer:
+    """One serializer per purpose and key list (building one costs more than a signature check)."""
+    return URLSafeTimedSerializer(list(keys), salt=SALTS[purpose])
 
 
 def make(purpose: str, payload: dict[str, Any]) -> str:
