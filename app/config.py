@@ -161,6 +161,8 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": app_env == "production",
         "WTF_CSRF_TIME_LIMIT": None,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # A server connection may have been dropped while pooled: check it at checkout. A
+        # SQLite file has no server, and the check would cost a statement per request.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not database_url.startswith("sqlite")},
         "ENV_SNAPSHOT": {k: v for k, v in env.items() if k.isupper()},
     }

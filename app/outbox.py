@@ -290,7 +290,10 @@ def cancel_pending(session: Session, subscription_ref: str | list[str], kinds: t
     refs = [subscription_ref] if isinstance(subscription_ref, str) else subscription_ref
     # Core does not autoflush, so jobs added earlier in this unit of work go first.
     session.flush()
-    session.connection().execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
+    if len(refs) == 1 and kinds == ("mail",):  # every opt-out: a statement with nothing to expand
+        session.connection().execute(_CANCEL_MAIL, {"ref": refs[0], "at": utcnow()})
+    else:
+        session.connection().execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
 
 
 # Every opt-out runs this. A Core statement built once: the ORM's bulk-update path
@@ -303,6 +306,11 @@ _CANCEL = (
         _JOBS.kind.in_(bindparam("kinds", expanding=True)),
         _JOBS.state.in_(("pending", "running")),
     )
+    .values(state="done", finished_at=bindparam("at"), last_error="cancelled", payload={})
+)
+_CANCEL_MAIL = (
+    update(OutboxJob.__table__)
+    .where(_JOBS.subscription_ref == bindparam("ref"), _JOBS.kind == "mail", _JOBS.state.in_(("pending", "running")))
     .values(state="done", finished_at=bindparam("at"), last_error="cancelled", payload={})
 )
 
