@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
+from app import outbox
 from app.extensions import db
 from app.models import ConsentEvent, EventDetail, OutboxJob, Subscription, Suppression
 
@@ -142,3 +144,21 @@ def test_oversized_body_is_413_before_the_token_is_looked_at(app, client, mailbo
     assert client.post(path, data=big).status_code == 413
     assert client.post("/unsubscribe/not-a-token", data=big).status_code == 413
     assert state(app, "anna@example.com", "munkeby") == "subscribed"
+
+
+@pytest.mark.parametrize("slug", ["munkeby", "mysoft"])
+def test_mail_still_queued_for_someone_who_opts_out_is_never_sent(app, client, mailbox, runner, slug):
+    welcome = subscribe_and_confirm(client, mailbox, slug, "leaving@example.com")
+    with app.app_context():
+        ref = db.session.execute(select(Subscription.ref)).scalar_one()
+        job = outbox.enqueue(db.session, "mail", notice=slug, subscription_ref=ref, payload={"template": "welcome"})
+        db.session.commit()  # e.g. a resend waiting for the mail server to come back
+        job_id = job.id
+    sent_before = len(mailbox.messages())
+    assert one_click(client, unsubscribe_path(welcome)).status_code == 200
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    with app.app_context():
+        mail_job = db.session.get(OutboxJob, job_id)
+        assert (mail_job.state, mail_job.last_error, mail_job.payload) == ("done", "cancelled", {})
+    # Nothing more went to them (under Mysoft's rule the folder copies of their mail go too).
+    assert len(mailbox.messages()) == (sent_before if slug == "munkeby" else 0)
