@@ -165,4 +165,5 @@ def test_links_signed_with_a_retired_key_work_until_it_is_dropped(app, app_env, 
     with dropped.app_context():
         kept = select(Subscription.status).where(Subscription.email == "kept@example.com")
         assert db.session.execute(kept).scalar_one() == "subscribed"
+        db.session.remove()  # give the connection back before the pool goes
         db.engine.dispose()
