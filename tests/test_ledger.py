@@ -159,3 +159,11 @@ def test_records_are_written_exactly_as_their_canonical_json(values):
     from app import ledger
 
     assert ledger._record_text(values) == ledger.canonical(dict(zip(ledger._FIELDS, values, strict=True)))
+
+
+def test_verify_says_so_when_the_checkpoint_cannot_be_written(app, client, mailbox, runner):
+    make_history(client, mailbox)
+    app.config["LEDGER_CHECKPOINT_FILE"] = "/dev/null/ledger-checkpoint.json"  # not a folder
+    result = verify(runner)
+    assert result.exit_code == 2 and result.stdout.startswith("ok: 10 events verified")
+    assert "checkpoint could not be written" in result.stderr
