@@ -172,14 +172,18 @@ def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
     return uow.conn.execute(statement, {"notice": notice, "email_hash": ehash, "reason": reason}).first() is not None
 
 
+def _insert_if_new(table: Any, *key: str) -> dict[str, Any]:
+    """Per dialect, an insert that writes nothing when ``key`` is taken and answers the new
+    row's id only when it wrote one (rowcount differs by driver)."""
+    return {
+        name: dialect.insert(table).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
+        for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+    }
+
+
 # Every opt-out runs these; built once as Core statements (see bench/README.md).
 _SUPPRESSIONS = Suppression.__table__
-_INSERT_SUPPRESSION = {
-    name: dialect.insert(_SUPPRESSIONS)
-    .on_conflict_do_nothing(index_elements=["notice", "email_hash"])
-    .returning(_SUPPRESSIONS.c.id)  # a row only when one was written (rowcount differs by driver)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
+_INSERT_SUPPRESSION = _insert_if_new(_SUPPRESSIONS, "notice", "email_hash")
 
 
 def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
@@ -527,10 +531,7 @@ def _apply_provider_event(event: ProviderEvent) -> str:
 
 
 _DELIVERIES = ProviderDelivery.__table__
-_RECORD_DELIVERY = {
-    name: dialect.insert(_DELIVERIES).on_conflict_do_nothing(index_elements=["key"]).returning(_DELIVERIES.c.id)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
+_RECORD_DELIVERY = _insert_if_new(_DELIVERIES, "key")
 _DELIVERY_OUTCOME = (
     update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id")).values(outcome=bindparam("outcome"))
 )

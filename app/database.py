@@ -107,6 +107,12 @@ def wipe_free_space() -> None:
         )
 
 
+def parameters(rows: list[dict]) -> list[dict] | dict:  # type: ignore[type-arg]
+    """Rows for a Core insert: one row as one parameter set, not a list of one (a list
+    takes the executemany path, which costs more than the insert on the hot paths)."""
+    return rows if len(rows) > 1 else rows[0]
+
+
 MAX_ID = 2**31 - 1  # the largest value an INTEGER key holds on every backend
 _ID_RE = re.compile(r"[0-9]{1,10}")
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from .database import parameters
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
 
 if TYPE_CHECKING:
@@ -172,10 +173,9 @@ def append(session: Session, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    # One row is one parameter set, not a list: a list takes the executemany path.
-    conn.execute(_INSERT_EVENTS, events if len(events) > 1 else events[0])
+    conn.execute(_INSERT_EVENTS, parameters(events))
     if details:
-        conn.execute(_INSERT_DETAILS, details if len(details) > 1 else details[0])
+        conn.execute(_INSERT_DETAILS, parameters(details))
     if head is None:
         conn.execute(insert(_HEAD).values(id=HEAD_ID, seq=seq, hash=prev))
     else:
@@ -190,6 +190,12 @@ _READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 _INSERT_EVENTS = insert(ConsentEvent.__table__)
 _INSERT_DETAILS = insert(EventDetail.__table__)
+
+
+def _recorded_head(session: Session) -> tuple[int, str]:
+    """The head row's seq and hash (the chain's start when there is none), read without a lock."""
+    head = session.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)).one_or_none()
+    return (head.seq, head.hash) if head is not None else (0, GENESIS)
 
 
 @dataclass
@@ -224,7 +230,9 @@ def _events(session: Session, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
         last = rows[-1][_SEQ]
 
 
-_SEQ, _PREV, _DIGEST, _HASH = _FIELDS.index("seq"), _FIELDS.index("prev_hash"), _FIELDS.index("details_digest"), 10
+# Where each value sits in a row of ``_events``: the record's fields, then hash, salt, details.
+_SEQ, _PREV, _DIGEST = _FIELDS.index("seq"), _FIELDS.index("prev_hash"), _FIELDS.index("details_digest")
+_HASH = len(_FIELDS)
 
 
 def _check(event: tuple[Any, ...], prev_hash: str) -> str | None:
@@ -252,8 +260,7 @@ def verify(session: Session) -> Verification:
         if problem:
             return Verification(False, count, prev_hash, event[_SEQ], problem)
         prev_hash, count = event[_HASH], count + 1
-    head = session.get(LedgerHead, HEAD_ID)
-    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    head_seq, head_hash = _recorded_head(session)
     if head_seq != count or head_hash != prev_hash:
         reason = f"the recorded head is event {head_seq}, but the chain ends at event {count}"
         return Verification(False, count, prev_hash, count + 1 if head_seq > count else None, reason)
@@ -277,8 +284,7 @@ def _checkpoint_signature(key: str, seq: int, head_hash: str) -> str:
 
 def write_checkpoint(session: Session, path: Path, key: str) -> dict[str, Any]:
     """Record the current head in ``path`` (atomically); answers what was written."""
-    head = session.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)).one_or_none()
-    seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+    seq, head_hash = _recorded_head(session)
     record = {
         "seq": seq,
         "hash": head_hash,

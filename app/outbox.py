@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import ledger
-from .database import unit_of_work, wipe_free_space
+from .database import parameters, unit_of_work, wipe_free_space
 from .extensions import db
 from .models import OutboxJob, utcnow
 
@@ -95,7 +95,7 @@ def enqueue(
 def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
     """Write many jobs with one multi-row insert (columns as ``enqueue`` takes them)."""
     if jobs:  # Core on the transaction's connection: no ORM bookkeeping per row or per call
-        session.connection().execute(_INSERT, jobs if len(jobs) > 1 else jobs[0])
+        session.connection().execute(_INSERT, parameters(jobs))
 
 
 _INSERT = insert(OutboxJob.__table__)
@@ -299,6 +299,7 @@ def cancel_pending(session: Session, subscription_ref: str | list[str], kinds: t
 # Every opt-out runs this. A Core statement built once: the ORM's bulk-update path
 # (session synchronisation, per-call option handling) costs more than the UPDATE.
 _JOBS = OutboxJob.__table__.c
+_CANCELLED = {"state": "done", "finished_at": bindparam("at"), "last_error": "cancelled", "payload": {}}
 _CANCEL = (
     update(OutboxJob.__table__)
     .where(
@@ -306,12 +307,12 @@ _CANCEL = (
         _JOBS.kind.in_(bindparam("kinds", expanding=True)),
         _JOBS.state.in_(("pending", "running")),
     )
-    .values(state="done", finished_at=bindparam("at"), last_error="cancelled", payload={})
+    .values(_CANCELLED)
 )
 _CANCEL_MAIL = (
     update(OutboxJob.__table__)
     .where(_JOBS.subscription_ref == bindparam("ref"), _JOBS.kind == "mail", _JOBS.state.in_(("pending", "running")))
-    .values(state="done", finished_at=bindparam("at"), last_error="cancelled", payload={})
+    .values(_CANCELLED)
 )
 
 
