@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from app.models import OutboxJob  # noqa: E402
 from app.outbox import run_due  # noqa: E402
 from tests.fakes.apsis import FakeApsis  # noqa: E402
 from tests.fakes.mailchimp import FakeMailchimp  # noqa: E402
-from tests.support import queue_sync_jobs  # noqa: E402
+from tests.support import queue_sync_jobs, stop_workers  # noqa: E402
 
 
 def make_app(instance: Path, database: str, extra: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -162,10 +161,7 @@ def bench_outbox_workers(database: str, members: int, counts: tuple[int, ...] = 
                         db.session.rollback()
                     seconds = time.perf_counter() - started
                 finally:
-                    for process in processes:
-                        process.send_signal(signal.SIGTERM)
-                    for process in processes:
-                        process.wait(timeout=30)
+                    stop_workers(processes)
                 db.session.remove()
                 db.engine.dispose()
         rows.append(

@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,14 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def stop_workers(processes: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """SIGTERM to each worker (each finishes its current job), then wait for all of them."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout=30)
 
 
 class Mailbox:

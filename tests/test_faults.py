@@ -27,7 +27,7 @@ from app.extensions import db
 from app.models import ConsentEvent, OutboxJob
 
 from .fakes.mailchimp import FakeMailchimp
-from .support import REPO, Service, SmtpSink, free_port, provider_env, queue_sync_jobs
+from .support import REPO, Service, SmtpSink, free_port, provider_env, queue_sync_jobs, stop_workers
 
 pytestmark = pytest.mark.slow
 LIST_ID = "munkeby0001"
@@ -85,10 +85,7 @@ def test_workers_killed_every_two_seconds_lose_no_job(app, mailchimp_env, mailch
             workers[victim] = worker(mailchimp_env, log)  # as a supervisor restarts it
         seconds = time.monotonic() - started
     finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            process.wait(timeout=30)
+        stop_workers(workers)
     state = counts(app)
     print(f"\n{jobs} jobs, 4 workers, {kills} killed with SIGKILL: drained in {seconds:.1f} s; {state}")
     assert kills >= 3  # the run really was interrupted
@@ -118,8 +115,7 @@ def test_a_provider_outage_of_a_minute_loses_nothing_and_the_queue_drains(app, m
             time.sleep(1)
         drained = time.monotonic() - recovered
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        stop_workers([process])
     with app.app_context():
         attempts = db.session.execute(select(func.max(OutboxJob.attempts), func.min(OutboxJob.attempts))).one()
         db.session.remove()
