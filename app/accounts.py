@@ -113,7 +113,7 @@ def create_token(name: str, scopes: list[str], created_by: str) -> NewToken:
         uow.session.flush()
         token_id = token.id
         facts = {"token": token_id, "scopes": list(ordered), "actor": created_by}
-        ledger.append(uow.session, [_token_evidence("api_token_created", created_by, facts, {"name": name})])
+        ledger.append(uow, [_token_evidence("api_token_created", created_by, facts, {"name": name})])
     return NewToken(token_id, name, ordered, secret)
 
 
@@ -142,7 +142,7 @@ def revoke_token(token_id: int, revoked_by: str) -> bool:
             return False
         token.revoked_at = utcnow()
         facts = {"token": token_id, "actor": revoked_by}
-        ledger.append(uow.session, [_token_evidence("api_token_revoked", revoked_by, facts)])
+        ledger.append(uow, [_token_evidence("api_token_revoked", revoked_by, facts)])
     return True
 
 

@@ -22,13 +22,13 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import force_locale, gettext
-from sqlalchemy import Row, bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import ledger, mail, outbox, provider_sync
-from .database import UnitOfWork, unit_of_work, wipe_free_space
+from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
 from .models import ConsentEvent, EventDetail, ProviderDelivery, Subscription, Suppression, utcnow
@@ -134,13 +134,15 @@ _SUBSCRIPTION = (
 )
 
 
-def _subscription_row(uow: UnitOfWork, notice: str, ehash: str) -> Row[Any] | None:
+def _subscription_row(uow: UnitOfWork, notice: str, ehash: str) -> Any:
     """The subscription as a plain row (locked), for paths that only read it and write by id."""
-    return uow.conn.execute(_SUBSCRIPTION_ROW, {"notice": notice, "h": ehash}).first()
+    found = uow.run(_SUBSCRIPTION_ROW, {"notice": notice, "h": ehash})
+    return found[0] if found else None
 
 
-# A loaded subscription: the ORM object, or its plain row where building the object costs more than the work.
-Held = Subscription | Row[Any]
+# A loaded subscription: the ORM object, or its plain row (a named tuple of its columns)
+# where building the object costs more than the work.
+Held = Subscription | Any
 
 
 def _write(uow: UnitOfWork, sub: Held, **values: Any) -> None:
@@ -151,32 +153,36 @@ def _write(uow: UnitOfWork, sub: Held, **values: Any) -> None:
     costs more than the UPDATE itself on the paths every opt-out takes.
     """
     values["updated_at"] = utcnow()
-    uow.conn.execute(_UPDATE_SUBSCRIPTION, {"sub_id": sub.id, **values})
+    uow.run(_UPDATE_SUBSCRIPTION, {"sub_id": sub.id, **values})
     if isinstance(sub, Subscription):
         for key, value in values.items():
             set_committed_value(sub, key, value)
 
 
 _SUBSCRIPTIONS = Subscription.__table__
-_SUBSCRIPTION_ROW = (
+_SUBSCRIPTION_ROW = Prepared(
     select(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.notice == bindparam("notice"), _SUBSCRIPTIONS.c.email_hash == bindparam("h"))
     .with_for_update()
 )
-_UPDATE_SUBSCRIPTION = update(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == bindparam("sub_id"))
+_UPDATE_SUBSCRIPTION = Prepared(update(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == bindparam("sub_id")))
+_DELETE_SUBSCRIPTION = Prepared(delete(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == bindparam("sub_id")))
+_DELETE_DETAILS = Prepared(
+    delete(EventDetail.__table__).where(EventDetail.__table__.c.subscription_ref == bindparam("ref"))
+)
 
 
 def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
     """Ensure a suppression entry; True when it is new (one statement: an existing one stays)."""
-    statement = _INSERT_SUPPRESSION[uow.conn.dialect.name]
-    return uow.conn.execute(statement, {"notice": notice, "email_hash": ehash, "reason": reason}).first() is not None
+    statement = _INSERT_SUPPRESSION[uow.dialect.name]
+    return bool(uow.run(statement, {"notice": notice, "email_hash": ehash, "reason": reason}))
 
 
-def _insert_if_new(table: Any, *key: str) -> dict[str, Any]:
+def _insert_if_new(table: Any, *key: str) -> dict[str, Prepared]:
     """Per dialect, an insert that writes nothing when ``key`` is taken and answers the new
     row's id only when it wrote one (rowcount differs by driver)."""
     return {
-        name: dialect.insert(table).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id)
+        name: Prepared(dialect.insert(table).on_conflict_do_nothing(index_elements=list(key)).returning(table.c.id))
         for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
     }
 
@@ -202,14 +208,14 @@ def _erase_subscription(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:
     """
     if sub.confirmed_at is not None:  # only a once-confirmed person was ever sent to the provider
         provider_sync.enqueue_delete(uow, sub)
-    uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref == sub.ref))
+    uow.run(_DELETE_DETAILS, {"ref": sub.ref})
     _suppress(uow, sub.notice, sub.email_hash, reason)
-    outbox.cancel_pending(uow.session, sub.ref, ("mail",))
+    outbox.cancel_pending(uow, sub.ref, ("mail",))
     ehash = sub.email_hash
     if isinstance(sub, Subscription):
         uow.session.delete(sub)
     else:
-        uow.conn.execute(delete(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == sub.id))
+        uow.run(_DELETE_SUBSCRIPTION, {"sub_id": sub.id})
     uow.after_commit(lambda: mail.forget_folder_mail(ehash))
     notice = get_notice(sub.notice)
     return Evidence(
@@ -248,7 +254,7 @@ def _apply_opt_out(
         _wipe_after_commit(uow)
         return [opted_out, deleted]
     _suppress(uow, notice.slug, sub.email_hash, reason)
-    outbox.cancel_pending(uow.session, sub.ref, ("mail",))
+    outbox.cancel_pending(uow, sub.ref, ("mail",))
     _write(uow, sub, status="unsubscribed", unsubscribed_at=utcnow(), confirm_nonce=None)
     if sub.confirmed_at is not None and not provider_knows:
         provider_sync.enqueue_sync(uow, sub, opt_out=True)
@@ -311,7 +317,7 @@ def _request_subscription(notice: Notice, email: str, name: str | None, facts: F
             return
         signup_facts = {"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis}
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence.under(
                     "signup_requested",
@@ -383,7 +389,7 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
             "suppression_lifted": bool(lifted),
         }
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence.under(
                     "consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details()
@@ -406,7 +412,7 @@ def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
         if sub is None or not _under_confirmation_limit(uow, sub):
             return
         ledger.append(
-            uow.session,
+            uow,
             [Evidence.under("confirmation_resent", notice, sub.ref, facts.channel, details=facts.details())],
         )
         _queue_mail(uow, sub, "confirmation")
@@ -421,15 +427,15 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
     if target is None:
         return False
     notice, ehash = target
-    with unit_of_work() as uow:
+    with unit_of_work(orm=False) as uow:
         sub = _subscription_row(uow, notice.slug, ehash)
         if sub is None or sub.status == "unsubscribed":
             # Already gone or already out: make sure the address stays suppressed.
             if _suppress(uow, notice.slug, ehash, "opt_out"):
                 anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"}
-                ledger.append(uow.session, [Evidence.under("opted_out", notice, None, facts.channel, anonymous)])
+                ledger.append(uow, [Evidence.under("opted_out", notice, None, facts.channel, anonymous)])
             return True
-        ledger.append(uow.session, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
+        ledger.append(uow, _apply_opt_out(uow, notice, sub, facts, reason="opt_out"))
     return True
 
 
@@ -464,7 +470,7 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
         evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
     if subs:
         _wipe_after_commit(uow)
-    ledger.append(uow.session, evidence)
+    ledger.append(uow, evidence)
     return sorted(sub.notice for sub in subs)
 
 
@@ -516,23 +522,24 @@ def apply_provider_event(event: ProviderEvent) -> str:
 
 def _apply_provider_event(event: ProviderEvent) -> str:
     key = email_hash(f"{event.provider}|delivery|{event.identity}")
-    with unit_of_work() as uow:
+    # An opt-out writes with prepared statements only; the other kinds build ORM objects.
+    with unit_of_work(orm=event.kind not in OPT_OUT_EVENTS) as uow:
         # Recording the delivery first is the duplicate check: a repeat finds the key
         # taken and changes nothing (one statement, and no race between check and insert).
         record = {"key": key, "provider": event.provider, "kind": event.kind, "notice": event.notice.slug}
-        delivery = uow.conn.execute(_RECORD_DELIVERY[uow.conn.dialect.name], {**record, "outcome": ""}).first()
-        if delivery is None:
+        delivery = uow.run(_RECORD_DELIVERY[uow.dialect.name], {**record, "outcome": ""})
+        if not delivery:
             return "duplicate"
         outcome, evidence = _provider_event_effect(uow, event)
-        uow.conn.execute(_DELIVERY_OUTCOME, {"delivery_id": delivery.id, "outcome": outcome})
-        ledger.append(uow.session, evidence)
+        uow.run(_DELIVERY_OUTCOME, {"delivery_id": delivery[0].id, "outcome": outcome})
+        ledger.append(uow, evidence)
     log.info("%s %s event for %s: %s", event.provider, event.kind, event.notice.slug, outcome)
     return outcome
 
 
 _DELIVERIES = ProviderDelivery.__table__
 _RECORD_DELIVERY = _insert_if_new(_DELIVERIES, "key")
-_DELIVERY_OUTCOME = (
+_DELIVERY_OUTCOME = Prepared(
     update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("delivery_id")).values(outcome=bindparam("outcome"))
 )
 
@@ -702,7 +709,7 @@ def opt_out_address(notice: Notice, email_raw: str, facts: Facts) -> str:
                 "actor": facts.actor,
             }
             ledger.append(
-                uow.session, [Evidence.under("opted_out", notice, sub.ref if sub else None, facts.channel, anonymous)]
+                uow, [Evidence.under("opted_out", notice, sub.ref if sub else None, facts.channel, anonymous)]
             )
             return "opted_out"
         evidence = _apply_opt_out(uow, notice, sub, facts, reason="opt_out")
@@ -715,7 +722,7 @@ def opt_out_address(notice: Notice, email_raw: str, facts: Facts) -> str:
             {**first.facts, "actor": facts.actor},
             first.details,
         )
-        ledger.append(uow.session, evidence)
+        ledger.append(uow, evidence)
     return "opted_out"
 
 
@@ -763,7 +770,7 @@ def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts)
         details = {**changed, **(details_old if "email" in changed else {})}
         fields = sorted(changed)
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence.under(
                     "rectified",
@@ -819,7 +826,7 @@ def record_contact(
             changed["relationship"] = relationship
         if changed:
             ledger.append(
-                uow.session,
+                uow,
                 [Evidence.under("contact_recorded", notice, sub.ref, facts.channel, {**changed, "actor": facts.actor})],
             )
         uow.session.flush()
@@ -838,7 +845,7 @@ def mark_reviewed(ref: str, facts: Facts) -> bool:
             return False
         sub.reviewed_at = utcnow()
         ledger.append(
-            uow.session, [Evidence.under("customer_reviewed", notice, sub.ref, facts.channel, {"actor": facts.actor})]
+            uow, [Evidence.under("customer_reviewed", notice, sub.ref, facts.channel, {"actor": facts.actor})]
         )
     return True
 
@@ -860,7 +867,7 @@ def erase_subscription(ref: str, facts: Facts) -> bool:
             subscription_ref=sub.ref,
             facts={"actor": facts.actor} if facts.actor else {},
         )
-        ledger.append(uow.session, [requested, _erase_subscription(uow, sub, reason="erasure_request")])
+        ledger.append(uow, [requested, _erase_subscription(uow, sub, reason="erasure_request")])
         _wipe_after_commit(uow)
     return True
 
@@ -870,7 +877,7 @@ def record_action(kind: str, ref: str | None, notice_slug: str | None, facts: Fa
     notice = get_notice(notice_slug) if notice_slug else None
     with unit_of_work() as uow:
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence(
                     type=kind,

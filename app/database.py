@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Dialect, Engine, Executable, event, text
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
 
 from .extensions import db
 
@@ -50,36 +53,182 @@ def is_sqlite() -> bool:
     return db.engine.dialect.name == "sqlite"
 
 
+class Prepared:
+    """A Core statement compiled once per dialect, run as the driver's own call.
+
+    Every opt-out and every webhook delivery runs a handful of statements, and
+    SQLAlchemy's execution layer costs more than the database for each of them
+    (bench/README.md). A prepared statement keeps what that layer works out per
+    call: the SQL, the order of its parameters, the column types' bind and result
+    processors and the columns' Python defaults, so what is stored is what Core
+    stores. Only plain parameters (no expanding ``IN``) are supported.
+    """
+
+    def __init__(self, statement: Executable) -> None:
+        if isinstance(statement, Insert) and not statement._returning:
+            statement = statement.inline()  # no implicit RETURNING of the new key
+        self.statement = statement
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+
+    def plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
+        found = self._plans.get((dialect.name, keys))
+        if found is None:
+            found = self._plans[(dialect.name, keys)] = _Plan(self.statement, dialect, keys)
+        return found
+
+
+class _Plan:
+    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if "POSTCOMPILE" in compiled.string:
+            raise TypeError("a prepared statement cannot expand a parameter list (IN)")
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names = list(compiled.positiontup or [])  # the parameters' order, for a positional driver
+        binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the name in the SQL
+        # Columns left out get their Python default (insert) or on-update value, made per call.
+        self.defaults: dict[str, Callable[[], Any]] = {}
+        for column, default in [
+            *((c, c.default) for c in compiled.insert_prefetch),
+            *((c, c.onupdate) for c in compiled.update_prefetch),
+        ]:
+            if default.is_callable:
+                self.defaults[column.key] = lambda fn=default.arg: fn(None)
+            elif default.is_scalar:
+                self.defaults[column.key] = lambda value=default.arg: value
+            else:
+                raise TypeError(f"{column.key}: only Python defaults can be prepared")
+        # Values written into the statement itself, such as state="done".
+        given = {*keys, *self.defaults}
+        self.fixed = {k: b.effective_value for k, b in binds.items() if k not in given and not b.required}
+        self.bind = {k: p for k, b in binds.items() if (p := b.type.dialect_impl(dialect).bind_processor(dialect))}
+        returned = list(statement.exported_columns) if hasattr(statement, "exported_columns") else []
+        self.row = namedtuple("Row", [c.key for c in returned]) if returned else None  # type: ignore[misc]
+        self.result = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returned]
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        given = {**self.fixed, **params}
+        for key, make in self.defaults.items():
+            if key not in given:
+                given[key] = make()
+        for key, process in self.bind.items():
+            if key in given:
+                given[key] = process(given[key])
+        return tuple(given[name] for name in self.names) if self.positional else given
+
+    def rows(self, cursor: Any) -> list[Any]:
+        make, processors = self.row, self.result
+        return [
+            make(*(value if fn is None else fn(value) for fn, value in zip(processors, raw, strict=True)))
+            for raw in cursor.fetchall()
+        ]
+
+
 class UnitOfWork:
     """One transaction: state change, evidence and outbox jobs commit together.
 
     Work that must happen only once the transaction is durable (sending mail)
     is registered with ``after_commit`` and runs after the commit succeeded.
+    A unit of work opened with ``orm=False`` runs on a pooled driver connection
+    alone: no session and no Core connection, ``Prepared`` statements only (the
+    opt-out paths, where those layers cost more than the database).
     """
 
-    def __init__(self, session: Session, conn: Connection) -> None:
-        self.session = session
-        self.conn = conn  # the transaction's connection, for Core statements
+    def __init__(
+        self, dialect: Dialect, driver: Any, session: Session | None = None, conn: Connection | None = None
+    ) -> None:
+        self.dialect = dialect
+        self._driver = driver  # the transaction's DB-API connection
+        self._session = session
+        self._conn = conn
+        self._cursor: Any = None
         self._after_commit: list[Callable[[], None]] = []
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("this unit of work was opened without the ORM (orm=False)")
+        return self._session
+
+    @property
+    def conn(self) -> Connection:
+        """The transaction's Core connection (not in a unit of work opened with ``orm=False``)."""
+        if self._conn is None:
+            raise RuntimeError("this unit of work was opened without the ORM (orm=False)")
+        return self._conn
+
+    def flush(self) -> None:
+        """Pending ORM changes first, so the order of writes stays the caller's."""
+        if self._session is not None:
+            self._session.flush()
+
+    def run(self, statement: Prepared, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run a prepared statement with one parameter set; answers the rows it returns."""
+        params = params or {}
+        plan = statement.plan(self.dialect, tuple(params))
+        cursor = self._driver_cursor()
+        cursor.execute(plan.sql, plan.values(params))
+        return plan.rows(cursor) if plan.row is not None else []
+
+    def run_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
+        """Run a prepared statement (no RETURNING) once per parameter set, in one driver call."""
+        if len(rows) == 1:
+            self.run(statement, rows[0])
+        elif rows:
+            plan = statement.plan(self.dialect, tuple(rows[0]))
+            self._driver_cursor().executemany(plan.sql, [plan.values(row) for row in rows])
+
+    def _driver_cursor(self) -> Any:
+        if self._cursor is None:
+            self._cursor = self._driver.cursor()
+        return self._cursor
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
 
 
 @contextmanager
-def unit_of_work() -> Iterator[UnitOfWork]:
+def _in_session() -> Iterator[UnitOfWork]:
     session = db.session()
     if session.in_transaction():
         # A read earlier in the request left a transaction open; start afresh
         # so the write transaction begins with the right lock.
         session.rollback()
-    uow = UnitOfWork(session, session.connection(execution_options={_IMMEDIATE: True}))
+    conn = session.connection(execution_options={_IMMEDIATE: True})
+    uow = UnitOfWork(conn.dialect, conn.connection, session, conn)
     try:
         yield uow
         session.commit()
     except BaseException:
         session.rollback()
         raise
+
+
+@contextmanager
+def _on_driver() -> Iterator[UnitOfWork]:
+    session = db.session()
+    if session.in_transaction():  # as above: a transaction of the request's session holds no lock we wait on
+        session.rollback()
+    engine = db.engine
+    driver = engine.raw_connection()  # from the pool, set up by its connect hook like any other
+    try:
+        if engine.dialect.name == "sqlite":
+            driver.cursor().execute("BEGIN IMMEDIATE")  # the driver leaves BEGIN to us (see above)
+        yield UnitOfWork(engine.dialect, driver)
+        driver.commit()
+    except BaseException:
+        driver.rollback()
+        raise
+    finally:
+        driver.close()  # back to the pool
+
+
+@contextmanager
+def unit_of_work(orm: bool = True) -> Iterator[UnitOfWork]:
+    """One transaction. ``orm=False`` opens it on a driver connection of its own: a
+    millisecond cheaper, for the paths that write with ``Prepared`` statements only."""
+    with _in_session() if orm else _on_driver() as uow:
+        yield uow
     for fn in uow._after_commit:
         try:
             fn()

@@ -349,7 +349,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             "collected_from_person": spec.lawful_basis == "consent",
         }
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence.under(
                     "imported",

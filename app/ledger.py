@@ -12,18 +12,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import multiprocessing
 import os
 import secrets
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, create_engine, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
-from .database import parameters
+from .database import Prepared, UnitOfWork
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
 
 if TYPE_CHECKING:
@@ -132,7 +135,7 @@ class Evidence:
         )
 
 
-def append(session: Session, items: list[Evidence]) -> int:
+def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     """Append events at the chain's tip, inside the caller's transaction; answers the head's seq (0 if none given).
 
     The head row is locked (``FOR UPDATE``; on SQLite the transaction already
@@ -142,9 +145,9 @@ def append(session: Session, items: list[Evidence]) -> int:
     """
     if not items:
         return 0
-    session.flush()  # pending ORM changes first, so the order of writes stays the caller's
-    conn = session.connection()  # Core statements on the transaction's connection: no ORM layer per call
-    head = conn.execute(_READ_HEAD).one_or_none()
+    uow.flush()  # pending ORM changes first, so the order of writes stays the caller's
+    found = uow.run(_READ_HEAD)
+    head = found[0] if found else None
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
     events: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -173,23 +176,24 @@ def append(session: Session, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    conn.execute(_INSERT_EVENTS, parameters(events))
-    if details:
-        conn.execute(_INSERT_DETAILS, parameters(details))
+    uow.run_many(_INSERT_EVENTS, events)
+    uow.run_many(_INSERT_DETAILS, details)
     if head is None:
-        conn.execute(insert(_HEAD).values(id=HEAD_ID, seq=seq, hash=prev))
+        uow.run(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev})
     else:
-        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+        uow.run(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq
 
 
-# Every evidence write runs these: built once as Core statements, they skip the
-# ORM's per-call statement construction and bookkeeping (see bench/README.md).
+# Every evidence write runs these, prepared once (see bench/README.md).
 _HEAD = LedgerHead.__table__
-_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
-_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-_INSERT_EVENTS = insert(ConsentEvent.__table__)
-_INSERT_DETAILS = insert(EventDetail.__table__)
+_READ_HEAD = Prepared(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update())
+_MOVE_HEAD = Prepared(
+    update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_START_HEAD = Prepared(insert(_HEAD))
+_INSERT_EVENTS = Prepared(insert(ConsentEvent.__table__))
+_INSERT_DETAILS = Prepared(insert(EventDetail.__table__))
 
 
 def _recorded_head(session: Session) -> tuple[int, str]:
@@ -207,9 +211,9 @@ class Verification:
     reason: str = ""
 
 
-def _events(session: Session, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
-    """Every event in chain order as plain tuples: the record's values in ``_FIELDS`` order,
-    then its hash, its details' salt and text.
+def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
+    """The events after seq ``after`` (up to ``upto``, if given) in chain order, as plain tuples:
+    the record's values in ``_FIELDS`` order, then its hash, its details' salt and text.
 
     Plain tuples, not ORM objects or mappings: ``ledger verify`` walks every event ever written.
     """
@@ -220,8 +224,9 @@ def _events(session: Session, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
         .order_by(e.seq)
         .limit(batch)
     )
-    conn = session.connection()
-    last = 0
+    if upto is not None:
+        query = query.where(e.seq <= upto)
+    last = after
     while True:
         rows = conn.execute(query.where(e.seq > last)).all()
         if not rows:
@@ -235,10 +240,13 @@ _SEQ, _PREV, _DIGEST = _FIELDS.index("seq"), _FIELDS.index("prev_hash"), _FIELDS
 _HASH = len(_FIELDS)
 
 
+_PREV_MISMATCH = "its previous-hash does not match the event before it"
+
+
 def _check(event: tuple[Any, ...], prev_hash: str) -> str | None:
     """Why this event does not fit after ``prev_hash``, or None if it does."""
     if event[_PREV] != prev_hash:
-        return "its previous-hash does not match the event before it"
+        return _PREV_MISMATCH
     values = (_stamp(event[0]), *event[1:_HASH])
     if _sha256(_record_text(values)) != event[_HASH]:
         return "its content does not match its hash (a field was changed)"
@@ -248,23 +256,93 @@ def _check(event: tuple[Any, ...], prev_hash: str) -> str | None:
     return None
 
 
-def verify(session: Session) -> Verification:
-    """Walk the whole chain; report the first event that does not fit."""
+# Below this many events, starting processes costs more than sharing the walk saves.
+PARALLEL_FROM = 200_000
+
+
+def verify(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+    """Walk the whole chain; report the first event that does not fit.
+
+    A long chain is cut into one range per core, each walked by a process of its
+    own (hashing is CPU work); the seams are then checked here, range by range in
+    chain order, so the answer is the one a single walk gives.
+    """
+    processes = processes or min(os.cpu_count() or 1, 4)
+    url = session.get_bind().url
+    in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    head_seq, _ = _recorded_head(session)
+    if processes < 2 or head_seq < max(parallel_from, processes) or in_memory:
+        parts = [_walk(session.connection(), 1, None)]
+    else:
+        size = head_seq // processes
+        starts = [1 + i * size for i in range(processes)]
+        ends: list[int | None] = [start - 1 for start in starts[1:]] + [None]  # the last range is open
+        address = url.render_as_string(hide_password=False)
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_walk_range, [address] * processes, starts, ends))
     prev_hash, count = GENESIS, 0
-    for event in _events(session):
+    for part in parts:
+        if part.count == 0 and part.problem is None:
+            continue  # a range with no events: the next one's first event shows the gap
         expected = count + 1
-        if event[_SEQ] != expected:
-            reason = f"event {expected} is missing (next found: {event[_SEQ]})"
+        if part.first_seq != expected:
+            reason = f"event {expected} is missing (next found: {part.first_seq})"
             return Verification(False, count, prev_hash, expected, reason)
-        problem = _check(event, prev_hash)
-        if problem:
-            return Verification(False, count, prev_hash, event[_SEQ], problem)
-        prev_hash, count = event[_HASH], count + 1
+        if part.first_prev != prev_hash:
+            return Verification(False, count, prev_hash, part.first_seq, _PREV_MISMATCH)
+        if part.problem is not None:
+            seq, reason, before, hash_before = part.problem
+            return Verification(False, count + before, hash_before or prev_hash, seq, reason)
+        prev_hash, count = part.last_hash, count + part.count
     head_seq, head_hash = _recorded_head(session)
     if head_seq != count or head_hash != prev_hash:
         reason = f"the recorded head is event {head_seq}, but the chain ends at event {count}"
         return Verification(False, count, prev_hash, count + 1 if head_seq > count else None, reason)
     return Verification(True, count, prev_hash)
+
+
+@dataclass
+class _Part:
+    """One range of the chain as walked: its first event's seq and previous-hash (the seam,
+    checked by the caller), the events that fit, the last one's hash, and the first problem
+    inside the range as (seq, reason, events that fit before it, the hash before it)."""
+
+    first_seq: int = 0
+    first_prev: str = ""
+    count: int = 0
+    last_hash: str = ""
+    problem: tuple[int, str, int, str | None] | None = None
+
+
+def _walk(conn: Connection, first: int, last: int | None) -> _Part:
+    """Check the events from seq ``first`` on (to ``last``) against each other."""
+    part = _Part()
+    prev_hash: str | None = None
+    for event in _events(conn, first - 1, last):
+        seq = event[_SEQ]
+        if prev_hash is None:  # the range's first event: its link to the one before is the caller's
+            part.first_seq, part.first_prev = seq, event[_PREV]
+        elif seq != part.first_seq + part.count:
+            expected = part.first_seq + part.count
+            part.problem = (expected, f"event {expected} is missing (next found: {seq})", part.count, prev_hash)
+            return part
+        problem = _check(event, event[_PREV] if prev_hash is None else prev_hash)
+        if problem:
+            part.problem = (seq, problem, part.count, prev_hash)
+            return part
+        prev_hash = part.last_hash = event[_HASH]
+        part.count += 1
+    return part
+
+
+def _walk_range(address: str, first: int, last: int | None) -> _Part:
+    """``_walk`` in a process of its own, on a connection of its own."""
+    engine = create_engine(address, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return _walk(conn, first, last)
+    finally:
+        engine.dispose()
 
 
 # --- checkpoints: the head, signed and kept outside the database ---------------

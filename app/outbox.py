@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import ledger
-from .database import parameters, unit_of_work, wipe_free_space
+from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .models import OutboxJob, utcnow
 
@@ -92,13 +92,12 @@ def enqueue(
     return job
 
 
-def enqueue_many(session: Session, jobs: list[dict[str, Any]]) -> None:
-    """Write many jobs with one multi-row insert (columns as ``enqueue`` takes them)."""
-    if jobs:  # Core on the transaction's connection: no ORM bookkeeping per row or per call
-        session.connection().execute(_INSERT, parameters(jobs))
+def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
+    """Write jobs in one driver call (columns as ``enqueue`` takes them; the same keys in each)."""
+    uow.run_many(_INSERT, jobs)  # no ORM bookkeeping per row or per call
 
 
-_INSERT = insert(OutboxJob.__table__)
+_INSERT = Prepared(insert(OutboxJob.__table__))
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -285,15 +284,15 @@ def run_forever(stop: threading.Event, poll_seconds: float = 1.0, every_pass: Ca
             stop.wait(poll_seconds)
 
 
-def cancel_pending(session: Session, subscription_ref: str | list[str], kinds: tuple[str, ...]) -> None:
+def cancel_pending(uow: UnitOfWork, subscription_ref: str | list[str], kinds: tuple[str, ...]) -> None:
     """Drop queued jobs that no longer make sense (mail to a deleted person); one ref or many."""
     refs = [subscription_ref] if isinstance(subscription_ref, str) else subscription_ref
     # Core does not autoflush, so jobs added earlier in this unit of work go first.
-    session.flush()
+    uow.flush()
     if len(refs) == 1 and kinds == ("mail",):  # every opt-out: a statement with nothing to expand
-        session.connection().execute(_CANCEL_MAIL, {"ref": refs[0], "at": utcnow()})
+        uow.run(_CANCEL_MAIL, {"ref": refs[0], "at": utcnow()})
     else:
-        session.connection().execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
+        uow.conn.execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
 
 
 # Every opt-out runs this. A Core statement built once: the ORM's bulk-update path
@@ -309,9 +308,13 @@ _CANCEL = (
     )
     .values(_CANCELLED)
 )
-_CANCEL_MAIL = (
+_CANCEL_MAIL = Prepared(
     update(OutboxJob.__table__)
-    .where(_JOBS.subscription_ref == bindparam("ref"), _JOBS.kind == "mail", _JOBS.state.in_(("pending", "running")))
+    .where(
+        _JOBS.subscription_ref == bindparam("ref"),
+        _JOBS.kind == "mail",
+        or_(_JOBS.state == "pending", _JOBS.state == "running"),
+    )
     .values(_CANCELLED)
 )
 
@@ -380,7 +383,7 @@ def retry_dead(ids: list[int] | None = None, actor: str | None = None, channel: 
         jobs = sorted(uow.session.execute(statement).all(), key=lambda job: job.id)
         if actor is not None:
             evidence = [_operator_evidence("provider_sync_retried", job, actor, channel) for job in jobs]
-            ledger.append(uow.session, evidence)
+            ledger.append(uow, evidence)
     return len(jobs)
 
 
@@ -403,5 +406,5 @@ def discard_dead(ids: list[int] | None, actor: str, channel: str = "operator") -
                 uow.after_commit(wipe_free_space)
             job.state, job.finished_at, job.payload = "discarded", utcnow(), _without_personal(job.payload)
         if evidence:
-            ledger.append(uow.session, evidence)
+            ledger.append(uow, evidence)
     return len(jobs)

@@ -38,7 +38,7 @@ OPT_OUT_JOB = "sync_optout"
 def enqueue_sync(uow: UnitOfWork, sub: Subscription, *, opt_out: bool) -> None:
     # Written as a Core row (no ORM object): every confirmation and opt-out queues one.
     job = {"kind": OPT_OUT_JOB if opt_out else CONSENT_JOB, "notice": sub.notice, "subscription_ref": sub.ref}
-    outbox.enqueue_many(uow.session, [{**job, "payload": {}}])
+    outbox.enqueue_many(uow, [{**job, "payload": {}}])
 
 
 def enqueue_delete(uow: UnitOfWork, sub: Subscription) -> None:
@@ -59,7 +59,7 @@ def delete_job(notice: str, email: str, email_hash: str, subscription_ref: str |
 def enqueue_delete_address(
     uow: UnitOfWork, notice: str, email: str, email_hash: str, subscription_ref: str | None = None
 ) -> None:
-    outbox.enqueue_many(uow.session, [delete_job(notice, email, email_hash, subscription_ref)])
+    outbox.enqueue_many(uow, [delete_job(notice, email, email_hash, subscription_ref)])
 
 
 def _stamp(value: Any) -> str | None:
@@ -140,7 +140,7 @@ def _record_pending(notice: Notice, refs: list[str]) -> None:
     facts = {"provider": notice.provider["kind"], "reason": "compliance state"}
     with unit_of_work() as uow:
         ledger.append(
-            uow.session,
+            uow,
             [Evidence.under("provider_confirmation_requested", notice, ref, "system", facts) for ref in refs],
         )
 

@@ -163,7 +163,7 @@ def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
                     "purged": report.purged.get(notice.slug, {}),
                     "evidence_reduced": report.evidence_reduced[notice.slug],
                 }
-                ledger.append(uow.session, [Evidence.under("retention_purged", notice, None, "system", facts)])
+                ledger.append(uow, [Evidence.under("retention_purged", notice, None, "system", facts)])
     started = time.perf_counter()
     report.housekeeping = _housekeeping(now, dry_run)
     log.info("retention: housekeeping in %.1f s", time.perf_counter() - started)
@@ -220,11 +220,11 @@ def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[in
                 if row.confirmed_at is not None
             ]
             uow.session.execute(delete(EventDetail).where(EventDetail.subscription_ref.in_(refs)))
-            outbox.cancel_pending(uow.session, refs, ("mail",))
+            outbox.cancel_pending(uow, refs, ("mail",))
             uow.session.execute(delete(s).where(s.id.in_([row.id for row in rows])))
-            outbox.enqueue_many(uow.session, deletes)
+            outbox.enqueue_many(uow, deletes)
             ledger.append(
-                uow.session,
+                uow,
                 [Evidence.under("personal_data_deleted", notice, ref, "system", facts) for ref in refs],
             )
             prefixes = {row.email_hash[:16] for row in rows}

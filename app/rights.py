@@ -108,7 +108,7 @@ def request_link(person: Person, kind: str, facts: Facts) -> None:
         sub = next((s for s in subs if s.notice == person.origin.slug), subs[0])
         notice = get_notice(sub.notice) or person.origin
         ledger.append(
-            uow.session,
+            uow,
             [
                 Evidence.under(
                     "data_request_received",
@@ -162,7 +162,7 @@ def export(payload: dict[str, Any], facts: Facts) -> dict[str, Any] | None:
                 evidence.append(
                     Evidence.under("subject_exported", notice, sub.ref, facts.channel, {"request": request.id})
                 )
-        ledger.append(uow.session, evidence)
+        ledger.append(uow, evidence)
     return consent.export_by_hash(ehash)
 
 

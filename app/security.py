@@ -68,20 +68,29 @@ def register_input_guard(app: Flask) -> None:
 
     @app.before_request
     def _no_nul() -> None:
-        values = [*(request.view_args or {}).values(), *request.args.keys(), *request.args.values()]
+        # The raw bytes first: a NUL reaches a decoded value only as %00 or as itself.
+        if "\x00" in request.path or _may_hold_nul(request.query_string):
+            abort(400)
         if request.mimetype == "application/x-www-form-urlencoded":
             # Keep the raw body readable (a webhook signature covers it); bodies are small here.
-            request.get_data(cache=True, parse_form_data=False)
-            values += [*request.form.keys(), *request.form.values()]
+            if _may_hold_nul(request.get_data(cache=True, parse_form_data=False)):
+                abort(400)
         elif request.mimetype == "multipart/form-data":
-            values += [*request.form.keys(), *request.form.values()]
+            if _holds_nul([*request.form.keys(), *request.form.values()]):
+                abort(400)
         if request.is_json:
             try:
-                values.append(request.get_json(silent=True))
+                document = request.get_json(silent=True)  # parsed once: the handler gets this one
             except RecursionError:  # nested too deep to parse: no handler could read it either
                 abort(400)
-        if any(_holds_nul(v) for v in values):
-            abort(400)
+            body = request.get_data(cache=True)
+            if (b"\x00" in body or b"\\u0000" in body) and _holds_nul(document):
+                abort(400)
+
+
+def _may_hold_nul(raw: bytes) -> bool:
+    """Whether URL-encoded bytes decode to text holding a NUL: only ``%00`` or a raw NUL does."""
+    return b"%00" in raw or b"\x00" in raw
 
 
 def register_security_headers(app: Flask) -> None:

@@ -101,4 +101,4 @@ def _record_sent(ref: str, notice: Notice) -> None:
         if sub is None:
             return
         sub.confirmation_sent_at = utcnow()
-        ledger.append(uow.session, [Evidence.under("confirmation_sent", notice, ref, "mail")])
+        ledger.append(uow, [Evidence.under("confirmation_sent", notice, ref, "mail")])

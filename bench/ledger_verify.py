@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 from harness import empty_database, flask_command, label, report, service_env  # noqa: E402  (bench/ is on the path)
 
 from app import create_app, ledger  # noqa: E402
+from app.database import unit_of_work  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.ledger import Evidence  # noqa: E402
 
@@ -42,8 +43,8 @@ def fill(env: dict[str, str], events: int) -> float:
                 kind = KINDS[i % 3]
                 details = {"email": f"p{i // 3}@bench.example", "ip": "192.0.2.7"} if i % 3 == 0 else None
                 items.append(Evidence.under(kind, notice, person, "web", {"n": i}, details))
-            ledger.append(db.session, items)
-            db.session.commit()
+            with unit_of_work() as uow:
+                ledger.append(uow, items)
         db.session.remove()
         db.engine.dispose()
     return time.perf_counter() - started

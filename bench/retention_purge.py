@@ -36,6 +36,7 @@ from sqlalchemy import insert  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
 from app.consent import email_hash  # noqa: E402
+from app.database import unit_of_work  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.ledger import Evidence  # noqa: E402
 from app.mail import unsubscribe_link  # noqa: E402
@@ -63,15 +64,15 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
                 status, at = ("unsubscribed", old) if gone else ("subscribed", now)
                 row = subscription_row(address, email_hash(address), "munkeby", notice.version, status, at)
                 batch.append({**row, "name": f"Person {i}", "unsubscribed_at": old if gone else None})
-            db.session.execute(insert(Subscription), batch)
             evidence = []
             for row in batch:
                 details = {"email": row["email"], "ip": "192.0.2.10", "user_agent": "bench"}
                 evidence.append(Evidence.under("signup_requested", notice, row["ref"], "web", {}, details))
                 if row["status"] == "unsubscribed":
                     evidence.append(Evidence.under("opted_out", notice, row["ref"], "one_click", {}, details))
-            ledger.append(db.session, evidence)
-            db.session.commit()
+            with unit_of_work() as uow:
+                uow.session.execute(insert(Subscription), batch)
+                ledger.append(uow, evidence)
         probes = [
             unsubscribe_link("munkeby", email_hash(f"person{i}@bench.example")).removeprefix("https://news.example.org")
             for i in range(1, rows, max(1, rows // 2000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text, update
@@ -114,19 +115,22 @@ def test_each_hash_is_the_sha256_of_the_documented_canonical_record(app):
     import json
 
     from app import ledger
+    from app.database import unit_of_work
     from app.ledger import Evidence
 
     with app.app_context():
         notice = app.extensions["notices"]["munkeby"]
         odd = {"reason": 'quote " back \\ slash', "name": "Åsa Öberg 😀", "line": "a\u2028b\nc", "n": 7, "none": None}
-        ledger.append(
-            db.session,
-            [
-                Evidence.under("opted_out", notice, "a" * 32, "one-click", odd, details={"email": "åsa@exempel.se"}),
-                Evidence.under("opted_out", notice, None, "api", {}),
-            ],
-        )
-        db.session.commit()
+        with unit_of_work() as uow:
+            ledger.append(
+                uow,
+                [
+                    Evidence.under(
+                        "opted_out", notice, "a" * 32, "one-click", odd, details={"email": "åsa@exempel.se"}
+                    ),
+                    Evidence.under("opted_out", notice, None, "api", {}),
+                ],
+            )
         rows = db.session.execute(select(ConsentEvent).order_by(ConsentEvent.seq)).scalars().all()
         assert len(rows) == 2
         for row in rows:
@@ -167,3 +171,48 @@ def test_verify_says_so_when_the_checkpoint_cannot_be_written(app, client, mailb
     result = verify(runner)
     assert result.exit_code == 2 and result.stdout.startswith("ok: 10 events verified")
     assert "checkpoint could not be written" in result.stderr
+
+
+def _deleted(where: str) -> list[str]:
+    return [f"DELETE FROM event_details WHERE {where}", f"DELETE FROM consent_events WHERE {where}"]
+
+
+# With two processes over 60 events the ranges are 1-30 and 31 on: these hit both sides of the seam.
+TAMPERINGS = {
+    "untouched": [],
+    "a field inside the second range": ["UPDATE consent_events SET channel = 'x' WHERE seq = 40"],
+    "the second range's first event": ["UPDATE consent_events SET channel = 'x' WHERE seq = 31"],
+    "details in the first range": ["UPDATE event_details SET details = '{}' WHERE seq = 7"],
+    "the event at the seam deleted": _deleted("seq = 31"),
+    "the first range's last event deleted": _deleted("seq = 30"),
+    "the whole second range deleted": _deleted("seq > 30"),
+    "the link across the seam": ["UPDATE consent_events SET prev_hash = hash WHERE seq = 31"],
+    "the first event deleted": _deleted("seq = 1"),
+    "the tail cut": _deleted("seq > 55"),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS)
+def test_a_chain_walked_in_parallel_ranges_gives_the_single_walks_answer(app, tampering):
+    from app import ledger
+    from app.database import unit_of_work
+    from app.ledger import Evidence
+
+    with app.app_context():
+        notice = app.extensions["notices"]["munkeby"]
+        with unit_of_work() as uow:
+            ledger.append(
+                uow,
+                [
+                    Evidence.under("opted_out", notice, f"{i:032x}", "web", {"n": i}, {"email": f"p{i}@example.com"})
+                    for i in range(60)
+                ],
+            )
+        db.session.remove()
+    tamper(app, *TAMPERINGS[tampering])
+    with app.app_context():
+        single = ledger.verify(db.session, processes=1)
+        parallel = ledger.verify(db.session, processes=2, parallel_from=0)
+        db.session.remove()
+    assert parallel == single
+    assert single.ok == (tampering == "untouched")

@@ -208,3 +208,49 @@ def test_in_production_cookies_are_secure_and_pages_demand_https(app_env):
     assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
     with app.app_context():
         db.engine.dispose()
+
+
+# Each would otherwise be answered as usual: a NUL in a place no handler checks.
+NUL_REQUESTS = {
+    "path part": ("GET", "/munkeby/privacy%00", {}),
+    "query key": ("GET", "/munkeby/subscribe?la%00ng=en", {}),
+    "query value": ("GET", "/munkeby/subscribe?utm=e%00n", {}),
+    "form field": ("POST", "UNSUBSCRIBE", {"form": "List-Unsubscribe=One-Click&note=a%00b"}),
+    "raw form byte": ("POST", "UNSUBSCRIBE", {"form": b"List-Unsubscribe=One-Click&note=a\x00b"}),
+    "multipart field": ("POST", "UNSUBSCRIBE", {"multipart": {"List-Unsubscribe": "One-Click", "note": "a\x00b"}}),
+    "JSON value, nested": ("POST", "/api/v1/opt-outs", {"json": {"notice": "munkeby", "x": [{"y": "\x00"}]}}),
+    "JSON key": ("POST", "/api/v1/opt-outs", {"json": {"notice\x00": "munkeby"}}),
+}
+
+
+@pytest.mark.parametrize("where", NUL_REQUESTS)
+def test_a_nul_anywhere_in_a_request_is_refused_before_any_handler(app, client, mailbox, where):
+    method, path, body = NUL_REQUESTS[where]
+    if path == "UNSUBSCRIBE":
+        path = unsubscribe_path(subscribe_and_confirm(client, mailbox, "munkeby", "nul@example.com"))
+    kwargs = {}
+    if "form" in body:
+        kwargs = {"data": body["form"], "content_type": "application/x-www-form-urlencoded"}
+    elif "multipart" in body:
+        kwargs = {"data": body["multipart"], "content_type": "multipart/form-data"}
+    elif "json" in body:
+        kwargs = {"json": body["json"]}
+    before = everything(app)
+    assert client.open(path, method=method, **kwargs).status_code == 400
+    assert everything(app) == before
+    # The same request without the NUL is answered (an API call without a token: 401).
+    clean = path.replace("%00", "")
+    if "form" in body:
+        kwargs["data"] = body["form"].replace("%00" if isinstance(body["form"], str) else b"\x00", type(body["form"])())
+    elif "multipart" in body:
+        kwargs["data"] = {k: v.replace("\x00", "") for k, v in body["multipart"].items()}
+    elif "json" in body:
+        kwargs["json"] = {"notice": "munkeby"}
+    assert client.open(clean, method=method, **kwargs).status_code in (200, 401)
+
+
+def test_text_that_only_looks_like_a_nul_is_not_refused(client):
+    """``%2500`` is the text "%00", and ``\\\\u0000`` in JSON a backslash and "u0000": neither is a NUL."""
+    assert client.get("/munkeby/subscribe?lang=%2500").status_code == 200
+    assert client.get("/munkeby/privacy%2500").status_code == 404  # reached the router
+    assert client.post("/api/v1/opt-outs", json={"notice": "\\u0000"}).status_code == 401  # reached the API

@@ -1,0 +1,74 @@
+"""Statements prepared for the driver (the opt-out paths) store and read what Core does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+
+from app.database import Prepared, unit_of_work
+from app.extensions import db
+from app.models import OutboxJob, Subscription, utcnow
+
+JOBS = OutboxJob.__table__
+PREPARED_INSERT = Prepared(insert(JOBS))
+PREPARED_SELECT = Prepared(select(JOBS).where(JOBS.c.subscription_ref == bindparam("ref")))
+PREPARED_CANCEL = Prepared(
+    update(JOBS).where(JOBS.c.subscription_ref == bindparam("ref")).values(state="done", payload={})
+)
+
+
+def _stored(ref: str) -> dict:
+    row = db.session.execute(select(JOBS).where(JOBS.c.subscription_ref == ref)).mappings().one()
+    return {k: v for k, v in row.items() if k != "id"}
+
+
+@pytest.mark.parametrize("orm", [True, False])
+def test_a_prepared_insert_stores_what_a_core_insert_stores(app, orm):
+    job = {"kind": "mail", "notice": "munkeby", "payload": {"template": "welcome", "å": [1, None]}}
+    with app.app_context():
+        before = utcnow()
+        with unit_of_work() as uow:
+            uow.conn.execute(insert(JOBS), {**job, "subscription_ref": "c" * 32})
+        with unit_of_work(orm=orm) as uow:
+            uow.run(PREPARED_INSERT, {**job, "subscription_ref": "p" * 32})
+        core, prepared = _stored("c" * 32), _stored("p" * 32)
+        for column in ("next_attempt_at", "created_at"):  # Python defaults, made per call
+            assert isinstance(prepared[column], datetime) and prepared[column] >= before
+            core.pop(column), prepared.pop(column)
+        assert prepared == {**core, "subscription_ref": "p" * 32}
+        assert prepared["state"] == "pending" and prepared["attempts"] == 0
+        assert prepared["payload"] == job["payload"]
+        db.session.remove()
+
+
+def test_a_prepared_select_reads_the_types_core_reads(app):
+    with app.app_context():
+        with unit_of_work(orm=False) as uow:
+            uow.run(PREPARED_INSERT, {"kind": "mail", "notice": None, "subscription_ref": "r" * 32, "payload": {}})
+        with unit_of_work(orm=False) as uow:
+            (row,) = uow.run(PREPARED_SELECT, {"ref": "r" * 32})
+            uow.run(PREPARED_CANCEL, {"ref": "r" * 32})
+        core = db.session.execute(select(JOBS).where(JOBS.c.subscription_ref == "r" * 32)).one()
+        assert row._asdict() == {**core._asdict(), "state": "pending"}  # read before the cancel
+        assert isinstance(row.created_at, datetime) and row.payload == {}
+        assert core.state == "done" and core.payload == {}
+        db.session.remove()
+
+
+def test_a_unit_of_work_without_the_orm_writes_nothing_when_it_fails(app):
+    with app.app_context():
+        with pytest.raises(ZeroDivisionError), unit_of_work(orm=False) as uow:
+            uow.run(PREPARED_INSERT, {"kind": "mail", "notice": None, "subscription_ref": "x" * 32, "payload": {}})
+            1 / 0  # noqa: B018
+        assert db.session.execute(select(JOBS)).first() is None
+        with unit_of_work(orm=False) as uow, pytest.raises(RuntimeError, match="without the ORM"):
+            uow.session  # noqa: B018
+        db.session.remove()
+
+
+def test_a_statement_that_expands_a_list_cannot_be_prepared(app):
+    statement = Prepared(select(Subscription.id).where(Subscription.status.in_(["pending", "subscribed"])))
+    with app.app_context(), unit_of_work(orm=False) as uow, pytest.raises(TypeError, match="expand"):
+        uow.run(statement, {})
