@@ -35,11 +35,11 @@ from typing import IO, Any, NamedTuple
 
 from sqlalchemy import insert, select
 
-from . import ledger, provider_sync
+from . import ledger, outbox, provider_sync
 from .consent import EARLIEST_CONTACT, InvalidInput, clean_name, email_hash, normalise_email
-from .database import unit_of_work
+from .database import Prepared, unit_of_work
 from .ledger import Evidence
-from .models import OutboxJob, Subscription, Suppression, new_ref, utcnow
+from .models import Subscription, Suppression, new_ref, utcnow
 from .notices import LAWFUL_BASES, Notice
 
 log = logging.getLogger(__name__)
@@ -290,6 +290,9 @@ def _date(value: str, today: date, name: str) -> datetime | None:
     return datetime(day.year, day.month, day.day)
 
 
+_INSERT_SUBSCRIPTIONS = Prepared(insert(Subscription.__table__))
+
+
 def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> None:
     notice = spec.notice
     hashed = {email_hash(row.email): row for row in batch}
@@ -339,7 +342,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             }
             for h, row in fresh
         ]
-        uow.session.execute(insert(Subscription), subs)
+        uow.run_many(_INSERT_SUBSCRIPTIONS, subs)
         facts = {
             "lawful_basis": spec.lawful_basis,
             "source": spec.source,
@@ -375,8 +378,5 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
                 {"kind": "mail", "notice": notice.slug, "subscription_ref": sub["ref"], "payload": {"template": ART14}}
                 for sub in subs
             ]
-        now_jobs = [
-            {**job, "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now} for job in jobs
-        ]
         # The worker sends the mail and the syncs; nothing leaves from inside an import.
-        uow.session.execute(insert(OutboxJob), now_jobs)
+        outbox.enqueue_many(uow, jobs)

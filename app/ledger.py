@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, create_engine, insert, select, update
+from sqlalchemy import Connection, bindparam, create_engine, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -216,23 +216,31 @@ def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: in
     the record's values in ``_FIELDS`` order, then its hash, its details' salt and text.
 
     Plain tuples, not ORM objects or mappings: ``ledger verify`` walks every event ever written.
+    Each query asks for one range of seqs, not "the next N": the plan then stays an index range
+    scan of N rows whatever the planner believes of a table that has just grown by a million.
     """
-    e, d = ConsentEvent.__table__.c, EventDetail.__table__.c
-    query = (
-        select(*(e[name] for name in _FIELDS), e.hash, d.salt, d.details)
-        .outerjoin(EventDetail.__table__, d.seq == e.seq)
-        .order_by(e.seq)
-        .limit(batch)
-    )
-    if upto is not None:
-        query = query.where(e.seq <= upto)
     last = after
-    while True:
-        rows = conn.execute(query.where(e.seq > last)).all()
-        if not rows:
+    while upto is None or last < upto:
+        high = last + batch if upto is None else min(last + batch, upto)
+        rows = conn.execute(_EVENT_RANGE, {"low": last, "high": high}).all()
+        if rows:
+            yield from rows
+            last = high
+            continue
+        following = conn.execute(_NEXT_SEQ, {"low": last}).scalar()  # past a gap, or the end
+        if following is None or (upto is not None and following > upto):
             return
-        yield from rows
-        last = rows[-1][_SEQ]
+        last = following - 1
+
+
+_E, _D = ConsentEvent.__table__.c, EventDetail.__table__.c
+_EVENT_RANGE = (
+    select(*(_E[name] for name in _FIELDS), _E.hash, _D.salt, _D.details)
+    .outerjoin(EventDetail.__table__, _D.seq == _E.seq)
+    .where(_E.seq > bindparam("low"), _E.seq <= bindparam("high"))
+    .order_by(_E.seq)
+)
+_NEXT_SEQ = select(func.min(_E.seq)).where(_E.seq > bindparam("low"))
 
 
 # Where each value sits in a row of ``_events``: the record's fields, then hash, salt, details.
