@@ -153,7 +153,7 @@ def _write(uow: UnitOfWork, sub: Held, **values: Any) -> None:
     costs more than the UPDATE itself on the paths every opt-out takes.
     """
     values["updated_at"] = utcnow()
-    uow.run(_UPDATE_SUBSCRIPTION, {"sub_id": sub.id, **values})
+    uow.send(_UPDATE_SUBSCRIPTION, {"sub_id": sub.id, **values})
     if isinstance(sub, Subscription):
         for key, value in values.items():
             set_committed_value(sub, key, value)
@@ -176,6 +176,11 @@ def _suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
     """Ensure a suppression entry; True when it is new (one statement: an existing one stays)."""
     statement = _INSERT_SUPPRESSION[uow.dialect.name]
     return bool(uow.run(statement, {"notice": notice, "email_hash": ehash, "reason": reason}))
+
+
+def _keep_suppressed(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> None:
+    """``_suppress`` where nobody reads the answer: the statement need not wait for one."""
+    uow.send(_INSERT_SUPPRESSION[uow.dialect.name], {"notice": notice, "email_hash": ehash, "reason": reason})
 
 
 def _insert_if_new(table: Any, *key: str) -> dict[str, Prepared]:
@@ -208,14 +213,14 @@ def _erase_subscription(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:
     """
     if sub.confirmed_at is not None:  # only a once-confirmed person was ever sent to the provider
         provider_sync.enqueue_delete(uow, sub)
-    uow.run(_DELETE_DETAILS, {"ref": sub.ref})
-    _suppress(uow, sub.notice, sub.email_hash, reason)
+    uow.send(_DELETE_DETAILS, {"ref": sub.ref})
+    _keep_suppressed(uow, sub.notice, sub.email_hash, reason)
     outbox.cancel_pending(uow, sub.ref, ("mail",))
     ehash = sub.email_hash
     if isinstance(sub, Subscription):
         uow.session.delete(sub)
     else:
-        uow.run(_DELETE_SUBSCRIPTION, {"sub_id": sub.id})
+        uow.send(_DELETE_SUBSCRIPTION, {"sub_id": sub.id})
     uow.after_commit(lambda: mail.forget_folder_mail(ehash))
     notice = get_notice(sub.notice)
     return Evidence(
@@ -253,7 +258,7 @@ def _apply_opt_out(
         deleted = _erase_subscription(uow, sub, reason=reason)
         _wipe_after_commit(uow)
         return [opted_out, deleted]
-    _suppress(uow, notice.slug, sub.email_hash, reason)
+    _keep_suppressed(uow, notice.slug, sub.email_hash, reason)
     outbox.cancel_pending(uow, sub.ref, ("mail",))
     _write(uow, sub, status="unsubscribed", unsubscribed_at=utcnow(), confirm_nonce=None)
     if sub.confirmed_at is not None and not provider_knows:
@@ -531,7 +536,7 @@ def _apply_provider_event(event: ProviderEvent) -> str:
         if not delivery:
             return "duplicate"
         outcome, evidence = _provider_event_effect(uow, event)
-        uow.run(_DELIVERY_OUTCOME, {"delivery_id": delivery[0].id, "outcome": outcome})
+        uow.send(_DELIVERY_OUTCOME, {"delivery_id": delivery[0].id, "outcome": outcome})
         ledger.append(uow, evidence)
     log.info("%s %s event for %s: %s", event.provider, event.kind, event.notice.slug, outcome)
     return outcome

@@ -13,11 +13,12 @@ import re
 import sqlite3
 from collections import namedtuple
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import Connection, Dialect, Engine, Executable, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
@@ -166,17 +167,27 @@ class UnitOfWork:
         """Run a prepared statement with one parameter set; answers the rows it returns."""
         params = params or {}
         plan = statement.plan(self.dialect, tuple(params))
-        cursor = self._driver_cursor()
-        cursor.execute(plan.sql, plan.values(params))
-        return plan.rows(cursor) if plan.row is not None else []
+        with _as_sqlalchemy_errors(plan.sql, self.dialect):
+            cursor = self._driver_cursor()
+            cursor.execute(plan.sql, plan.values(params))
+            return plan.rows(cursor) if plan.row is not None else []
 
-    def run_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
-        """Run a prepared statement (no RETURNING) once per parameter set, in one driver call."""
-        if len(rows) == 1:
-            self.run(statement, rows[0])
-        elif rows:
-            plan = statement.plan(self.dialect, tuple(rows[0]))
-            self._driver_cursor().executemany(plan.sql, [plan.values(row) for row in rows])
+    def send(self, statement: Prepared, params: dict[str, Any] | None = None) -> None:
+        """Run a prepared statement whose answer nobody reads. In a unit of work opened with
+        ``orm=False`` on PostgreSQL it goes out without waiting for the server (pipeline mode):
+        the writes between two reads share one round trip, and an error shows at the next read."""
+        self.send_many(statement, [params or {}])
+
+    def send_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
+        """``send`` once per parameter set (the same keys in each), in one driver call."""
+        if not rows:
+            return
+        plan = statement.plan(self.dialect, tuple(rows[0]))
+        with _as_sqlalchemy_errors(plan.sql, self.dialect):
+            if len(rows) == 1:  # executemany's own set-up costs more than one statement
+                self._driver_cursor().execute(plan.sql, plan.values(rows[0]))
+            else:
+                self._driver_cursor().executemany(plan.sql, [plan.values(row) for row in rows])
 
     def _driver_cursor(self) -> Any:
         if self._cursor is None:
@@ -185,6 +196,16 @@ class UnitOfWork:
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
+
+
+@contextmanager
+def _as_sqlalchemy_errors(sql: str, dialect: Dialect) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy raises them (``IntegrityError`` and the rest), so
+    callers handle a prepared statement's failure as they handle any other statement's."""
+    try:
+        yield
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
 
 
 @contextmanager
@@ -210,12 +231,16 @@ def _on_driver() -> Iterator[UnitOfWork]:
     if session.in_transaction():  # as above: a transaction of the request's session holds no lock we wait on
         session.rollback()
     engine = db.engine
+    dialect = engine.dialect
     driver = engine.raw_connection()  # from the pool, set up by its connect hook like any other
     try:
-        if engine.dialect.name == "sqlite":
-            driver.cursor().execute("BEGIN IMMEDIATE")  # the driver leaves BEGIN to us (see above)
-        yield UnitOfWork(engine.dialect, driver)
-        driver.commit()
+        with ExitStack() as stack, _as_sqlalchemy_errors("COMMIT", dialect):
+            if dialect.name == "sqlite":
+                driver.cursor().execute("BEGIN IMMEDIATE")  # the driver leaves BEGIN to us (see above)
+            elif dialect.name == "postgresql":
+                stack.enter_context(driver.driver_connection.pipeline())
+            yield UnitOfWork(dialect, driver)
+            driver.commit()
     except BaseException:
         driver.rollback()
         raise

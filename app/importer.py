@@ -342,7 +342,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             }
             for h, row in fresh
         ]
-        uow.run_many(_INSERT_SUBSCRIPTIONS, subs)
+        uow.send_many(_INSERT_SUBSCRIPTIONS, subs)
         facts = {
             "lawful_basis": spec.lawful_basis,
             "source": spec.source,

@@ -176,12 +176,12 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
         }
         event["hash"] = prev = record_hash(event)
         events.append(event)
-    uow.run_many(_INSERT_EVENTS, events)
-    uow.run_many(_INSERT_DETAILS, details)
+    uow.send_many(_INSERT_EVENTS, events)
+    uow.send_many(_INSERT_DETAILS, details)
     if head is None:
-        uow.run(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev})
+        uow.send(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev})
     else:
-        uow.run(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+        uow.send(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return seq
 
 

@@ -94,7 +94,7 @@ def enqueue(
 
 def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
     """Write jobs in one driver call (columns as ``enqueue`` takes them; the same keys in each)."""
-    uow.run_many(_INSERT, jobs)  # no ORM bookkeeping per row or per call
+    uow.send_many(_INSERT, jobs)  # no ORM bookkeeping per row or per call
 
 
 _INSERT = Prepared(insert(OutboxJob.__table__))
@@ -290,7 +290,7 @@ def cancel_pending(uow: UnitOfWork, subscription_ref: str | list[str], kinds: tu
     # Core does not autoflush, so jobs added earlier in this unit of work go first.
     uow.flush()
     if len(refs) == 1 and kinds == ("mail",):  # every opt-out: a statement with nothing to expand
-        uow.run(_CANCEL_MAIL, {"ref": refs[0], "at": utcnow()})
+        uow.send(_CANCEL_MAIL, {"ref": refs[0], "at": utcnow()})
     else:
         uow.conn.execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
 

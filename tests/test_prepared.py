@@ -72,3 +72,27 @@ def test_a_statement_that_expands_a_list_cannot_be_prepared(app):
     statement = Prepared(select(Subscription.id).where(Subscription.status.in_(["pending", "subscribed"])))
     with app.app_context(), unit_of_work(orm=False) as uow, pytest.raises(TypeError, match="expand"):
         uow.run(statement, {})
+
+
+def test_a_failed_statement_that_nobody_waited_for_still_fails_the_unit_of_work(app):
+    """On PostgreSQL an answer-less statement goes out without waiting (pipeline mode); its
+    error comes with the next read or the commit, as SQLAlchemy's IntegrityError, and the
+    whole unit of work is rolled back."""
+    from sqlalchemy.exc import IntegrityError
+
+    from app.models import Suppression
+
+    plain_insert = Prepared(insert(Suppression.__table__))
+    row = {"notice": "munkeby", "email_hash": "e" * 64, "reason": "opt_out"}
+    with app.app_context():
+        with unit_of_work(orm=False) as uow:
+            uow.send(plain_insert, row)
+        with pytest.raises(IntegrityError), unit_of_work(orm=False) as uow:
+            uow.send(PREPARED_INSERT, {"kind": "mail", "notice": None, "subscription_ref": "y" * 32, "payload": {}})
+            uow.send(plain_insert, row)  # the same key again
+        with pytest.raises(IntegrityError), unit_of_work(orm=False) as uow:
+            uow.send(plain_insert, row)
+            uow.run(PREPARED_SELECT, {"ref": "y" * 32})
+        assert db.session.execute(select(JOBS)).first() is None
+        assert len(db.session.execute(select(Suppression.id)).all()) == 1
+        db.session.remove()
