@@ -294,8 +294,7 @@ def verify(session: Session, processes: int | None = None, parallel_from: int = 
             continue  # a range with no events: the next one's first event shows the gap
         expected = count + 1
         if part.first_seq != expected:
-            reason = f"event {expected} is missing (next found: {part.first_seq})"
-            return Verification(False, count, prev_hash, expected, reason)
+            return Verification(False, count, prev_hash, expected, _missing(expected, part.first_seq))
         if part.first_prev != prev_hash:
             return Verification(False, count, prev_hash, part.first_seq, _PREV_MISMATCH)
         if part.problem is not None:
@@ -322,23 +321,28 @@ class _Part:
     problem: tuple[int, str, int, str | None] | None = None
 
 
+def _missing(expected: int, found: int) -> str:
+    return f"event {expected} is missing (next found: {found})"
+
+
 def _walk(conn: Connection, first: int, last: int | None) -> _Part:
     """Check the events from seq ``first`` on (to ``last``) against each other."""
     part = _Part()
-    prev_hash: str | None = None
     for event in _events(conn, first - 1, last):
         seq = event[_SEQ]
-        if prev_hash is None:  # the range's first event: its link to the one before is the caller's
+        if part.count == 0:  # the range's first event: its link to the one before is the caller's
             part.first_seq, part.first_prev = seq, event[_PREV]
+            problem = _check(event, event[_PREV])
         elif seq != part.first_seq + part.count:
             expected = part.first_seq + part.count
-            part.problem = (expected, f"event {expected} is missing (next found: {seq})", part.count, prev_hash)
+            part.problem = (expected, _missing(expected, seq), part.count, part.last_hash)
             return part
-        problem = _check(event, event[_PREV] if prev_hash is None else prev_hash)
+        else:
+            problem = _check(event, part.last_hash)
         if problem:
-            part.problem = (seq, problem, part.count, prev_hash)
+            part.problem = (seq, problem, part.count, part.last_hash or None)
             return part
-        prev_hash = part.last_hash = event[_HASH]
+        part.last_hash = event[_HASH]
         part.count += 1
     return part
 
