@@ -227,9 +227,10 @@ def _in_session() -> Iterator[UnitOfWork]:
 
 @contextmanager
 def _on_driver() -> Iterator[UnitOfWork]:
-    session = db.session()
-    if session.in_transaction():  # as above: a transaction of the request's session holds no lock we wait on
-        session.rollback()
+    # As above: no transaction of the request's session may hold a lock this one waits on.
+    # (No session is made just to ask: the opt-out paths often have none.)
+    if db.session.registry.has() and db.session().in_transaction():
+        db.session.rollback()
     engine = db.engine
     dialect = engine.dialect
     driver = engine.raw_connection()  # from the pool, set up by its connect hook like any other
