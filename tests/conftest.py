@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from app import create_app
 from app.extensions import db, limiter
+from app.providers.mailchimp import MailchimpProvider
 
 from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
@@ -146,7 +147,9 @@ def apsis() -> Iterator[FakeApsis]:
 
 @pytest.fixture
 def mailchimp() -> Iterator[FakeMailchimp]:
-    """A fake Mailchimp API on 127.0.0.1 with Munkeby's audience."""
+    """A fake Mailchimp API on 127.0.0.1 with Munkeby's audience. A new fake can reuse an earlier
+    one's port, so the provider's memory of audiences already given the link fields starts empty."""
+    MailchimpProvider._fields_checked.clear()
     with FakeMailchimp() as fake:
         fake.add_list("munkeby0001")
         yield fake

@@ -88,13 +88,26 @@ def test_member_in_compliance_state_is_set_pending_and_recorded(client, mailbox,
 
 def test_a_permanent_error_becomes_a_dead_letter_and_can_be_retried(app, client, mailbox, runner, mailchimp):
     subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
-    mailchimp.enqueue_failure(400, {"title": "Invalid Resource", "status": 400, "detail": "bad merge field"})
+    mailchimp.enqueue_failure(400, {"title": "Invalid Resource", "status": 400, "detail": "bad language code"})
     status = drain(runner)
     [dead] = status["dead_letters"]
     assert "Invalid Resource" in dead["reason"]
     assert json.loads(runner.invoke(args=["outbox", "retry"]).stdout) == {"requeued": 1}
     drain(runner)
     assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+
+
+def test_link_fields_deleted_in_mailchimp_are_made_again_on_the_next_sign_up(client, mailbox, runner, mailchimp):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    drain(runner)
+    for tag in ("UNSUBURL", "MANAGEURL"):
+        mailchimp.remove_merge_field(LIST_ID, tag)
+    subscribe_and_confirm(client, mailbox, "munkeby", "berit@example.com")
+    status = drain(runner)
+    assert status["counts"]["dead"] == 0
+    assert mailchimp.member(LIST_ID, "berit@example.com")["merge_fields"]["UNSUBURL"].startswith(
+        PUBLIC_URL + "/unsubscribe/")
+    assert {"UNSUBURL", "MANAGEURL"} <= set(mailchimp.merge_tags(LIST_ID))
 
 
 def test_many_changes_go_through_the_batch_endpoint(app, client, mailbox, runner, mailchimp):

@@ -60,8 +60,15 @@ def _problem(exc: ApiClientError) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _fields_refused(outcome: Outcome) -> bool:
+    """Mailchimp refused the member's merge fields: our link fields may have been removed from
+    the audience since this process checked them."""
+    return isinstance(outcome, ProviderPermanent) and "merge field" in str(outcome).lower()
+
+
 class MailchimpProvider:
-    # Audiences known to have the link fields, by (API host, list id).
+    # Audiences known to have the link fields, by (API host, list id). A refusal of the
+    # merge fields drops the entry, so fields deleted in Mailchimp are made again.
     _fields_checked: ClassVar[set[tuple[str, str]]] = set()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -121,6 +128,10 @@ class MailchimpProvider:
                     body = {"tag": tag, "name": name, "type": "url", "public": False}
                     self._call(self.client.lists.add_list_merge_field, list_id, body)
             self._fields_checked.add(key)
+
+    def _recheck_link_fields(self, list_id: str) -> None:
+        self._fields_checked.discard((self.client.api_client.host, list_id))
+        self._ensure_link_fields(list_id)
 
     @staticmethod
     def _member_body(notice: Notice, member: Member) -> dict[str, Any]:
@@ -204,6 +215,17 @@ class MailchimpProvider:
             for result in pool.map(lambda chunk: self._batch(notice, chunk), chunks):
                 for i, outcome in result.items():
                     outcomes[i] = outcome
+        refused = [(i, op) for i, op in status_ops if op.action == "subscribe" and _fields_refused(outcomes[i])]
+        if refused:
+            try:
+                self._recheck_link_fields(notice.provider["list_id"])
+            except (ProviderRetry, ProviderPermanent) as exc:
+                for i, _ in refused:
+                    outcomes[i] = exc
+            else:
+                for n in range(0, len(refused), BATCH_SIZE):
+                    for i, outcome in self._batch(notice, refused[n : n + BATCH_SIZE]).items():
+                        outcomes[i] = outcome
         single = [(i, operations[i]) for i, o in enumerate(outcomes) if o == "retry-single"] + deletes
         for (i, _), outcome in zip(single, apply_each(self, notice, [op for _, op in single]), strict=True):
             outcomes[i] = outcome

@@ -178,6 +178,12 @@ class FakeMailchimp:
                 self._create_merge_field(list_id, spec)
             return lst
 
+    def remove_merge_field(self, list_id: str, tag: str) -> None:
+        """Delete a merge field, as a marketer can in Mailchimp's audience settings."""
+        with self._lock:
+            lst = self.lists[list_id]
+            lst["merge_fields"] = [f for f in lst["merge_fields"] if f["tag"] != tag]
+
     def merge_tags(self, list_id: str) -> list[str]:
         return [f["tag"] for f in self.lists[list_id]["merge_fields"]]
 
