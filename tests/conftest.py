@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from app import create_app
 from app.extensions import db, limiter
+from app.providers.apsis import ApsisProvider
 from app.providers.mailchimp import MailchimpProvider
 
 from .fakes.apsis import FakeApsis
@@ -140,7 +141,8 @@ def smtp() -> Iterator[SmtpSink]:
 
 @pytest.fixture
 def apsis() -> Iterator[FakeApsis]:
-    """A fake APSIS One API on 127.0.0.1."""
+    """A fake APSIS One API on 127.0.0.1; no token from an earlier fake on the same port is kept."""
+    ApsisProvider._tokens.clear()
     with FakeApsis() as fake:
         yield fake
 
