@@ -55,7 +55,12 @@ from .notices import Notice
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000
+BATCH = 1000  # rows per read of the evidence reduction, and the most a purge batch takes
+# A purge batch holds the write lock (SQLite) or its rows' locks until it commits, so an
+# unsubscribe arriving meanwhile waits for it: each batch is sized from the last one's time
+# to take about this long, within FIRST_BATCH/8 and BATCH rows.
+BATCH_SECONDS = 0.1
+FIRST_BATCH = 200
 PURGE_RULES = ("unconfirmed_days", "unsubscribed_days", "prospect_without_dialog_days", "prospect_with_dialog_days")
 # Events whose details prove the consent a subscription rests on; kept while it does.
 PROOF_EVENTS = ("signup_requested", "consent_confirmed", "imported", "provider_subscribed")
@@ -205,10 +210,11 @@ def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[in
     s = Subscription
     columns = query.with_only_columns(s.id, s.ref, s.email, s.email_hash, s.confirmed_at)
     facts = {"reason": "retention", "rule": rule, "days": notice.retention[rule]}
-    after = 0
+    after, size = 0, min(FIRST_BATCH, BATCH)
     while True:
+        started = time.perf_counter()
         with unit_of_work() as uow:
-            rows = uow.session.execute(columns.where(s.id > after).order_by(s.id).limit(BATCH).with_for_update()).all()
+            rows = uow.session.execute(columns.where(s.id > after).order_by(s.id).limit(size).with_for_update()).all()
             if not rows:
                 return
             after = rows[-1].id
@@ -230,6 +236,13 @@ def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[in
             prefixes = {row.email_hash[:16] for row in rows}
             uow.after_commit(lambda prefixes=prefixes: _forget_folder_mail(prefixes))
         yield len(rows)
+        size = next_batch_size(size, time.perf_counter() - started)
+
+
+def next_batch_size(size: int, seconds: float) -> int:
+    """The next batch's rows: scaled to take ``BATCH_SECONDS``, at most doubling at a step."""
+    wanted = int(size * BATCH_SECONDS / max(seconds, 1e-3))
+    return max(min(FIRST_BATCH // 8, BATCH), min(wanted, 2 * size, BATCH))
 
 
 def _forget_folder_mail(prefixes: set[str]) -> None:

@@ -71,3 +71,14 @@ def test_a_purge_in_many_batches_deletes_each_person_here_and_at_mailchimp(
         payloads = db.session.execute(select(OutboxJob.payload).where(OutboxJob.kind == "sync_optout")).scalars()
         assert not any(address in json.dumps(p) for p in payloads for address in gone)  # wiped once done
     assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+
+
+def test_purge_batches_are_sized_to_hold_the_lock_briefly():
+    first = retention.FIRST_BATCH
+    # A batch that took four times the target is followed by one a quarter its size ...
+    assert retention.next_batch_size(first, 4 * retention.BATCH_SECONDS) == first // 4
+    # ... a quick one by one at most twice its size, and never more than BATCH ...
+    assert retention.next_batch_size(first, retention.BATCH_SECONDS / 100) == 2 * first
+    assert retention.next_batch_size(retention.BATCH, retention.BATCH_SECONDS / 100) == retention.BATCH
+    # ... and a stalled one by a small batch, not by none.
+    assert retention.next_batch_size(first, 60.0) == first // 8
