@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, label, report, service_env, subscription_row  # noqa: E402
+from harness import empty_database, label, report, service_env, settle_statistics, subscription_row  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -67,6 +67,7 @@ def prepare(env: dict[str, str], folder: Path, rows: int) -> Path:
                     db.session.execute(insert(Subscription), held)
                 db.session.commit()
                 suppressions, held = [], []
+        settle_statistics()
         db.session.remove()
         db.engine.dispose()
     path = folder / "contacts.csv"

@@ -68,6 +68,20 @@ def empty_database() -> None:
     db.session.commit()
 
 
+def settle_statistics() -> None:
+    """After a bulk load, the planner statistics a live PostgreSQL would have by the time real
+    load met those rows (autovacuum analyses a table soon after it changes by a tenth). Right
+    after the load they still describe near-empty tables, and lookups planned from them scan.
+    SQLite keeps no statistics unless told to, and the service never tells it. In an app context."""
+    from sqlalchemy import text
+
+    from app.extensions import db
+
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("ANALYZE"))
+        db.session.commit()
+
+
 def flask_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``flask --app wsgi ARGS`` as an operator runs it, with the service's settings; output captured."""
     return subprocess.run(

@@ -34,7 +34,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, label, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from harness import empty_database, label, report, service_env, settle_statistics, subscription_row  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -89,6 +89,7 @@ def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
                 rows.append(subscription_row(address, found[-1][1], "munkeby", version, "subscribed", now))
             db.session.execute(insert(Subscription), rows)
             db.session.commit()
+        settle_statistics()
         db.session.remove()
         db.engine.dispose()
     return found

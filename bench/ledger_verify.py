@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, flask_command, label, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import empty_database, flask_command, label, report, service_env, settle_statistics  # noqa: E402  (bench/ is on the path)
 
 from app import create_app, ledger  # noqa: E402
 from app.database import unit_of_work  # noqa: E402
@@ -45,6 +45,7 @@ def fill(env: dict[str, str], events: int) -> float:
                 items.append(Evidence.under(kind, notice, person, "web", {"n": i}, details))
             with unit_of_work() as uow:
                 ledger.append(uow, items)
+        settle_statistics()
         db.session.remove()
         db.engine.dispose()
     return time.perf_counter() - started

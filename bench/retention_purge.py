@@ -31,7 +31,16 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, flask_command, label, percentile, report, service_env, subscription_row  # noqa: E402  (bench/ is on the path)
+from harness import (  # noqa: E402  (bench/ is on the path)
+    empty_database,
+    flask_command,
+    label,
+    percentile,
+    report,
+    service_env,
+    settle_statistics,
+    subscription_row,
+)
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
@@ -78,6 +87,7 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
             for i in range(1, rows, max(1, rows // 2000))
             if i % every
         ]
+        settle_statistics()
         db.session.remove()
         db.engine.dispose()
     return probes, time.perf_counter() - started
