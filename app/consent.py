@@ -198,12 +198,7 @@ _INSERT_SUPPRESSION = _insert_if_new(_SUPPRESSIONS, "notice", "email_hash")
 
 
 def _queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
-    job = outbox.enqueue(
-        uow.session, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template}
-    )
-    uow.session.flush()
-    job_id = job.id
-    uow.after_commit(lambda: outbox.deliver_now([job_id]))
+    outbox.run_after_commit(uow, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template})
 
 
 def _erase_subscription(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:

@@ -1,7 +1,7 @@
 """The transactional outbox: work written with a state change, done after commit.
 
 A job is written in the same transaction as the change that needs it. The web
-process tries it right after the commit (``deliver_now``); ``outbox run``
+process tries it right after the commit (``run_after_commit``); ``outbox run``
 retries what failed. A job is claimed by setting a lease (``locked_until``):
 on PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so several workers
 share the queue, and a worker killed mid-job leaves a lease that expires, after
@@ -90,6 +90,17 @@ def enqueue(
     job = OutboxJob(kind=kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
     session.add(job)
     return job
+
+
+def run_after_commit(
+    uow: UnitOfWork, kind: str, *, notice: str | None, subscription_ref: str | None, payload: dict[str, Any]
+) -> None:
+    """A job this process runs right after the unit of work commits (a subscriber's mail, so
+    sign-up works with no worker running); if that attempt fails, ``outbox run`` retries it."""
+    job = enqueue(uow.session, kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
+    uow.session.flush()
+    job_id = job.id
+    uow.after_commit(lambda: _run_now(job_id))
 
 
 def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
@@ -217,9 +228,8 @@ def _process(job_id: int) -> None:
     _finish(job_id, error)
 
 
-def deliver_now(job_ids: list[int]) -> None:
-    """Run freshly committed jobs in this process (sign-up works with no worker)."""
-    for job in _claim(job_ids, len(job_ids)):
+def _run_now(job_id: int) -> None:
+    for job in _claim([job_id], 1):  # not there if a worker took it first
         _process(job.id)
 
 

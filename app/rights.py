@@ -120,16 +120,13 @@ def request_link(person: Person, kind: str, facts: Facts) -> None:
                 )
             ],
         )
-        job = outbox.enqueue(
-            uow.session,
+        outbox.run_after_commit(
+            uow,
             "mail",
             notice=sub.notice,
             subscription_ref=sub.ref,
             payload={"template": f"data_{kind}", "request": request.id},
         )
-        uow.session.flush()
-        job_id = job.id
-        uow.after_commit(lambda: outbox.deliver_now([job_id]))
 
 
 class LinkUsed(Exception):
@@ -189,10 +186,7 @@ def erase(payload: dict[str, Any], facts: Facts) -> list[str]:
         }
         consent.erase_by_hash(request.email_hash, facts, uow)
         # The one mail that may still carry the address: the outbox wipes it once sent.
-        job = outbox.enqueue(
-            uow.session, "mail", notice=notice.slug if notice else None, subscription_ref=None, payload=last_mail
+        outbox.run_after_commit(
+            uow, "mail", notice=notice.slug if notice else None, subscription_ref=None, payload=last_mail
         )
-        uow.session.flush()
-        job_id = job.id
-        uow.after_commit(lambda: outbox.deliver_now([job_id]))
     return controllers

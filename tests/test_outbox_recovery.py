@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app import outbox
 from app.extensions import db
 from app.models import LedgerHead
 
 from .fakes.mailchimp import FakeMailchimp
-from .support import provider_env, start_worker, subscribe_and_confirm
+from .support import link_in, provider_env, sign_up, start_worker, subscribe_and_confirm
 
 LIST_ID = "munkeby0001"
 LEASE_SECONDS = 5  # the shortest lease the settings allow
@@ -49,6 +50,17 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
     # 5 provider syncs, plus the 10 confirmation and welcome mails sent earlier
     assert status["counts"] == {"pending": 0, "running": 0, "done": 15, "dead": 0, "discarded": 0}
     assert [mailchimp.member(LIST_ID, a)["status"] for a in addresses] == ["subscribed"] * 5
+
+
+def test_a_confirmation_mail_the_web_process_never_sent_is_sent_by_the_worker(client, mailbox, runner, monkeypatch):
+    # The web process commits the sign-up, then dies before it sends the mail.
+    monkeypatch.setattr(outbox, "_run_now", lambda job_id: None)
+    assert sign_up(client, "munkeby", "anna@example.com").status_code == 303
+    monkeypatch.undo()
+    assert mailbox.to("anna@example.com") == []
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    [mail] = mailbox.to("anna@example.com")
+    assert client.post(link_in(mail, "confirm")).status_code == 200
 
 
 def test_worker_stops_cleanly_on_sigterm(app, app_env):
