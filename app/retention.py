@@ -56,9 +56,10 @@ from .notices import Notice
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # rows per read of the evidence reduction, and the most a purge batch takes
-# A purge batch holds the write lock (SQLite) or its rows' locks until it commits, so an
-# unsubscribe arriving meanwhile waits for it: each batch is sized from the last one's time
-# to take about this long, within FIRST_BATCH/8 and BATCH rows.
+# A purge batch holds, until it commits, SQLite's write lock or, on PostgreSQL, the ledger
+# head every evidence write takes, so an unsubscribe arriving meanwhile waits for it: each
+# batch is sized from the last one's time to take about this long, within FIRST_BATCH/8
+# and BATCH rows.
 BATCH_SECONDS = 0.1
 FIRST_BATCH = 200
 PURGE_RULES = ("unconfirmed_days", "unsubscribed_days", "prospect_without_dialog_days", "prospect_with_dialog_days")
