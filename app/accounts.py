@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from . import ledger
 from .database import unit_of_work
@@ -79,11 +80,24 @@ def authenticate(email: str, password: str) -> User | None:
         return None
     if user is None or not user.active:
         return None
+    values: dict[str, Any] = {"last_login_at": utcnow()}
     if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
-    user.last_login_at = utcnow()
-    db.session.commit()
+        values["password_hash"] = _hasher.hash(password)
+    _write_row(User, user.id, values)
     return user
+
+
+def _write_row(model: Any, row_id: int, values: dict[str, Any]) -> None:
+    """Update one row read earlier in the request. In a unit of work of its own, not by
+    committing the read: on SQLite a read transaction cannot become a write once another
+    writer has committed since it began ("database is locked" at once, whatever the busy
+    timeout), and the hash check or the request's work lies between the two."""
+    with unit_of_work() as uow:
+        uow.session.execute(update(model).where(model.id == row_id).values(**values))
+
+
+def note_token_use(token: ApiToken, at: datetime) -> None:
+    _write_row(ApiToken, token.id, {"last_used_at": at})
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,9 @@ def needs(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             if scope not in token.scopes.split():
                 raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
             now = utcnow()
-            if token.last_used_at is None or now - token.last_used_at > LAST_USED_PRECISION:
-                token.last_used_at = now
-                db.session.commit()
             g.api_actor = f"token:{token.id}"
+            if token.last_used_at is None or now - token.last_used_at > LAST_USED_PRECISION:
+                accounts.note_token_use(token, now)
             return view(*args, **kwargs)
 
         wrapped.required_scope = scope  # type: ignore[attr-defined]
