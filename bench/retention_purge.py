@@ -155,6 +155,9 @@ def run(database: str, rows: int, expired: int) -> list[str]:
             prober.join()
         finally:
             service.stop()
+        if prober.errors:  # what the service logged about them, for a look at the cause
+            errors = [line for line in service.log.read_text().splitlines() if "Error" in line or "error" in line]
+            print("\n".join(errors[-40:]), file=sys.stderr)
         if purge.returncode != 0:
             raise SystemExit(purge.stderr[-2000:])
         for line in purge.stderr.splitlines():  # the purge's own account of where its time went
