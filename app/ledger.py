@@ -234,9 +234,15 @@ def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: in
 
 
 _E, _D = ConsentEvent.__table__.c, EventDetail.__table__.c
+# The range is stated for the details too: given only the join, PostgreSQL (with current
+# statistics) hashes the whole details table for every range instead of reading the same
+# range of its key (140 ms against 7 ms a range of 5,000 at a million events).
 _EVENT_RANGE = (
     select(*(_E[name] for name in _FIELDS), _E.hash, _D.salt, _D.details)
-    .outerjoin(EventDetail.__table__, _D.seq == _E.seq)
+    .outerjoin(
+        EventDetail.__table__,
+        (_D.seq == _E.seq) & (_D.seq > bindparam("low")) & (_D.seq <= bindparam("high")),
+    )
     .where(_E.seq > bindparam("low"), _E.seq <= bindparam("high"))
     .order_by(_E.seq)
 )
