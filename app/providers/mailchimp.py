@@ -200,6 +200,15 @@ class MailchimpProvider:
                 outcomes[i] = ProviderPermanent(f"Mailchimp batch: {error}")
         return outcomes
 
+    def _batches(self, notice: Notice, ops: list[tuple[int, Operation]]) -> dict[int, Outcome]:
+        """``ops`` in batches of 500, up to 10 calls at once; each one's outcome by its index."""
+        chunks = [ops[n : n + BATCH_SIZE] for n in range(0, len(ops), BATCH_SIZE)]
+        outcomes: dict[int, Outcome] = {}
+        with ThreadPoolExecutor(max_workers=CONCURRENT_CALLS) as pool:
+            for result in pool.map(lambda chunk: self._batch(notice, chunk), chunks):
+                outcomes.update(result)
+        return outcomes
+
     def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
         """Status changes in batches of 500 on up to 10 connections; deletes one by one."""
         outcomes: list[Outcome] = [None] * len(operations)
@@ -210,11 +219,8 @@ class MailchimpProvider:
                 self._ensure_link_fields(notice.provider["list_id"])
             except (ProviderRetry, ProviderPermanent) as exc:
                 return [exc] * len(operations)
-        chunks = [status_ops[n : n + BATCH_SIZE] for n in range(0, len(status_ops), BATCH_SIZE)]
-        with ThreadPoolExecutor(max_workers=CONCURRENT_CALLS) as pool:
-            for result in pool.map(lambda chunk: self._batch(notice, chunk), chunks):
-                for i, outcome in result.items():
-                    outcomes[i] = outcome
+        for i, outcome in self._batches(notice, status_ops).items():
+            outcomes[i] = outcome
         refused = [(i, op) for i, op in status_ops if op.action == "subscribe" and _fields_refused(outcomes[i])]
         if refused:
             try:
@@ -223,9 +229,8 @@ class MailchimpProvider:
                 for i, _ in refused:
                     outcomes[i] = exc
             else:
-                for n in range(0, len(refused), BATCH_SIZE):
-                    for i, outcome in self._batch(notice, refused[n : n + BATCH_SIZE]).items():
-                        outcomes[i] = outcome
+                for i, outcome in self._batches(notice, refused).items():
+                    outcomes[i] = outcome
         single = [(i, operations[i]) for i, o in enumerate(outcomes) if o == "retry-single"] + deletes
         for (i, _), outcome in zip(single, apply_each(self, notice, [op for _, op in single]), strict=True):
             outcomes[i] = outcome
