@@ -36,6 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, s
     register_blueprints(app)
     register_errorhandlers(app)
     register_security(app)
+    register_mail_signing(app)
     register_commands(app)
     prepare_database(app)
     return app
@@ -91,11 +92,12 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import import_jobs, provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
+    from . import after_response, import_jobs, provider_sync, subscriber_mail  # noqa: F401  (register the outbox handlers)
     from .api import bp as api_bp
     from .dashboard import bp as dashboard_bp
     from .dashboard.auth import init_login
     from .extensions import csrf
+    from .outbox import run_now
     from .public import bp as public_bp
     from .webhooks import bp as webhooks_bp
 
@@ -105,6 +107,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, no cookies: nothing for a forged form to ride on
     init_login(app)
+    after_response.init_app(app, run_now)
 
 
 def register_errorhandlers(app: Flask) -> None:
@@ -117,6 +120,20 @@ def register_security(app: Flask) -> None:
     from .security import register_security_headers
 
     register_security_headers(app)
+
+
+def register_mail_signing(app: Flask) -> None:
+    from .config import ConfigError
+    from .dkim_signing import DkimKeyError, DkimSigner
+
+    if not app.config["DKIM_DOMAIN"]:
+        return
+    try:
+        app.extensions["dkim_signer"] = DkimSigner(
+            app.config["DKIM_DOMAIN"], app.config["DKIM_SELECTOR"], app.config["DKIM_PRIVATE_KEY"]
+        )
+    except DkimKeyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def register_commands(app: Flask) -> None:

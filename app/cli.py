@@ -33,6 +33,40 @@ users_cli = AppGroup("users", help="Dashboard accounts.")
 tokens_cli = AppGroup("tokens", help="API tokens for the CRM.")
 contacts_cli = AppGroup("contacts", help="Contact imports.")
 retention_cli = AppGroup("retention", help="Each notice's retention periods.")
+mail_cli = AppGroup("mail", help="Outgoing mail: DKIM keys.")
+
+
+def _dns_name(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .config import DNS_NAME_RE
+
+    if not DNS_NAME_RE.fullmatch(value):
+        raise click.BadParameter("must be a DNS name (letters, digits, dashes, dots)")
+    return value.lower()
+
+
+@mail_cli.command("dkim-keygen")
+@click.option("--selector", required=True, callback=_dns_name, help="The DKIM selector, e.g. nl2026.")
+@click.option("--domain", required=True, callback=_dns_name, help="The signing domain (MAIL_FROM's domain).")
+@click.option(
+    "--type", "kind", type=click.Choice(["rsa", "ed25519"]), default="rsa", show_default=True, help="rsa is 2048-bit."
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Key file (default: instance/dkim/).")
+def mail_dkim_keygen(selector: str, domain: str, kind: str, out: Path | None) -> None:
+    """Write a new DKIM private key and print the DNS TXT record to publish."""
+    from . import dkim_signing
+
+    path = out or Path(current_app.instance_path) / "dkim" / f"{selector}._domainkey.{domain}.pem"
+    pem, tags = dkim_signing.generate_key(kind)
+    try:
+        dkim_signing.write_private_key(path, pem)
+    except FileExistsError:
+        raise click.ClickException(f"{path} exists; choose a new selector or another --out") from None
+    click.echo(dkim_signing.txt_record(selector, domain, tags))
+    click.echo(
+        f"key written to {path} (mode 600). Publish the record above, then set "
+        f"DKIM_DOMAIN={domain} DKIM_SELECTOR={selector} DKIM_PRIVATE_KEY={path}",
+        err=True,
+    )
 
 
 @outbox_cli.command("run")
@@ -335,6 +369,16 @@ def retention_purge(dry_run: bool) -> None:
 
 
 def register(app: Flask) -> None:
-    groups = (outbox_cli, ledger_cli, subjects_cli, providers_cli, users_cli, tokens_cli, contacts_cli, retention_cli)
+    groups = (
+        outbox_cli,
+        ledger_cli,
+        subjects_cli,
+        providers_cli,
+        users_cli,
+        tokens_cli,
+        contacts_cli,
+        retention_cli,
+        mail_cli,
+    )
     for group in groups:
         app.cli.add_command(group)

@@ -25,6 +25,10 @@ class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DNS_NAME_RE = re.compile(rf"(?=.{{1,253}}$){_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+
+
 def _flag(name: str, env: dict[str, str], default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -117,6 +121,13 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     if smtp_ssl and smtp_starttls:
         raise ConfigError("set SMTP_SSL or SMTP_STARTTLS, not both")
 
+    dkim = {name: env.get(name, "").strip() for name in ("DKIM_DOMAIN", "DKIM_SELECTOR", "DKIM_PRIVATE_KEY")}
+    if any(dkim.values()) and not all(dkim.values()):
+        raise ConfigError("set all of DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY, or none of them")
+    for name in ("DKIM_DOMAIN", "DKIM_SELECTOR"):
+        if dkim[name] and not DNS_NAME_RE.fullmatch(dkim[name]):
+            raise ConfigError(f"{name} must be a DNS name (letters, digits, dashes, dots), not {dkim[name]!r}")
+
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
@@ -137,6 +148,7 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
         "SMTP_SSL": smtp_ssl,
         "SMTP_TIMEOUT": _int("SMTP_TIMEOUT", env, 15, 1),
         "MAIL_FROM": env.get("MAIL_FROM") or "nyhetsbrev@localhost",
+        **dkim,
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URL") or "memory://",
         "RATELIMIT_HEADERS_ENABLED": True,
         "SUBSCRIBE_RATE_LIMIT": env.get("SUBSCRIBE_RATE_LIMIT") or "20 per hour",

@@ -134,10 +134,27 @@ _SUBSCRIPTION = (
 )
 
 
-def _subscription_row(uow: UnitOfWork, notice: str, ehash: str) -> Any:
+_SUBSCRIPTION_BY_REF = (
+    select(Subscription)
+    .where(Subscription.notice == bindparam("notice"), Subscription.ref == bindparam("ref"))
+    .with_for_update()
+)
+
+
+def _subscription_row(uow: UnitOfWork, target: Target) -> Any:
     """The subscription as a plain row (locked), for paths that only read it and write by id."""
-    found = uow.run(_SUBSCRIPTION_ROW, {"notice": notice, "h": ehash})
+    if target.ref is not None:
+        found = uow.run(_SUBSCRIPTION_ROW_BY_REF, {"notice": target.notice.slug, "ref": target.ref})
+    else:
+        found = uow.run(_SUBSCRIPTION_ROW, {"notice": target.notice.slug, "h": target.email_hash})
     return found[0] if found else None
+
+
+def _target_subscription(uow: UnitOfWork, target: Target) -> Subscription | None:
+    if target.ref is not None:
+        found = uow.session.execute(_SUBSCRIPTION_BY_REF, {"notice": target.notice.slug, "ref": target.ref})
+        return found.scalar_one_or_none()
+    return _subscription(uow, target.notice.slug, target.email_hash or "")
 
 
 # A loaded subscription: the ORM object, or its plain row (a named tuple of its columns)
@@ -163,6 +180,11 @@ _SUBSCRIPTIONS = Subscription.__table__
 _SUBSCRIPTION_ROW = Prepared(
     select(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.notice == bindparam("notice"), _SUBSCRIPTIONS.c.email_hash == bindparam("h"))
+    .with_for_update()
+)
+_SUBSCRIPTION_ROW_BY_REF = Prepared(
+    select(_SUBSCRIPTIONS)
+    .where(_SUBSCRIPTIONS.c.notice == bindparam("notice"), _SUBSCRIPTIONS.c.ref == bindparam("ref"))
     .with_for_update()
 )
 _UPDATE_SUBSCRIPTION = Prepared(update(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == bindparam("sub_id")))
@@ -346,17 +368,34 @@ def _under_confirmation_limit(uow: UnitOfWork, sub: Subscription) -> bool:
     return sent < current_app.config["CONFIRMATIONS_PER_ADDRESS"]
 
 
-def _token_target(payload: dict[str, Any]) -> tuple[Notice, str] | None:
+@dataclass(frozen=True)
+class Target:
+    """The one subscription a mailed link speaks for: by its ref (link tokens) or, for links
+    mailed before refs were used, by the address hash under that notice."""
+
+    notice: Notice
+    ref: str | None = None
+    email_hash: str | None = None
+
+
+REF_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def token_target(payload: dict[str, Any]) -> Target | None:
     notice = get_notice(payload.get("n"))
-    ehash = payload.get("h")
-    if notice is None or not isinstance(ehash, str) or not HASH_RE.match(ehash):
+    if notice is None:
         return None
-    return notice, ehash
+    ref, ehash = payload.get("s"), payload.get("h")
+    if isinstance(ref, str) and REF_RE.match(ref):
+        return Target(notice, ref=ref)
+    if isinstance(ehash, str) and HASH_RE.match(ehash):
+        return Target(notice, email_hash=ehash)
+    return None
 
 
-def _pending_for(uow: UnitOfWork, notice: Notice, ehash: str, payload: dict[str, Any]) -> Subscription | None:
+def _pending_for(uow: UnitOfWork, target: Target, payload: dict[str, Any]) -> Subscription | None:
     """The subscription a confirmation token still speaks for, if any."""
-    sub = _subscription(uow, notice.slug, ehash)
+    sub = _target_subscription(uow, target)
     if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
         return None
     return sub
@@ -364,22 +403,22 @@ def _pending_for(uow: UnitOfWork, notice: Notice, ehash: str, payload: dict[str,
 
 def confirm(payload: dict[str, Any], facts: Facts) -> str:
     """Confirm a sign-up: 'confirmed', 'already' (harmless repeat) or 'stale'."""
-    target = _token_target(payload)
+    target = token_target(payload)
     if target is None:
         return "stale"
-    notice, ehash = target
+    notice = target.notice
     with unit_of_work() as uow:
-        sub = _subscription(uow, notice.slug, ehash)
+        sub = _target_subscription(uow, target)
         if sub is not None and sub.status == "subscribed":
             return "already"
-        sub = _pending_for(uow, notice, ehash, payload)
+        sub = _pending_for(uow, target, payload)
         if sub is None:
             return "stale"
         now = utcnow()
         seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
         window = current_app.config["SCANNER_WINDOW_SECONDS"]
         lifted = uow.session.execute(
-            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
+            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
         ).rowcount
         sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
         sub.notice_version = notice.version
@@ -403,17 +442,16 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
 
 def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
     """From an expired link's page: send a fresh confirmation if still pending."""
-    target = _token_target(payload)
+    target = token_target(payload)
     if target is None:
         return
-    notice, ehash = target
     with unit_of_work() as uow:
-        sub = _pending_for(uow, notice, ehash, payload)
+        sub = _pending_for(uow, target, payload)
         if sub is None or not _under_confirmation_limit(uow, sub):
             return
         ledger.append(
             uow,
-            [Evidence.under("confirmation_resent", notice, sub.ref, facts.channel, details=facts.details())],
+            [Evidence.under("confirmation_resent", target.notice, sub.ref, facts.channel, details=facts.details())],
         )
         _queue_mail(uow, sub, "confirmation")
 
@@ -423,15 +461,17 @@ def unsubscribe(payload: dict[str, Any], facts: Facts) -> bool:
 
     Returns False when the token names no known notice (a bad link).
     """
-    target = _token_target(payload)
+    target = token_target(payload)
     if target is None:
         return False
-    notice, ehash = target
+    notice = target.notice
     with unit_of_work(orm=False) as uow:
-        sub = _subscription_row(uow, notice.slug, ehash)
+        sub = _subscription_row(uow, target)
         if sub is None or sub.status == "unsubscribed":
-            # Already gone or already out: make sure the address stays suppressed.
-            if _suppress(uow, notice.slug, ehash, "opt_out"):
+            # Already gone or already out: make sure the address stays suppressed. A link by
+            # ref whose subscription is gone names no address; its deletion kept the entry.
+            ehash = sub.email_hash if sub is not None else target.email_hash
+            if ehash is not None and _suppress(uow, notice.slug, ehash, "opt_out"):
                 anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": "opt_out"}
                 ledger.append(uow, [Evidence.under("opted_out", notice, None, facts.channel, anonymous)])
             return True
@@ -549,7 +589,10 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
     ehash = email_hash(event.email)
     # An opt-out only reads the subscription and writes by id: its plain row will do.
     opting_out = event.kind in OPT_OUT_EVENTS
-    sub = (_subscription_row if opting_out else _subscription)(uow, notice.slug, ehash)
+    if opting_out:
+        sub = _subscription_row(uow, Target(notice, email_hash=ehash))
+    else:
+        sub = _subscription(uow, notice.slug, ehash)
     facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
     if event.kind in OPT_OUT_EVENTS:

@@ -14,16 +14,16 @@ remove them as well.
 from __future__ import annotations
 
 import logging
+import secrets
 import smtplib
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.policy import EmailPolicy
+from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 from flask import current_app, render_template
 from flask_babel import force_locale, gettext
@@ -45,18 +45,56 @@ class TransientMailError(Exception):
 # Replies to a person's own request about their data: no list, so no unsubscribe header.
 TRANSACTIONAL = ("data_export", "data_erase", "erased")
 
+# Structured fields a receiver parses as written (RFC 2369, RFC 8058, RFC 5322 msg-id).
+# RFC 2047 encoded-words are not allowed in them, yet the stdlib folder turns any header
+# longer than 78 characters into encoded-words: these go out verbatim instead.
+VERBATIM_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post", "message-id"})
+MAX_HEADER_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
+
+
+class MailPolicy(EmailPolicy):
+    """The SMTP policy, except that ``VERBATIM_HEADERS`` are written exactly as set."""
+
+    def _verbatim(self, name: str, value: Any) -> str:
+        text = str(value)
+        line = f"{name}: {text}"
+        if not text.isascii() or "\r" in text or "\n" in text or len(line) > MAX_HEADER_LINE:
+            raise ValueError(f"{name} must be one line of ASCII of at most {MAX_HEADER_LINE} characters")
+        return line + self.linesep
+
+    def fold(self, name: str, value: Any) -> str:
+        if name.lower() in VERBATIM_HEADERS:
+            return self._verbatim(name, value)
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if name.lower() in VERBATIM_HEADERS:
+            return self._verbatim(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+SMTP_POLICY = MailPolicy(linesep="\r\n")
+# An internationalised address (RFC 6531) needs the SMTPUTF8 policy.
+SMTPUTF8_POLICY = SMTP_POLICY.clone(utf8=True)
+
 
 def public_link(path: str) -> str:
     return current_app.config["PUBLIC_URL"] + path
 
 
-def unsubscribe_link(notice_slug: str, email_hash: str) -> str:
-    return public_link("/unsubscribe/" + tokens.make("unsubscribe", {"n": notice_slug, "h": email_hash}))
+def unsubscribe_link(notice_slug: str, subscription_ref: str) -> str:
+    return public_link("/unsubscribe/" + tokens.link("unsubscribe", notice_slug, subscription_ref))
 
 
-def manage_link(notice_slug: str, email_hash: str) -> str:
+def manage_link(notice_slug: str, subscription_ref: str) -> str:
     """The person's own page; the notice only chooses the page's language and look."""
-    return public_link("/manage/" + tokens.make("manage", {"n": notice_slug, "h": email_hash}))
+    return public_link("/manage/" + tokens.link("manage", notice_slug, subscription_ref))
+
+
+def sender_domain() -> str:
+    """The domain mail is sent from: ``MAIL_FROM``'s, where Message-IDs and DKIM belong."""
+    _, address = parseaddr(current_app.config["MAIL_FROM"])
+    return address.rpartition("@")[2] or "localhost"
 
 
 @dataclass
@@ -66,6 +104,12 @@ class Composed:
     kind: str
     email_hash: str
 
+    def as_sent(self) -> bytes:
+        """The bytes that go on the wire (and into the folder): signed when DKIM is set up."""
+        raw = self.message.as_bytes()
+        signer = current_app.extensions.get("dkim_signer")
+        return signer.sign(raw) if signer is not None else raw
+
 
 def compose(
     kind: str,
@@ -73,16 +117,22 @@ def compose(
     notice: Notice,
     to: str,
     email_hash: str,
+    subscription_ref: str | None,
     lang: str,
     links: dict[str, str],
     extra: dict[str, object] | None = None,
 ) -> Composed:
-    """Render ``templates/mail/<kind>.txt`` and ``.html`` into one message."""
-    links = {
-        **links,
-        "unsubscribe": unsubscribe_link(notice.slug, email_hash),
-        "manage": manage_link(notice.slug, email_hash),
-    }
+    """Render ``templates/mail/<kind>.txt`` and ``.html`` into one message.
+
+    Every list mail (all but ``TRANSACTIONAL``) belongs to a subscription, whose ref its
+    unsubscribe and manage links name.
+    """
+    links = dict(links)
+    if subscription_ref is not None:
+        links["unsubscribe"] = unsubscribe_link(notice.slug, subscription_ref)
+        links["manage"] = manage_link(notice.slug, subscription_ref)
+    elif kind not in TRANSACTIONAL:
+        raise ValueError(f"a {kind} mail needs the subscription its unsubscribe link names")
     lang = lang if lang in notice.languages else notice.languages[0]
     with force_locale(lang):
         controller = notice.controller["name"]
@@ -98,20 +148,21 @@ def compose(
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)
 
-    # An internationalised address (RFC 6531) needs the SMTPUTF8 policy.
     msg = EmailMessage(policy=SMTP_POLICY if to.isascii() else SMTPUTF8_POLICY)
     sender_name, sender_addr = parseaddr(current_app.config["MAIL_FROM"])
     msg["From"] = formataddr((sender_name or notice.controller["name"], sender_addr))
     msg["To"] = to
     msg["Subject"] = subject
-    msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = make_msgid(domain=urlsplit(current_app.config["PUBLIC_URL"]).hostname or "localhost")
+    msg["Date"] = format_datetime(datetime.now(UTC))  # "+0000": "-0000" would mean "zone unknown"
+    # Random from ``secrets``: make_msgid would draw on the shared ``random`` state and
+    # put the host's process id into every message.
+    msg["Message-ID"] = f"<{secrets.token_hex(16)}@{sender_domain()}>"
     msg["Content-Language"] = lang
     if kind not in TRANSACTIONAL:
         msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    if kind in ("confirmation", *TRANSACTIONAL):
-        msg["Auto-Submitted"] = "auto-generated"
+    # No Auto-Submitted (RFC 3834): none of these mails answers a mail. Every one is
+    # the direct result of the person's own action or their subscription.
     msg.set_content(text_body)
     msg.add_alternative(html_body, subtype="html")
     return Composed(msg, links, kind, email_hash)
@@ -130,6 +181,7 @@ class SmtpTransport:
         self.use_ssl = config["SMTP_SSL"]
         self.starttls = config["SMTP_STARTTLS"]
         self.timeout = config["SMTP_TIMEOUT"]
+        self.sender = parseaddr(config["MAIL_FROM"])[1]
 
     def send(self, composed: Composed) -> None:
         try:
@@ -144,7 +196,10 @@ class SmtpTransport:
                     client.starttls(context=ssl.create_default_context())
                 if self.user:
                     client.login(self.user, self.password)
-                client.send_message(composed.message)
+                # The bytes as composed (and signed), not a re-rendering by send_message:
+                # a DKIM signature covers exactly these.
+                options = [] if composed.message.policy is SMTP_POLICY else ["SMTPUTF8", "BODY=8BITMIME"]
+                client.sendmail(self.sender, [str(composed.message["To"])], composed.as_sent(), mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(500 <= code < 600 for code in codes):
@@ -166,7 +221,7 @@ class FolderTransport:
         self.directory.mkdir(parents=True, exist_ok=True)
         msgid = composed.message["Message-ID"].strip("<>").split("@")[0]
         path = self.directory / f"{composed.email_hash[:16]}-{msgid}-{composed.kind}.eml"
-        path.write_bytes(composed.message.as_bytes())
+        path.write_bytes(composed.as_sent())
         # The links carry tokens, never the address; logging them lets a
         # developer follow a sign-up without a mail server.
         log.info("mail written to %s; links: %s", path.name, composed.links)

@@ -23,7 +23,7 @@ from flask import current_app
 from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import ledger
+from . import after_response, ledger
 from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .models import OutboxJob, utcnow
@@ -95,12 +95,13 @@ def enqueue(
 def run_after_commit(
     uow: UnitOfWork, kind: str, *, notice: str | None, subscription_ref: str | None, payload: dict[str, Any]
 ) -> None:
-    """A job this process runs right after the unit of work commits (a subscriber's mail, so
-    sign-up works with no worker running); if that attempt fails, ``outbox run`` retries it."""
+    """A job this process runs once the unit of work has committed (a subscriber's mail, so
+    sign-up works with no worker running): in a request, after its answer (``after_response``);
+    elsewhere at once. If that attempt fails or never comes, ``outbox run`` does the job."""
     job = enqueue(uow.session, kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
     uow.session.flush()
     job_id = job.id
-    uow.after_commit(lambda: _run_now(job_id))
+    uow.after_commit(lambda: after_response.schedule(job_id, run_now))
 
 
 def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
@@ -228,7 +229,8 @@ def _process(job_id: int) -> None:
     _finish(job_id, error)
 
 
-def _run_now(job_id: int) -> None:
+def run_now(job_id: int) -> None:
+    """Claim and run one job, unless a worker took it first."""
     for job in _claim([job_id], 1):  # not there if a worker took it first
         _process(job.id)
 

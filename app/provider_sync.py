@@ -92,9 +92,9 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
             timestamp_signup=_stamp(signup_at),
             ip_opt=opt.get("ip"),
             timestamp_opt=_stamp(opt_at),
-            unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.email_hash),
+            unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.ref),
             language=sub.lang,
-            manage_url=mail.manage_link(sub.notice, sub.email_hash),
+            manage_url=mail.manage_link(sub.notice, sub.ref),
         )
     return members
 

@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from . import consent, ledger, outbox
-from .consent import HASH_RE, Facts, get_notice
+from .consent import Facts, get_notice
 from .database import unit_of_work
 from .extensions import db
 from .ledger import Evidence
@@ -30,22 +30,32 @@ DATA_KINDS = ("export", "erase")
 
 @dataclass(frozen=True)
 class Person:
-    """Whom a manage link speaks for: an address hash, and the notice whose mail carried it."""
+    """Whom a manage link speaks for: an address hash, and the notice whose mail carried it.
 
-    email_hash: str
+    ``email_hash`` is None when the link's subscription is no longer held (its ref then
+    names nobody): the page shows that nothing is held.
+    """
+
+    email_hash: str | None
     origin: Notice
 
 
 def person_of(payload: dict[str, Any]) -> Person | None:
-    notice = get_notice(payload.get("n"))
-    ehash = payload.get("h")
-    if notice is None or not isinstance(ehash, str) or not HASH_RE.match(ehash):
+    target = consent.token_target(payload)
+    if target is None:
         return None
-    return Person(ehash, notice)
+    if target.ref is None:
+        return Person(target.email_hash, target.notice)
+    ehash = db.session.execute(
+        select(Subscription.email_hash).where(Subscription.notice == target.notice.slug, Subscription.ref == target.ref)
+    ).scalar_one_or_none()
+    return Person(ehash, target.notice)
 
 
 def held(person: Person) -> list[Subscription]:
     """Every subscription held for the address, in a stable order."""
+    if person.email_hash is None:
+        return []
     return list(
         db.session.execute(
             select(Subscription).where(Subscription.email_hash == person.email_hash).order_by(Subscription.id)
@@ -79,6 +89,8 @@ def request_link(person: Person, kind: str, facts: Facts) -> None:
     and a per-address daily limit bounds the mail sent.
     """
     assert kind in DATA_KINDS
+    if person.email_hash is None:
+        return
     with unit_of_work() as uow:
         subs = (
             uow.session.execute(

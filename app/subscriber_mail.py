@@ -46,7 +46,7 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     links = {}
     extra: dict[str, object] = {"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis}
     if template == "confirmation":
-        token = tokens.make("confirm", {"n": sub.notice, "h": sub.email_hash, "r": sub.confirm_nonce})
+        token = tokens.link("confirm", sub.notice, sub.ref, nonce=sub.confirm_nonce)
         links["confirm"] = mail.public_link("/confirm/" + token)
     if template in ("data_export", "data_erase"):
         kind = template.removeprefix("data_")
@@ -55,7 +55,14 @@ def send_subscriber_mail(job: OutboxJob) -> None:
         extra["minutes"] = current_app.config["DATA_LINK_MAX_AGE"] // 60
     links["privacy"] = mail.public_link(f"/{notice.slug}/privacy")
     composed = mail.compose(
-        template, notice=notice, to=sub.email, email_hash=sub.email_hash, lang=sub.lang, links=links, extra=extra
+        template,
+        notice=notice,
+        to=sub.email,
+        email_hash=sub.email_hash,
+        subscription_ref=sub.ref,
+        lang=sub.lang,
+        links=links,
+        extra=extra,
     )
     ref = sub.ref
     # End the read transaction before network I/O: an open SQLite snapshot
@@ -87,6 +94,7 @@ def _last_mail(job: OutboxJob) -> mail.Composed:
         notice=notice,
         to=to,
         email_hash=ehash,
+        subscription_ref=None,  # the subscriptions are gone; this mail belongs to no list
         lang=str(job.payload.get("lang") or "sv"),
         links={"privacy": mail.public_link(f"/{notice.slug}/privacy")},
         extra={"controllers": controllers},

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from sqlalchemy import text
 
 from app import create_app
@@ -24,7 +25,10 @@ from app.providers.mailchimp import MailchimpProvider
 
 from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
-from .support import PUBLIC_URL, Mailbox, SmtpSink
+from .support import PUBLIC_URL, Mailbox, SettledClient, SmtpSink
+
+# Every app a test builds hands its test client's requests' mail over before returning.
+Flask.test_client_class = SettledClient
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -110,6 +114,7 @@ def app(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
             record_notice_versions()
     limiter.reset()
     yield app
+    app.extensions["after_response"].wait_idle(timeout=60)  # mail still being sent uses the pool
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

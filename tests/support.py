@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from aiosmtpd.controller import Controller
+from flask.testing import FlaskClient
 from sqlalchemy import insert
 
 from app.consent import email_hash
@@ -30,6 +31,22 @@ from .fakes.mailchimp import FakeMailchimp
 
 PUBLIC_URL = "https://news.example.org"
 REPO = Path(__file__).resolve().parent.parent
+
+
+class SettledClient(FlaskClient):
+    """The test client, returning once the mail a request handed over has been sent.
+
+    The service sends subscriber mail after its answer, from a thread of its own; a
+    test that reads the mailbox right after a request reads it as the person would a
+    moment later.
+    """
+
+    def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        response = super().open(*args, **kwargs)
+        sender = self.application.extensions.get("after_response")
+        if sender is not None:
+            assert sender.wait_idle(timeout=60), "mail handed over after the response was not sent within 60 s"
+        return response
 
 
 def notices_with_rule(folder: Path, slug: str, rule: str) -> Path:
@@ -90,14 +107,15 @@ def text_body(message: EmailMessage) -> str:
 
 def link_in(message: EmailMessage, kind: str) -> str:
     """The path of the first ``/kind/<token>`` link in the plain-text part."""
-    match = re.search(re.escape(PUBLIC_URL) + rf"(/{kind}/[A-Za-z0-9._-]+)", text_body(message))
+    match = re.search(re.escape(PUBLIC_URL) + rf"(/{kind}/[A-Za-z0-9._~-]+)", text_body(message))
     assert match, f"no {kind} link in the mail"
     return match.group(1)
 
 
 def unsubscribe_path(message: EmailMessage) -> str:
-    match = re.fullmatch(r"<" + re.escape(PUBLIC_URL) + r"(/unsubscribe/[A-Za-z0-9._-]+)>", message["List-Unsubscribe"])
-    assert match, message["List-Unsubscribe"]
+    header = message["List-Unsubscribe"]
+    match = re.fullmatch(r"<" + re.escape(PUBLIC_URL) + r"(/unsubscribe/[A-Za-z0-9._~-]+)>", header)
+    assert match, header
     return match.group(1)
 
 

@@ -87,7 +87,7 @@ def page(chromium):  # type: ignore[no-untyped-def]
 def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, index: int = -1) -> str:
     message = smtp.messages(address)[index]
     body = message.get_body(("plain",)).get_content()
-    match = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._-]+", body)
+    match = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+", body)
     assert match, f"no {kind} link"
     return match.group(0)
 

@@ -22,7 +22,7 @@ from .support import Service, SmtpSink, free_port
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = r"[A-Za-z0-9._-]+"
+TOKEN = r"[A-Za-z0-9._~-]+"
 
 
 def check_security_headers(response: requests.Response, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]

@@ -190,7 +190,7 @@ def test_a_sustained_mix_at_twice_the_expected_peak_has_no_errors(app, app_env, 
                 found = list(inbox.get(address, []))
             for content in found:
                 text = content.decode("utf-8", "replace").replace("=\r\n", "").replace("=\n", "")
-                match = re.search(re.escape(server.url) + rf"(/{kind}/[A-Za-z0-9._-]+)", text)
+                match = re.search(re.escape(server.url) + rf"(/{kind}/[A-Za-z0-9._~-]+)", text)
                 if match:
                     return match.group(1)
             time.sleep(0.05)

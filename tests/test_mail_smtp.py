@@ -22,7 +22,7 @@ from .support import PUBLIC_URL, SmtpSink, csrf_token, link_in, sign_up
 
 MAIL_FROM = "nyhetsbrev@news.example.org"
 SUBJECT_SV = "Bekräfta din prenumeration på Munkeby Systems nyhetsbrev"
-UNSUBSCRIBE_HEADER = re.compile(r"<(" + re.escape(PUBLIC_URL) + r"/unsubscribe/[A-Za-z0-9._-]+)>")
+UNSUBSCRIBE_HEADER = re.compile(r"<(" + re.escape(PUBLIC_URL) + r"/unsubscribe/[A-Za-z0-9._~-]+)>")
 
 
 @pytest.fixture

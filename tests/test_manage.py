@@ -48,7 +48,7 @@ def test_every_mail_and_the_unsubscribe_page_link_to_the_manage_page(client, mai
     confirmation = mailbox.to("anna@firma.se")[0]
     assert "/manage/" in text_body(confirmation)
     unsubscribe_page = client.get(unsubscribe_path(welcome)).get_data(as_text=True)
-    assert re.search(r'href="/manage/[A-Za-z0-9._-]+"', unsubscribe_page)
+    assert re.search(r'href="/manage/[A-Za-z0-9._~-]+"', unsubscribe_page)
 
 
 def test_the_page_shows_every_controller_and_unsubscribes_from_one_or_all(app, client, mailbox):

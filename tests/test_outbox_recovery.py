@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app import outbox
 from app.extensions import db
 from app.models import LedgerHead
 
@@ -52,9 +51,11 @@ def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, cl
     assert [mailchimp.member(LIST_ID, a)["status"] for a in addresses] == ["subscribed"] * 5
 
 
-def test_a_confirmation_mail_the_web_process_never_sent_is_sent_by_the_worker(client, mailbox, runner, monkeypatch):
-    # The web process commits the sign-up, then dies before it sends the mail.
-    monkeypatch.setattr(outbox, "_run_now", lambda job_id: None)
+def test_a_confirmation_mail_the_web_process_never_sent_is_sent_by_the_worker(
+    app, client, mailbox, runner, monkeypatch
+):
+    # The web process commits the sign-up and answers, then dies before its sender runs.
+    monkeypatch.setattr(app.extensions["after_response"], "run", lambda job_id: None)
     assert sign_up(client, "munkeby", "anna@example.com").status_code == 303
     monkeypatch.undo()
     assert mailbox.to("anna@example.com") == []

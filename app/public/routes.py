@@ -172,6 +172,14 @@ def resend(token: str):  # type: ignore[no-untyped-def]
     return _token_page("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
 
 
+def _manage_token(unsubscribe_payload) -> str:  # type: ignore[no-untyped-def]
+    """The manage link for the subscription an unsubscribe link names, in the same form."""
+    slug = unsubscribe_payload["n"]
+    if "s" in unsubscribe_payload:
+        return tokens.link("manage", slug, unsubscribe_payload["s"])
+    return tokens.make("manage", {"n": slug, "h": unsubscribe_payload.get("h")})
+
+
 @csrf.exempt
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str):  # type: ignore[no-untyped-def]
@@ -191,7 +199,7 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
         response = make_response(_one_click_page(notice, lang, text))
         response.headers["Cache-Control"] = "no-store"
         return response
-    manage = url_for("public.manage", token=tokens.make("manage", {"n": notice.slug, "h": payload.get("h")}))
+    manage = url_for("public.manage", token=_manage_token(payload))
     if request.method != "POST":  # GET and HEAD only read
         return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token, manage=manage)
     if not acts:
