@@ -295,13 +295,50 @@ def _retry_on_insert_race(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
 # --- use cases ---------------------------------------------------------------
 
 
+SIGNUP_JOB = "signup"
+
+
 def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | None, facts: Facts) -> None:
-    """Start double opt-in. Says nothing about whether the address was known."""
+    """Start double opt-in. Says nothing about whether the address was known, not even by
+    the time it takes: only the input is checked here, and the same one write (a ``signup``
+    outbox job) is made for every address. What the address's state calls for, a new
+    pending subscription, a fresh confirmation mail or nothing, is done by that job, which
+    runs right after the answer (or, if this process dies first, in the outbox worker).
+    """
     email = normalise_email(email_raw)
     name = clean_name(name_raw) if "name" in notice.fields else None
     if "name" in notice.required and not name:
         raise InvalidInput("name", "required")
-    _retry_on_insert_race(_request_subscription, notice, email, name, facts)
+    payload = {
+        "channel": facts.channel,
+        "lang": facts.lang,
+        "actor": facts.actor,
+        # Wiped by the outbox once the job is done (the subscription then holds what it keeps).
+        "personal_email": email,
+        "personal_name": name,
+        "personal_ip": facts.ip,
+        "personal_user_agent": facts.user_agent,
+    }
+    with unit_of_work() as uow:
+        outbox.run_after_commit(uow, SIGNUP_JOB, notice=notice.slug, subscription_ref=None, payload=payload)
+
+
+@outbox.handler(SIGNUP_JOB)
+def _signup_job(job: Any) -> None:
+    notice = get_notice(job.notice)
+    payload = job.payload
+    email = payload.get("personal_email")
+    if notice is None or not isinstance(email, str):
+        raise outbox.PermanentJobError("sign-up job without its notice or address")
+    facts = Facts(
+        channel=str(payload.get("channel") or "form"),
+        ip=payload.get("personal_ip"),
+        user_agent=payload.get("personal_user_agent"),
+        lang=str(payload.get("lang") or notice.languages[0]),
+        actor=payload.get("actor"),
+    )
+    db.session.rollback()  # the job's own read ends here; the sign-up is a unit of work of its own
+    _retry_on_insert_race(_request_subscription, notice, email, payload.get("personal_name"), facts)
 
 
 def _request_subscription(notice: Notice, email: str, name: str | None, facts: Facts) -> None:

@@ -30,6 +30,7 @@ SIGNED_HEADERS = (
     "MIME-Version",
     "Content-Type",
     "Content-Language",
+    "List-Id",
     "List-Unsubscribe",
     "List-Unsubscribe-Post",
 )

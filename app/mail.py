@@ -48,7 +48,7 @@ TRANSACTIONAL = ("data_export", "data_erase", "erased")
 # Structured fields a receiver parses as written (RFC 2369, RFC 8058, RFC 5322 msg-id).
 # RFC 2047 encoded-words are not allowed in them, yet the stdlib folder turns any header
 # longer than 78 characters into encoded-words: these go out verbatim instead.
-VERBATIM_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post", "message-id"})
+VERBATIM_HEADERS = frozenset({"list-id", "list-unsubscribe", "list-unsubscribe-post", "message-id"})
 MAX_HEADER_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
 
 
@@ -159,6 +159,9 @@ def compose(
     msg["Message-ID"] = f"<{secrets.token_hex(16)}@{sender_domain()}>"
     msg["Content-Language"] = lang
     if kind not in TRANSACTIONAL:
+        # RFC 2919: one list per notice, named under the sending domain. Without it a
+        # List-Unsubscribe reads to filters as half a list's headers.
+        msg["List-Id"] = f"<{notice.slug}.{sender_domain()}>"
         msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     # No Auto-Submitted (RFC 3834): none of these mails answers a mail. Every one is

@@ -74,7 +74,7 @@ end
 
 
 def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
-    """Subscribed Munkeby people; answers (address, email hash) for each."""
+    """Subscribed Munkeby people; answers (address, subscription ref) for each."""
     app = create_app(env=env)
     now = utcnow()
     found = []
@@ -85,8 +85,8 @@ def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
             rows = []
             for i in range(start, min(start + 20_000, people)):
                 address = f"reader{i}@bench.example"
-                found.append((address, email_hash(address)))
-                rows.append(subscription_row(address, found[-1][1], "munkeby", version, "subscribed", now))
+                rows.append(subscription_row(address, email_hash(address), "munkeby", version, "subscribed", now))
+                found.append((address, rows[-1]["ref"]))
             db.session.execute(insert(Subscription), rows)
             db.session.commit()
         settle_statistics()
@@ -171,7 +171,8 @@ def run(database: str, seconds: int, workers: int) -> list[str]:
         half = len(people) // 2
         app = create_app(env=env)
         with app.app_context():
-            unsubscribe = [unsubscribe_link("munkeby", h).split("://", 1)[1].split("/", 1)[1] for _, h in people[:half]]
+            links = [unsubscribe_link("munkeby", ref) for _, ref in people[:half]]
+        unsubscribe = [link.split("://", 1)[1].split("/", 1)[1] for link in links]
         list_id = app.extensions["notices"]["munkeby"].provider["list_id"]
         port = free_port()
         url = f"http://127.0.0.1:{port}"

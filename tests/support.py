@@ -177,6 +177,15 @@ class SmtpSink:
         parsed = [email.message_from_bytes(r, policy=email.policy.default) for r in raw]
         return [m for m in parsed if to is None or m["To"] == to]  # type: ignore[misc]
 
+    def wait_for(self, to: str, count: int, timeout: float = 20) -> list[EmailMessage]:
+        """The messages to ``to`` once there are at least ``count``: a service answers before
+        its mail goes out, so a client over HTTP sees the mail a moment after the answer."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.messages(to)) < count:
+            assert time.monotonic() < deadline, f"{len(found)} of {count} mails to {to} after {timeout} s"
+            time.sleep(0.02)
+        return found
+
 
 def provider_env(apsis: FakeApsis | None = None, mailchimp: FakeMailchimp | None = None) -> dict[str, str]:
     """Settings that point the service's providers at the fakes."""

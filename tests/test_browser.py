@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,12 +85,17 @@ def page(chromium):  # type: ignore[no-untyped-def]
     context.close()
 
 
-def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, index: int = -1) -> str:
-    message = smtp.messages(address)[index]
-    body = message.get_body(("plain",)).get_content()
-    match = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+", body)
-    assert match, f"no {kind} link"
-    return match.group(0)
+def mail_link(smtp: SmtpSink, address: str, kind: str, base: str) -> str:
+    """The ``kind`` link of the latest mail to ``address`` that has one (mail follows the answer)."""
+    deadline = time.monotonic() + 20
+    while True:
+        for message in reversed(smtp.messages(address)):
+            body = message.get_body(("plain",)).get_content()
+            match = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+", body)
+            if match:
+                return match.group(0)
+        assert time.monotonic() < deadline, f"no {kind} link in a mail to {address}"
+        time.sleep(0.02)
 
 
 def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, shots):

@@ -96,7 +96,7 @@ def sign_up(service: Service, smtp: SmtpSink, slug: str, address: str, name: str
         with session.post(f"{service.url}/{slug}/subscribe", data=data) as answer:
             assert answer.status_code == 200 and [r.status_code for r in answer.history] == [303]
             assert "Titta i din inkorg" in answer.text
-    [mail] = smtp.messages(address)
+    [mail] = smtp.wait_for(address, 1)
     return mail
 
 
@@ -110,7 +110,7 @@ def confirm(service: Service, smtp: SmtpSink, mail: EmailMessage) -> EmailMessag
         with session.post(url) as done:
             # "Thank you", not "already confirmed": it was this press that confirmed.
             assert done.status_code == 200 and "Tack! Nu får du" in done.text
-    _, welcome = smtp.messages(address)
+    _, welcome = smtp.wait_for(address, 2)
     return welcome
 
 
