@@ -70,12 +70,19 @@ def _kept_secret(instance: Path, filename: str) -> str:
     return value
 
 
+MAX_PUBLIC_URL = 200
+
+
 def _public_url(raw: str, production: bool) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"PUBLIC_URL must be an absolute http(s) URL, not {raw!r}")
     if parts.query or parts.fragment:
         raise ConfigError("PUBLIC_URL must not carry a query or fragment")
+    if len(raw) > MAX_PUBLIC_URL or not raw.isascii() or any(c.isspace() for c in raw):
+        # Every link is written into a mail header as is, on one line: no spaces, no
+        # encoding, and short enough that receivers never see it folded.
+        raise ConfigError(f"PUBLIC_URL must be ASCII without spaces, at most {MAX_PUBLIC_URL} characters")
     if production and parts.scheme != "https":
         # RFC 8058 requires an HTTPS List-Unsubscribe URI for one-click.
         log.warning("PUBLIC_URL is not https: mail clients will not offer one-click unsubscribe")

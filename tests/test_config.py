@@ -56,7 +56,15 @@ def test_production_start_up_fails_with_a_clear_message(tmp_path):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("APP_ENV", "prod"), ("PUBLIC_URL", "news.example.org"), ("SMTP_PORT", "abc"), ("CONFIRMATIONS_PER_ADDRESS", "0")],
+    [
+        ("APP_ENV", "prod"),
+        ("PUBLIC_URL", "news.example.org"),
+        ("PUBLIC_URL", "https://news.example.org/" + "x" * 200),  # links must fit a header line
+        ("PUBLIC_URL", "https://nyhetsbrev.exempel.se/för"),
+        ("SMTP_PORT", "abc"),
+        ("CONFIRMATIONS_PER_ADDRESS", "0"),
+        ("DKIM_SELECTOR", "nl2026"),  # DKIM is all three settings or none
+    ],
 )
 def test_malformed_settings_are_refused_by_name(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
