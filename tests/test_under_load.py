@@ -107,7 +107,7 @@ def subscribers(app, count: int) -> list[str]:
                     "updated_at": now,
                 }
             )
-            paths.append("/" + unsubscribe_link(slug, rows[-1]["email_hash"]).split("://", 1)[1].split("/", 1)[1])
+            paths.append("/" + unsubscribe_link(slug, rows[-1]["ref"]).split("://", 1)[1].split("/", 1)[1])
         db.session.execute(insert(Subscription), rows)
         db.session.commit()
         db.session.remove()
