@@ -31,7 +31,7 @@ from . import ledger, mail, outbox, provider_sync
 from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, EventDetail, ProviderDelivery, Subscription, Suppression, utcnow
+from .models import ConsentEvent, EventDetail, OutboxJob, ProviderDelivery, Subscription, Suppression, utcnow
 from .notices import Notice
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,16 @@ _SUBSCRIPTION_BY_REF = (
 
 def _subscription_row(uow: UnitOfWork, target: Target) -> Any:
     """The subscription as a plain row (locked), for paths that only read it and write by id."""
-    if target.ref is not None:
-        found = uow.run(_SUBSCRIPTION_ROW_BY_REF, {"notice": target.notice.slug, "ref": target.ref})
-    else:
-        found = uow.run(_SUBSCRIPTION_ROW, {"notice": target.notice.slug, "h": target.email_hash})
-    return found[0] if found else None
+    slug = target.notice.slug
+    if target.ref is None:
+        found = uow.run(_SUBSCRIPTION_ROW, {"notice": slug, "h": target.email_hash})
+        return found[0] if found else None
+    found = uow.run(_SUBSCRIPTION_ROW_BY_REF, {"notice": slug, "ref": target.ref})
+    if not found and target.tag is not None:
+        # Deleted since the link was mailed: the same address may have signed up again.
+        tagged = uow.run(_SUBSCRIPTION_ROW_BY_TAG, {"notice": slug, **tag_range(target.tag)})
+        found = [row for row in tagged if row.email_hash.startswith(target.tag)]
+    return found[0] if len(found) == 1 else None
 
 
 def _target_subscription(uow: UnitOfWork, target: Target) -> Subscription | None:
@@ -185,6 +190,16 @@ _SUBSCRIPTION_ROW = Prepared(
 _SUBSCRIPTION_ROW_BY_REF = Prepared(
     select(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.notice == bindparam("notice"), _SUBSCRIPTIONS.c.ref == bindparam("ref"))
+    .with_for_update()
+)
+_SUBSCRIPTION_ROW_BY_TAG = Prepared(
+    select(_SUBSCRIPTIONS)
+    .where(
+        _SUBSCRIPTIONS.c.notice == bindparam("notice"),
+        _SUBSCRIPTIONS.c.email_hash >= bindparam("lo"),
+        _SUBSCRIPTIONS.c.email_hash < bindparam("hi"),
+    )
+    .limit(2)
     .with_for_update()
 )
 _UPDATE_SUBSCRIPTION = Prepared(update(_SUBSCRIPTIONS).where(_SUBSCRIPTIONS.c.id == bindparam("sub_id")))
@@ -323,7 +338,7 @@ def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | 
         outbox.run_after_commit(uow, SIGNUP_JOB, notice=notice.slug, subscription_ref=None, payload=payload)
 
 
-@outbox.handler(SIGNUP_JOB)
+@outbox.handler(SIGNUP_JOB, personal_copy=True)
 def _signup_job(job: Any) -> None:
     notice = get_notice(job.notice)
     payload = job.payload
@@ -407,27 +422,41 @@ def _under_confirmation_limit(uow: UnitOfWork, sub: Subscription) -> bool:
 
 @dataclass(frozen=True)
 class Target:
-    """The one subscription a mailed link speaks for: by its ref (link tokens) or, for links
-    mailed before refs were used, by the address hash under that notice."""
+    """The one subscription a mailed link speaks for, under one notice.
+
+    A link token names it by ``ref``, with a ``tag`` (the start of the address hash) of
+    the address it was mailed to. The ref finds the subscription even after its address
+    was corrected; the tag finds the person's newer subscription when the one the link
+    was mailed for was deleted (the delete rule) and they signed up again. Links mailed
+    before refs were used name the address hash itself.
+    """
 
     notice: Notice
     ref: str | None = None
+    tag: str | None = None
     email_hash: str | None = None
 
 
 REF_RE = re.compile(r"^[0-9a-f]{32}$")
+TAG_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 def token_target(payload: dict[str, Any]) -> Target | None:
     notice = get_notice(payload.get("n"))
     if notice is None:
         return None
-    ref, ehash = payload.get("s"), payload.get("h")
+    ref, tag, ehash = payload.get("s"), payload.get("a"), payload.get("h")
     if isinstance(ref, str) and REF_RE.match(ref):
-        return Target(notice, ref=ref)
+        return Target(notice, ref=ref, tag=tag if isinstance(tag, str) and TAG_RE.match(tag) else None)
     if isinstance(ehash, str) and HASH_RE.match(ehash):
         return Target(notice, email_hash=ehash)
     return None
+
+
+def tag_range(tag: str) -> dict[str, str]:
+    """Bounds of the address hashes that start with ``tag``: a range scan of the
+    (notice, email_hash) index in any collation, as hex digits all sort below "g"."""
+    return {"lo": tag, "hi": tag + "g"}
 
 
 def _pending_for(uow: UnitOfWork, target: Target, payload: dict[str, Any]) -> Subscription | None:
@@ -545,10 +574,25 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
             )
         )
         evidence.append(_erase_subscription(uow, sub, reason="erasure_request"))
-    if subs:
+    if _cancel_queued_signups(uow, ehash) or subs:
         _wipe_after_commit(uow)
     ledger.append(uow, evidence)
     return sorted(sub.notice for sub in subs)
+
+
+def _cancel_queued_signups(uow: UnitOfWork, ehash: str) -> bool:
+    """A sign-up of the address still waiting in the outbox goes with the erasure: it would
+    otherwise hold the address and, once run, mail the person who just asked to be erased."""
+    waiting = uow.session.execute(
+        select(OutboxJob).where(OutboxJob.kind == SIGNUP_JOB, OutboxJob.state == "pending")
+    ).scalars()
+    cancelled = False
+    for job in waiting:
+        address = job.payload.get("personal_email")
+        if isinstance(address, str) and email_hash(address) == ehash:
+            job.state, job.finished_at, job.last_error, job.payload = "done", utcnow(), "cancelled", {}
+            cancelled = True
+    return cancelled
 
 
 # --- events reported by a provider (webhooks, report polling) ---------------

@@ -44,6 +44,8 @@ class TransientMailError(Exception):
 
 # Replies to a person's own request about their data: no list, so no unsubscribe header.
 TRANSACTIONAL = ("data_export", "data_erase", "erased")
+# The mails that answer a request the person made (a sign-up, a data request).
+AUTO_REPLIES = ("confirmation", *TRANSACTIONAL)
 
 # Structured fields a receiver parses as written (RFC 2369, RFC 8058, RFC 5322 msg-id).
 # RFC 2047 encoded-words are not allowed in them, yet the stdlib folder turns any header
@@ -82,13 +84,14 @@ def public_link(path: str) -> str:
     return current_app.config["PUBLIC_URL"] + path
 
 
-def unsubscribe_link(notice_slug: str, subscription_ref: str) -> str:
-    return public_link("/unsubscribe/" + tokens.link("unsubscribe", notice_slug, subscription_ref))
+def unsubscribe_link(notice_slug: str, subscription_ref: str, email_hash: str) -> str:
+    token = tokens.link("unsubscribe", notice_slug, subscription_ref, email_hash=email_hash)
+    return public_link("/unsubscribe/" + token)
 
 
-def manage_link(notice_slug: str, subscription_ref: str) -> str:
-    """The person's own page; the notice only chooses the page's language and look."""
-    return public_link("/manage/" + tokens.link("manage", notice_slug, subscription_ref))
+def manage_link(notice_slug: str, subscription_ref: str, email_hash: str) -> str:
+    """The person's own page, for the address the mail goes to."""
+    return public_link("/manage/" + tokens.link("manage", notice_slug, subscription_ref, email_hash=email_hash))
 
 
 def sender_domain() -> str:
@@ -129,8 +132,8 @@ def compose(
     """
     links = dict(links)
     if subscription_ref is not None:
-        links["unsubscribe"] = unsubscribe_link(notice.slug, subscription_ref)
-        links["manage"] = manage_link(notice.slug, subscription_ref)
+        links["unsubscribe"] = unsubscribe_link(notice.slug, subscription_ref, email_hash)
+        links["manage"] = manage_link(notice.slug, subscription_ref, email_hash)
     elif kind not in TRANSACTIONAL:
         raise ValueError(f"a {kind} mail needs the subscription its unsubscribe link names")
     lang = lang if lang in notice.languages else notice.languages[0]
@@ -164,8 +167,10 @@ def compose(
         msg["List-Id"] = f"<{notice.slug}.{sender_domain()}>"
         msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    # No Auto-Submitted (RFC 3834): none of these mails answers a mail. Every one is
-    # the direct result of the person's own action or their subscription.
+    if kind in AUTO_REPLIES:
+        # RFC 3834: made by a machine in answer to the person's own request, so vacation
+        # responders and the like do not answer it. List mail (welcome, Art. 14) is not.
+        msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text_body)
     msg.add_alternative(html_body, subtype="html")
     return Composed(msg, links, kind, email_hash)

@@ -67,9 +67,18 @@ BatchHandler = Callable[[list["ClaimedJob"]], dict[int, Exception | None]]
 BATCH_HANDLERS: dict[str, BatchHandler] = {}
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
+# Kinds whose personal fields are a copy of what the job itself writes into a subscription
+# (a sign-up). Wiping them when the job is done needs no WAL checkpoint of its own: the
+# erasure or purge that later deletes those rows runs one. A job of such a kind that fails
+# for good keeps none of them: nothing would be left to erase them by.
+PERSONAL_COPY_KINDS: set[str] = set()
+
+
+def handler(kind: str, *, personal_copy: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        if personal_copy:
+            PERSONAL_COPY_KINDS.add(kind)
         return fn
 
     return register
@@ -192,7 +201,8 @@ def _finish(job_id: int, error: Exception | None) -> None:
             kept = _without_personal(job.payload)
             if kept != job.payload:
                 job.payload = kept
-                uow.after_commit(wipe_free_space)
+                if job.kind not in PERSONAL_COPY_KINDS:
+                    uow.after_commit(wipe_free_space)
             return
         job.last_error = f"{type(error).__name__}: {error}"[:1000]
         if isinstance(error, WaitForConfiguration):
@@ -201,6 +211,9 @@ def _finish(job_id: int, error: Exception | None) -> None:
             return
         if isinstance(error, PermanentJobError) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
             job.state, job.finished_at = "dead", now
+            if job.kind in PERSONAL_COPY_KINDS and _without_personal(job.payload) != job.payload:
+                job.payload = _without_personal(job.payload)
+                uow.after_commit(wipe_free_space)
             log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
             return
         delay = (

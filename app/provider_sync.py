@@ -92,9 +92,9 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
             timestamp_signup=_stamp(signup_at),
             ip_opt=opt.get("ip"),
             timestamp_opt=_stamp(opt_at),
-            unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.ref),
+            unsubscribe_url=mail.unsubscribe_link(sub.notice, sub.ref, sub.email_hash),
             language=sub.lang,
-            manage_url=mail.manage_link(sub.notice, sub.ref),
+            manage_url=mail.manage_link(sub.notice, sub.ref, sub.email_hash),
         )
     return members
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from . import consent, ledger, outbox
 from .consent import Facts, get_notice
@@ -41,15 +41,29 @@ class Person:
 
 
 def person_of(payload: dict[str, Any]) -> Person | None:
+    """Whom a manage link speaks for: the address it was mailed to, while that address is held.
+
+    A link token's subscription counts only while it still has the address the link was
+    mailed to (the token's tag): after a corrected address, whoever reads the old mailbox
+    must not see the new one. A deleted subscription's link finds the same address's newer
+    subscription under that notice, if there is one.
+    """
     target = consent.token_target(payload)
     if target is None:
         return None
     if target.ref is None:
         return Person(target.email_hash, target.notice)
-    ehash = db.session.execute(
-        select(Subscription.email_hash).where(Subscription.notice == target.notice.slug, Subscription.ref == target.ref)
-    ).scalar_one_or_none()
-    return Person(ehash, target.notice)
+    if target.tag is None:
+        return Person(None, target.notice)
+    bounds = consent.tag_range(target.tag)
+    hashes = db.session.execute(
+        select(Subscription.email_hash).where(
+            Subscription.notice == target.notice.slug,
+            or_(Subscription.ref == target.ref, Subscription.email_hash.between(bounds["lo"], bounds["hi"])),
+        )
+    ).scalars()
+    held_now = {ehash for ehash in hashes if ehash.startswith(target.tag)}
+    return Person(held_now.pop() if len(held_now) == 1 else None, target.notice)
 
 
 def held(person: Person) -> list[Subscription]:

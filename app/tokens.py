@@ -7,14 +7,14 @@ as another. Signing uses ``SECRET_KEY``; tokens signed with a key listed in
 Two formats are read:
 
 * **Link tokens** (confirm, unsubscribe, manage), written since links had to
-  fit in a ``List-Unsubscribe`` header: ``<notice>~<ref>[~<time>]~<mac>``. The
-  ref is the subscription's own random reference (16 bytes, so 22 base64
-  characters), the confirm token adds the sign-up's nonce and a timestamp, and
-  the MAC is HMAC-SHA256 truncated to 128 bits. With a 30-character host the
-  whole unsubscribe URL stays near 105 characters and a confirm URL under 120,
-  so mail headers never need folding. The ref, unlike the address hash the old
-  format carried, survives a change of address, and it names one notice's
-  subscription only.
+  fit in a ``List-Unsubscribe`` header: ``<notice>~<ref + tag>[~<time>]~<mac>``.
+  The ref is the subscription's own random reference (16 bytes); unsubscribe and
+  manage tokens add a tag of the address (the first 8 bytes of its keyed hash),
+  the confirm token the sign-up's nonce and a timestamp. The MAC is HMAC-SHA256
+  truncated to 128 bits. With a 30-character host an unsubscribe URL is about
+  114 characters and a confirm URL under 120, so mail headers never need folding.
+  The ref names one notice's subscription only; the tag says which address the
+  link was mailed to (see ``consent.token_target``).
 * **Serialized tokens** (the old link format, and the mailed data links):
   ``URLSafeTimedSerializer`` JSON. Links already sitting in inboxes keep working.
 
@@ -49,6 +49,7 @@ LINK_SEP = "~"  # not in the base64 alphabet, and never in a serialized token
 MAC_BYTES = 16
 REF_BYTES = 16  # Subscription.ref: a uuid4 as 32 hex digits
 NONCE_BYTES = 8  # Subscription.confirm_nonce: 16 hex digits
+TAG_BYTES = 8  # the start of the address's keyed hash: 64 bits, so two addresses never share one in practice
 
 
 class TokenInvalid(Exception):
@@ -100,11 +101,18 @@ def make(purpose: str, payload: dict[str, Any]) -> str:
     return _built(purpose, _keys()).dumps(payload)
 
 
-def link(purpose: str, notice: str, ref: str, nonce: str | None = None) -> str:
-    """A link token for one notice's subscription; ``nonce`` (confirm only) ties it to one sign-up."""
-    if (purpose == "confirm") != (nonce is not None):
-        raise ValueError("a confirm link, and only a confirm link, carries the sign-up's nonce")
-    raw = bytes.fromhex(ref) + (bytes.fromhex(nonce) if nonce is not None else b"")
+def link(purpose: str, notice: str, ref: str, *, nonce: str | None = None, email_hash: str | None = None) -> str:
+    """A link token for one notice's subscription: a confirm link carries the sign-up's
+    ``nonce``, the others a tag of the ``email_hash`` of the address they are mailed to."""
+    if purpose == "confirm":
+        if nonce is None or len(nonce) != 2 * NONCE_BYTES:
+            raise ValueError("a confirm link carries the sign-up's nonce")
+        extra = bytes.fromhex(nonce)
+    else:
+        if email_hash is None or len(email_hash) < 2 * TAG_BYTES:
+            raise ValueError(f"a {purpose} link carries a tag of the address's hash")
+        extra = bytes.fromhex(email_hash[: 2 * TAG_BYTES])
+    raw = bytes.fromhex(ref) + extra
     value = notice + LINK_SEP + base64_encode(raw).decode("ascii")
     return _link_signer(purpose, _keys()).sign(value).decode("ascii")
 
@@ -146,19 +154,18 @@ def _read_link(purpose: str, token: str, max_age: int | None) -> dict[str, Any]:
         raise TokenInvalid("bad signature") from None
     notice, _, body = value.decode("ascii").partition(LINK_SEP)
     raw = _b64_canonical(body) or b""
-    want = REF_BYTES + (NONCE_BYTES if purpose == "confirm" else 0)
+    want = REF_BYTES + (NONCE_BYTES if purpose == "confirm" else TAG_BYTES)
     if len(raw) != want:
         raise TokenInvalid("unexpected payload")
     payload: dict[str, Any] = {"n": notice, "s": raw[:REF_BYTES].hex()}
-    if purpose == "confirm":
-        payload["r"] = raw[REF_BYTES:].hex()
+    payload["r" if purpose == "confirm" else "a"] = raw[REF_BYTES:].hex()
     if expired:
         raise TokenExpired(payload)
     return payload
 
 
 def read(purpose: str, token: str, max_age: int | None = None) -> dict[str, Any]:
-    """The payload of a token: ``{"n": notice, "s": ref}`` (+ ``"r"``) for a link token,
+    """The payload of a token: ``{"n": notice, "s": ref, "r" | "a": nonce | address tag}`` for a link token,
     or what a serialized token holds (``{"n", "h"}`` for an old link, by address hash)."""
     if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise TokenInvalid("malformed token")

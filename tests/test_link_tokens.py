@@ -15,7 +15,7 @@ from app.consent import email_hash
 from app.extensions import db
 from app.models import Subscription
 
-from .support import sign_up, subscribe_and_confirm, text_body, unsubscribe_path
+from .support import link_in, sign_up, subscribe_and_confirm, text_body, unsubscribe_path
 
 HOST_30 = "https://nyhetsbrev.munkeby-systemet.se"
 
@@ -89,3 +89,35 @@ def test_a_link_for_one_notice_does_not_act_on_the_other(app, client, mailbox):
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     assert status(app, "both@example.com", "munkeby") == "unsubscribed"
     assert status(app, "both@example.com", "mysoft") == "subscribed"
+
+
+def test_after_an_address_change_the_old_mails_manage_link_shows_nothing_of_the_new_address(app, client, mailbox):
+    """Whoever reads the old mailbox (a former employer's, say) must not see where the person went."""
+    from app import consent
+
+    welcome = subscribe_and_confirm(client, mailbox, "munkeby", "anna@oldjob.se", "Anna")
+    subscribe_and_confirm(client, mailbox, "mysoft", "anna@private.se")
+    manage = link_in(welcome, "manage")
+    unsubscribe = unsubscribe_path(welcome)
+    with app.app_context():
+        ref = db.session.execute(select(Subscription.ref).where(Subscription.email == "anna@oldjob.se")).scalar_one()
+        consent.rectify(ref, None, "anna@private.se", consent.Facts(channel="cli", actor="test"))
+    for page in (client.get(manage + "?lang=en"), client.get(unsubscribe + "?lang=en")):
+        assert page.status_code == 200
+        assert "anna@private.se" not in page.get_data(as_text=True)
+    nothing = client.get(manage + "?lang=en").get_data(as_text=True)
+    assert "We hold no data about this address" in nothing
+    assert client.post(manage + "/unsubscribe", data={"notice": "all"}).status_code == 303
+    assert status(app, "anna@private.se", "mysoft") == "subscribed"  # nothing done for the new address
+
+
+def test_an_old_unsubscribe_link_reaches_the_new_subscription_after_delete_and_sign_up_again(app, client, mailbox):
+    """Mysoft deletes on opt-out; a person who signs up again and then uses an older mail's link is unsubscribed."""
+    first = subscribe_and_confirm(client, mailbox, "mysoft", "again@example.com")
+    old_link = unsubscribe_path(first)
+    assert client.post(old_link, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert status(app, "again@example.com", "mysoft") is None  # deleted
+    subscribe_and_confirm(client, mailbox, "mysoft", "again@example.com")
+    assert status(app, "again@example.com", "mysoft") == "subscribed"
+    assert client.post(old_link, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert status(app, "again@example.com", "mysoft") is None

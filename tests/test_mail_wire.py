@@ -101,7 +101,9 @@ def check_mail(raw: bytes, kind: str, slug: str) -> str | None:
     assert parsedate_to_datetime(one(headers, "Date")).tzinfo is not None
     assert one(headers, "MIME-Version") == "1.0"
     assert one(headers, "Content-Type").startswith("multipart/alternative;")
-    assert not [n for n, _ in headers if n.lower() == "auto-submitted"]  # none of these is an auto-reply
+    # RFC 3834: only the answers to the person's own request say they were made by a machine.
+    auto = [v for n, v in headers if n.lower() == "auto-submitted"]
+    assert auto == (["auto-generated"] if kind in ("confirmation", "data_export", "data_erase", "erased") else [])
     plain_links, html_links = body_links(raw)
     assert plain_links == html_links, "the text and HTML parts must offer the same links"
     if kind not in LIST_KINDS:

@@ -176,7 +176,7 @@ def _manage_token(unsubscribe_payload) -> str:  # type: ignore[no-untyped-def]
     """The manage link for the subscription an unsubscribe link names, in the same form."""
     slug = unsubscribe_payload["n"]
     if "s" in unsubscribe_payload:
-        return tokens.link("manage", slug, unsubscribe_payload["s"])
+        return tokens.link("manage", slug, unsubscribe_payload["s"], email_hash=unsubscribe_payload["a"])
     return tokens.make("manage", {"n": slug, "h": unsubscribe_payload.get("h")})
 
 
