@@ -73,8 +73,8 @@ end
 """
 
 
-def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
-    """Subscribed Munkeby people; answers (address, subscription ref) for each."""
+def prepare(env: dict[str, str], people: int) -> list[tuple[str, str, str]]:
+    """Subscribed Munkeby people; answers (address, subscription ref, address hash) for each."""
     app = create_app(env=env)
     now = utcnow()
     found = []
@@ -86,7 +86,7 @@ def prepare(env: dict[str, str], people: int) -> list[tuple[str, str]]:
             for i in range(start, min(start + 20_000, people)):
                 address = f"reader{i}@bench.example"
                 rows.append(subscription_row(address, email_hash(address), "munkeby", version, "subscribed", now))
-                found.append((address, rows[-1]["ref"]))
+                found.append((address, rows[-1]["ref"], rows[-1]["email_hash"]))
             db.session.execute(insert(Subscription), rows)
             db.session.commit()
         settle_statistics()
@@ -171,7 +171,7 @@ def run(database: str, seconds: int, workers: int) -> list[str]:
         half = len(people) // 2
         app = create_app(env=env)
         with app.app_context():
-            links = [unsubscribe_link("munkeby", ref) for _, ref in people[:half]]
+            links = [unsubscribe_link("munkeby", ref, ehash) for _, ref, ehash in people[:half]]
         unsubscribe = [link.split("://", 1)[1].split("/", 1)[1] for link in links]
         list_id = app.extensions["notices"]["munkeby"].provider["list_id"]
         port = free_port()
@@ -191,7 +191,7 @@ def run(database: str, seconds: int, workers: int) -> list[str]:
                     [
                         f"{hook}\ttype=unsubscribe&fired_at={fired.replace(' ', '+')}&data%5Blist_id%5D={list_id}"
                         f"&data%5Bemail%5D={address.replace('@', '%40')}&data%5Breason%5D=manual"
-                        for address, _ in people[half:]
+                        for address, _, _ in people[half:]
                     ],
                     {"Content-Type": "application/x-www-form-urlencoded"},
                 ),

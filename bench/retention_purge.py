@@ -63,6 +63,8 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
     old = now - timedelta(days=400)
     notice = app.extensions["notices"]["munkeby"]
     every = rows // expired  # one row in every this many has expired
+    step = max(1, rows // 2000)  # about 2,000 live subscribers are probed
+    probes = []
     with app.app_context():
         empty_database()
         for start in range(0, rows, CHUNK):
@@ -73,6 +75,9 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
                 status, at = ("unsubscribed", old) if gone else ("subscribed", now)
                 row = subscription_row(address, email_hash(address), "munkeby", notice.version, status, at)
                 batch.append({**row, "name": f"Person {i}", "unsubscribed_at": old if gone else None})
+                if i >= 1 and (i - 1) % step == 0 and not gone:
+                    link = unsubscribe_link("munkeby", row["ref"], row["email_hash"])
+                    probes.append(link.removeprefix("https://news.example.org"))
             evidence = []
             for row in batch:
                 details = {"email": row["email"], "ip": "192.0.2.10", "user_agent": "bench"}
@@ -82,11 +87,6 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
             with unit_of_work() as uow:
                 uow.session.execute(insert(Subscription), batch)
                 ledger.append(uow, evidence)
-        probes = [
-            unsubscribe_link("munkeby", email_hash(f"person{i}@bench.example")).removeprefix("https://news.example.org")
-            for i in range(1, rows, max(1, rows // 2000))
-            if i % every
-        ]
         settle_statistics()
         db.session.remove()
         db.engine.dispose()

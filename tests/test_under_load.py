@@ -107,7 +107,8 @@ def subscribers(app, count: int) -> list[str]:
                     "updated_at": now,
                 }
             )
-            paths.append("/" + unsubscribe_link(slug, rows[-1]["ref"]).split("://", 1)[1].split("/", 1)[1])
+            link = unsubscribe_link(slug, rows[-1]["ref"], rows[-1]["email_hash"])
+            paths.append("/" + link.split("://", 1)[1].split("/", 1)[1])
         db.session.execute(insert(Subscription), rows)
         db.session.commit()
         db.session.remove()
