@@ -598,7 +598,10 @@ def _cancel_queued_signups(uow: UnitOfWork, ehash: str) -> bool:
 # --- events reported by a provider (webhooks, report polling) ---------------
 
 OPT_OUT_EVENTS = {"unsubscribe": "provider_unsubscribe", "complaint": "complaint", "bounce": "bounce"}
-PROVIDER_EVENT_KINDS = (*OPT_OUT_EVENTS, "subscribe", "profile", "address_change")
+# "provider_delete": staff deleted the contact in the provider's own screens (Mailchimp's
+# unsubscribe with data[action]=delete). Not the person's opt-out: it is recorded, and
+# their consent here is left as it is.
+PROVIDER_EVENT_KINDS = (*OPT_OUT_EVENTS, "subscribe", "profile", "address_change", "provider_delete")
 
 
 @dataclass(frozen=True)
@@ -676,6 +679,10 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
         sub = _subscription(uow, notice.slug, ehash)
     facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
+    if event.kind == "provider_delete":
+        if sub is None:
+            return "unknown_address", []
+        return "applied", [Evidence.under("provider_contact_deleted", notice, sub.ref, event.channel, source)]
     if event.kind in OPT_OUT_EVENTS:
         # An opt-out is honoured however late it arrives, unless the person has
         # confirmed a new sign-up here since it happened (a report row read after

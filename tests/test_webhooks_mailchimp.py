@@ -317,3 +317,16 @@ def test_garbage_signatures_are_refused_not_crashed_on(app, client, header, rule
         headers={"X-Mailchimp-Signature": header},
     )
     assert answer.status_code == 401
+
+
+def test_an_admin_deleting_the_contact_in_mailchimp_is_recorded_not_taken_for_an_opt_out(app, client, mailbox, rule):
+    """``data[action]=delete``: staff removed the contact; the person did not withdraw consent."""
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    answer = post(client, delivery("unsubscribe", "anna@example.com", action="delete", reason="manual"))
+    assert answer.status_code == 200 and answer.json == {"status": "applied"}
+    assert subscription(app, "anna@example.com").status == "subscribed"  # under either rule
+    assert events(app, "opted_out") == []
+    [deleted] = events(app, "provider_contact_deleted")
+    assert deleted.channel == "webhook" and json.loads(deleted.facts)["provider"] == "mailchimp"
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Suppression)).scalar_one() == 0

@@ -150,7 +150,10 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
     else:
         email = _address(_field(form, "data[email]") or _field(form, "data[merges][EMAIL]"), "data[email]")
         new_email = None
-    if kind == "unsubscribe" and reason == "abuse":
+    if kind == "unsubscribe" and _field(form, "data[action]") == "delete":
+        # An admin deleted the contact in Mailchimp: not the person's own opt-out.
+        kind = "provider_delete"
+    elif kind == "unsubscribe" and reason == "abuse":
         kind = "complaint"
     if kind == "bounce" and reason == "abuse":
         kind = "complaint"
