@@ -106,6 +106,8 @@ def apply_each(provider: Provider, notice: Notice, operations: list[Operation]) 
             return None
         except (ProviderRetry, ProviderPermanent) as exc:
             return exc
+        except Exception as exc:  # one member's surprise never fails the others in the claim
+            return ProviderRetry(f"unexpected {type(exc).__name__} from the provider client")
 
     if len(operations) <= 1:
         return [run(op) for op in operations]

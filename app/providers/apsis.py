@@ -3,12 +3,14 @@
 OAuth2 client credentials; the token is cached until shortly before it
 expires and fetched again on 401/403 (the token endpoint allows only 10 calls
 a minute, so it is never fetched per request). Profiles live in the email
-keyspace with the address, URL-encoded, as the key. A 404 on delete and a 409
-on a consent mean "already so". Requests are paced under the account limit.
+keyspace with the address, URL-encoded, as the key. A 409 on a consent means
+"already so"; a 404 on delete does only when APSIS says so in its error body.
+Requests are paced under the account limit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -21,13 +23,33 @@ from urllib.parse import quote, urlencode
 import requests
 
 from ..notices import Notice
-from . import Member, Operation, Outcome, ProviderNotConfigured, ProviderPermanent, ProviderRetry, apply_each
+from . import (
+    Member,
+    Operation,
+    Outcome,
+    ProviderNotConfigured,
+    ProviderPermanent,
+    ProviderRetry,
+    account_limits,
+    apply_each,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 10
 EMAIL_CHANNEL = "com.apsis1.channels.email"
 REQUESTS_PER_SECOND = 95  # APSIS allows 100 per second per account; keep a margin
 REQUESTS_PER_PROFILE_SECOND = 9  # and 10 per second for one profile
 RETRYABLE = {408, 429, 500, 502, 503, 504}
+CONSENT_SOURCE = "Newsletter consent service"
+CONSENT_REASONS = {"opt-in": "Double opt-in confirmed", "opt-out": "Opted out"}
+
+
+def _apsis_error(response: requests.Response) -> bool:
+    """The answer carries an error body in APSIS's JSON shape (not a proxy's page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and bool(body.get("title") or body.get("message") or body.get("detail"))
 
 
 class _Pacer:
@@ -94,12 +116,21 @@ class ApsisProvider:
     _profile_pacer: ClassVar[_ProfilePacer] = _ProfilePacer(REQUESTS_PER_PROFILE_SECOND)
 
     def __init__(
-        self, base_url: str, client_id: str, client_secret: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        limits_uri: str = "memory://",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.client_id = client_id
         self.client_secret = client_secret
+        self.limits_uri = limits_uri
+        # The account's name in the shared counters: its client id, hashed (the counters'
+        # store is not where credentials belong).
+        self.account = "apsis:" + hashlib.sha256(f"{self.base_url}|{client_id}".encode()).hexdigest()[:16]
         self.session = requests.Session()
 
     @classmethod
@@ -111,7 +142,8 @@ class ApsisProvider:
             raise ProviderNotConfigured("set APSIS_CLIENT_ID and APSIS_CLIENT_SECRET")
         timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
         assert isinstance(timeout, int)
-        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret, timeout)
+        limits_uri = str(config.get("RATELIMIT_STORAGE_URI") or "memory://")
+        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret, timeout, limits_uri)
 
     def close(self) -> None:
         self.session.close()
@@ -138,9 +170,15 @@ class ApsisProvider:
             return data["access_token"]
 
     def _send(self, method: str, path: str, body: Any, token: str | None) -> requests.Response:
+        # This process's pacers spread its requests evenly; the shared window keeps every
+        # process of the account, together, under APSIS's limits.
         if "/profiles/" in path:
-            self._profile_pacer.wait(path.split("/profiles/")[1].split("/")[0])
+            profile = path.split("/profiles/")[1].split("/")[0]
+            self._profile_pacer.wait(profile)
+            digest = hashlib.sha256(profile.encode()).hexdigest()[:16]
+            account_limits.wait_for_rate(self.limits_uri, f"{self.account}:{digest}", REQUESTS_PER_PROFILE_SECOND)
         self._pacer.wait()
+        account_limits.wait_for_rate(self.limits_uri, self.account, REQUESTS_PER_SECOND)
         headers = {"Accept": "application/json"}
         if method == "PATCH":
             headers["Content-Type"] = "application/merge-patch+json"
@@ -180,13 +218,22 @@ class ApsisProvider:
     # --- the provider interface -------------------------------------------
 
     @staticmethod
-    def _profile(notice: Notice, email: str) -> str:
+    def _profile(notice: Notice, email: str, version: str = "/v2") -> str:
+        """A profile's path. The consent calls are under ``/v2``; the delete and the
+        attribute update by version ids are not (developer.apsis.com, PROVIDERS.md)."""
         keyspace = notice.provider["keyspace"]
-        return f"/v2/audience/keyspaces/{quote(keyspace, safe='')}/profiles/{quote(email, safe='')}"
+        return f"{version}/audience/keyspaces/{quote(keyspace, safe='')}/profiles/{quote(email, safe='')}"
 
     def _consent(self, notice: Notice, email: str, kind: str) -> None:
         section = quote(notice.provider["section"], safe="")
-        body = {"topic_discriminator": notice.provider["topic"], "channel_discriminator": EMAIL_CHANNEL, "type": kind}
+        body = {
+            "topic_discriminator": notice.provider["topic"],
+            "channel_discriminator": EMAIL_CHANNEL,
+            "type": kind,
+            # What APSIS shows beside the consent; its own connector always sends both.
+            "reason": CONSENT_REASONS[kind],
+            "source": CONSENT_SOURCE,
+        }
         # 409: the consent is already in that state.
         self._request("POST", f"{self._profile(notice, email)}/sections/{section}/consents", body, ok_statuses=(409,))
 
@@ -200,8 +247,11 @@ class ApsisProvider:
         }
         values = {notice.provider[key]: value for key, value in wanted.items() if notice.provider.get(key) and value}
         if values:
+            # Version ids go to the v1 call, which also creates the profile; the v2 call
+            # takes discriminators and answers 404 for a profile that does not exist yet.
             section = quote(notice.provider["section"], safe="")
-            self._request("PATCH", f"{self._profile(notice, member.email)}/sections/{section}/attributes", values)
+            path = f"{self._profile(notice, member.email, version='')}/sections/{section}/attributes"
+            self._request("PATCH", path, values)
 
     def subscribe(self, notice: Notice, member: Member) -> str:
         self._attributes(notice, member)
@@ -212,7 +262,12 @@ class ApsisProvider:
         self._consent(notice, email, "opt-out")
 
     def delete(self, notice: Notice, email: str) -> None:
-        self._request("DELETE", self._profile(notice, email), ok_statuses=(404,))
+        """Delete the profile. A 404 counts as "already gone" only when APSIS itself says the
+        profile is not there (a JSON error body); a 404 without one (a proxy, a wrong base URL)
+        is never taken for a deletion."""
+        response = self._request("DELETE", self._profile(notice, email, version=""), ok_statuses=(404,))
+        if response.status_code == 404 and not _apsis_error(response):
+            raise ProviderRetry("APSIS 404 on DELETE profile without an APSIS error body; not counted as deleted")
 
     def email_events(
         self, notice: Notice, types: tuple[str, ...], cursor: str | None, since: str | None, limit: int = 1000

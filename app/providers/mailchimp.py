@@ -34,6 +34,7 @@ from . import (
     ProviderNotConfigured,
     ProviderPermanent,
     ProviderRetry,
+    account_limits,
     apply_each,
 )
 
@@ -45,6 +46,8 @@ MANAGE_FIELD = "MANAGEURL"
 # Merge fields our links travel in, so every newsletter can carry them (*|UNSUBURL|*, *|MANAGEURL|*).
 LINK_FIELDS = {UNSUBSCRIBE_FIELD: "Unsubscribe link", MANAGE_FIELD: "Your data and settings link"}
 BATCH_SIZE = 500  # the batch-members endpoint takes at most 500 members
+MERGE_FIELDS_PAGE = 1000  # GET .../merge-fields answers 10 unless asked for more; 1000 is its maximum
+FORGOTTEN = "Forgotten Email Not Subscribed"
 
 
 def subscriber_hash(email: str) -> str:
@@ -60,6 +63,13 @@ def _problem(exc: ApiClientError) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _forgotten() -> ProviderPermanent:
+    return ProviderPermanent(
+        f"Mailchimp 400 {FORGOTTEN}: the address was permanently deleted from the audience; Mailchimp takes it"
+        " back only through its own sign-up form, never through the API"
+    )
+
+
 def _fields_refused(outcome: Outcome) -> bool:
     """Mailchimp refused the member's merge fields: our link fields may have been removed from
     the audience since this process checked them."""
@@ -72,7 +82,16 @@ class MailchimpProvider:
     _fields_checked: ClassVar[set[tuple[str, str]]] = set()
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, api_key: str, api_url: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        api_url: str | None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        limits_uri: str = "memory://",
+    ) -> None:
+        self.limits_uri = limits_uri
+        # The account's name in the shared counters: its key, hashed.
+        self.account = "mailchimp:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
         self.client = mailchimp_marketing.Client()
         server = api_key.rsplit("-", 1)[-1] if "-" in api_key else "us1"
         self.client.set_config({"api_key": api_key, "server": server, "timeout": timeout})
@@ -88,12 +107,15 @@ class MailchimpProvider:
             raise ProviderNotConfigured("set MAILCHIMP_API_KEY")
         timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
         assert isinstance(timeout, int)
-        return cls(api_key, env.get("MAILCHIMP_API_URL"), timeout)
+        limits_uri = str(config.get("RATELIMIT_STORAGE_URI") or "memory://")
+        return cls(api_key, env.get("MAILCHIMP_API_URL"), timeout, limits_uri)
 
-    def _call(self, fn: Any, *args: Any, missing_ok: bool = False) -> Any:
-        """Run one client call; turn every failure shape into our three outcomes."""
+    def _call(self, fn: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
+        """Run one client call, on one of the account's 10 connections; turn every failure
+        shape into our three outcomes."""
         try:
-            result = fn(*args)
+            with account_limits.connection_slot(self.limits_uri, self.account, CONCURRENT_CALLS):
+                result = fn(*args, **kwargs)
         except ApiClientError as exc:
             if exc.status_code is None:
                 raise ProviderRetry(f"Mailchimp unreachable: {exc.text}") from None
@@ -116,17 +138,38 @@ class MailchimpProvider:
             raise ProviderRetry(f"Mailchimp {result.status_code} with no body", wait)
         return result
 
+    def _merge_tags(self, list_id: str) -> set[str]:
+        """Every merge tag of the audience: the list answers 10 by default, so ask for pages of 1000."""
+        tags: set[str] = set()
+        offset = 0
+        while True:
+            page = self._call(self.client.lists.get_list_merge_fields, list_id, count=MERGE_FIELDS_PAGE, offset=offset)
+            fields = page.get("merge_fields") if isinstance(page, dict) else None
+            if not isinstance(fields, list):
+                raise ProviderRetry("Mailchimp merge fields answered without a list of fields")
+            tags.update(str(f.get("tag")) for f in fields if isinstance(f, dict))
+            offset += len(fields)
+            total = page.get("total_items")
+            if not fields or not isinstance(total, int) or offset >= total:
+                return tags
+
     def _ensure_link_fields(self, list_id: str) -> None:
         key = (self.client.api_client.host, list_id)
         if key in self._fields_checked:
             return
         with self._lock:
-            fields = self._call(self.client.lists.get_list_merge_fields, list_id) or {}
-            tags = {f.get("tag") for f in fields.get("merge_fields", [])} if isinstance(fields, dict) else set()
+            tags = self._merge_tags(list_id)
             for tag, name in LINK_FIELDS.items():
-                if tag not in tags:
-                    body = {"tag": tag, "name": name, "type": "url", "public": False}
+                if tag in tags:
+                    continue
+                body = {"tag": tag, "name": name, "type": "url", "public": False}
+                try:
                     self._call(self.client.lists.add_list_merge_field, list_id, body)
+                except ProviderPermanent:
+                    # A tag that exists answers 400: another worker (or a person in Mailchimp)
+                    # made it since we looked. Look again; only a field still missing is a failure.
+                    if tag not in self._merge_tags(list_id):
+                        raise
             self._fields_checked.add(key)
 
     def _recheck_link_fields(self, list_id: str) -> None:
@@ -134,7 +177,7 @@ class MailchimpProvider:
         self._ensure_link_fields(list_id)
 
     @staticmethod
-    def _member_body(notice: Notice, member: Member) -> dict[str, Any]:
+    def _member_body(notice: Notice, member: Member, *, permissions: bool = True) -> dict[str, Any]:
         merge = {UNSUBSCRIBE_FIELD: member.unsubscribe_url, MANAGE_FIELD: member.manage_url}
         if member.name:
             first, _, last = member.name.partition(" ")
@@ -148,10 +191,10 @@ class MailchimpProvider:
         for key in ("ip_signup", "timestamp_signup", "ip_opt", "timestamp_opt"):
             if getattr(member, key):
                 body[key] = getattr(member, key)
-        permissions = notice.provider.get("marketing_permissions")
-        if permissions:
+        wanted = notice.provider.get("marketing_permissions")
+        if wanted and permissions:
             body["marketing_permissions"] = [
-                {"marketing_permission_id": pid, "enabled": True} for pid in str(permissions).split(",")
+                {"marketing_permission_id": pid.strip(), "enabled": True} for pid in str(wanted).split(",")
             ]
         return body
 
@@ -162,18 +205,27 @@ class MailchimpProvider:
         key = subscriber_hash(member.email)
         try:
             self._call(self.client.lists.set_list_member, list_id, key, body)
-        except ApiClientError:
+        except ApiClientError as refused:
+            if _problem(refused).get("title") == FORGOTTEN:
+                raise _forgotten() from None
             # Compliance state: Mailchimp will only take the person back through
             # its own confirmation mail, so ask for that.
             body["status"] = body["status_if_new"] = "pending"
-            self._call(self.client.lists.set_list_member, list_id, key, body)
+            try:
+                self._call(self.client.lists.set_list_member, list_id, key, body)
+            except ApiClientError as again:
+                # Refused even as pending: the address was permanently deleted at Mailchimp.
+                title = _problem(again).get("title", "")
+                if title == FORGOTTEN:
+                    raise _forgotten() from None
+                raise ProviderPermanent(f"Mailchimp 400 {title}: refused even as pending") from None
             return "pending"
         return "subscribed"
 
     def _batch(self, notice: Notice, chunk: list[tuple[int, Operation]]) -> dict[int, Outcome]:
         """One call to the batch-members endpoint; per-member errors mapped back."""
         members = [
-            self._member_body(notice, op.member)
+            self._member_body(notice, op.member, permissions=False)  # not in the batch member schema
             if op.action == "subscribe" and op.member is not None
             else {"email_address": op.email, "status": "unsubscribed"}
             for _, op in chunk
@@ -209,32 +261,44 @@ class MailchimpProvider:
                 outcomes.update(result)
         return outcomes
 
+    def _run(self, notice: Notice, ops: list[tuple[int, Operation]], batched: bool) -> dict[int, Outcome]:
+        """Outcomes by index: in batches of 500, or one call each; a batch member Mailchimp
+        wants to see alone (compliance state) then goes through the single call."""
+        if not batched:
+            return dict(zip([i for i, _ in ops], apply_each(self, notice, [op for _, op in ops]), strict=True))
+        outcomes = self._batches(notice, ops)
+        again = [(i, op) for i, op in ops if outcomes[i] == "retry-single"]
+        outcomes.update(self._run(notice, again, batched=False))
+        return outcomes
+
     def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
-        """Status changes in batches of 500 on up to 10 connections; deletes one by one."""
-        outcomes: list[Outcome] = [None] * len(operations)
-        status_ops = [(i, op) for i, op in enumerate(operations) if op.action in ("subscribe", "unsubscribe")]
-        deletes = [(i, op) for i, op in enumerate(operations) if op.action == "delete"]
-        if any(op.action == "subscribe" for _, op in status_ops):
+        """Status changes in batches of 500 on up to 10 connections; deletes one by one.
+
+        GDPR marketing permissions exist only on the single-member PUT, not in the batch
+        member schema, so a notice that sets them sends its sign-ups one by one too.
+        """
+        single_actions = ("delete", "subscribe") if notice.provider.get("marketing_permissions") else ("delete",)
+        plan = [(i, op, op.action not in single_actions) for i, op in enumerate(operations)]
+        if any(op.action == "subscribe" for op in operations):
             try:
                 self._ensure_link_fields(notice.provider["list_id"])
             except (ProviderRetry, ProviderPermanent) as exc:
                 return [exc] * len(operations)
-        for i, outcome in self._batches(notice, status_ops).items():
-            outcomes[i] = outcome
-        refused = [(i, op) for i, op in status_ops if op.action == "subscribe" and _fields_refused(outcomes[i])]
+        outcomes: dict[int, Outcome] = {}
+        for batched in (True, False):
+            outcomes.update(self._run(notice, [(i, op) for i, op, b in plan if b == batched], batched))
+        # Refused merge fields: ours may have been deleted in Mailchimp since this process
+        # checked. Make them again, then send those sign-ups once more.
+        refused = [(i, op, b) for i, op, b in plan if op.action == "subscribe" and _fields_refused(outcomes[i])]
         if refused:
             try:
                 self._recheck_link_fields(notice.provider["list_id"])
             except (ProviderRetry, ProviderPermanent) as exc:
-                for i, _ in refused:
-                    outcomes[i] = exc
+                outcomes.update({i: exc for i, _, _ in refused})
             else:
-                for i, outcome in self._batches(notice, refused).items():
-                    outcomes[i] = outcome
-        single = [(i, operations[i]) for i, o in enumerate(outcomes) if o == "retry-single"] + deletes
-        for (i, _), outcome in zip(single, apply_each(self, notice, [op for _, op in single]), strict=True):
-            outcomes[i] = outcome
-        return outcomes
+                for batched in (True, False):
+                    outcomes.update(self._run(notice, [(i, op) for i, op, b in refused if b == batched], batched))
+        return [outcomes[i] for i in range(len(operations))]
 
     def unsubscribe(self, notice: Notice, email: str) -> None:
         body = {"status": "unsubscribed"}
