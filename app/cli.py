@@ -205,10 +205,17 @@ def subjects_erase(email: str) -> None:
     type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
     help="First run only: read events from this UTC time (default 7 days back).",
 )
-def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None) -> None:
-    """Apply opt-outs, bounces and complaints from the APSIS email event report."""
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 600),
+    default=report_poller.DEFAULT_WAIT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for APSIS to finish the export before leaving it to the next run.",
+)
+def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None, wait: float) -> None:
+    """Apply opt-outs, bounces and complaints from the APSIS email event export."""
     try:
-        result = report_poller.poll_apsis(list(slugs) or None, since)
+        result = report_poller.poll_apsis(list(slugs) or None, since, wait)
     except report_poller.PollError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -1,53 +1,85 @@
-"""Read opt-outs that webhooks miss from the provider's event report.
+"""Read the opt-outs that webhooks miss from APSIS's email event export.
 
-APSIS flows do not fire for opt-outs made by import or through the API, so
-``providers poll-apsis`` reads the email event report (UNSUBSCRIBED, BOUNCED,
-ABUSE) from a stored cursor and applies each row through the same domain
-function as a webhook; a row seen twice has one effect. The report allows one
-call a minute for the account: the time of the last call is stored, a run that
-comes too soon does nothing, and each run reads the notice read longest ago, so
-the command is safe from cron every minute whatever the number of notices.
+APSIS flows do not fire for every opt-out (imports, the API), so ``providers
+poll-apsis`` reads the account's email events the way APSIS documents them: an
+asynchronous export (developer.apsis.com post_emails-reports-1 and
+get_emails-reports-report-id-1). Each run moves one step of a small state machine,
+kept in the database so a run can stop anywhere and the next one go on:
+
+1. no export under way: ask for one covering ``[cursor, now)`` (``start_at <=
+   server_time < end_at``); APSIS takes one such request a minute per account, so
+   the time of the last one is stored and a run that comes too soon does nothing;
+2. an export under way: ask for its status, waiting a bounded time; still not
+   ``completed``: stop, and the next run asks again;
+3. completed: download the gzip CSV as it streams, apply each UNSUBSCRIBED, BOUNCED
+   and ABUSE row through the same domain function as a webhook (a row's identity is
+   its ``correlation_id``, type and address, so a row read twice has one effect),
+   then move the cursor to the export's end.
+
+A run that cannot finish (the export failed, its link expired, a row could not be
+applied) exits non-zero with the reason; the cursor then stays where it was and the
+next run reads that window again. The export has no section column, so its rows are
+applied to the one notice that uses APSIS; with several, the command refuses
+(README, open questions).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import consent
 from .database import unit_of_work
 from .extensions import db
-from .models import ProviderCursor, utc_naive, utcnow
+from .models import ProviderCursor, utcnow
 from .notices import Notice
 from .providers import ProviderNotConfigured, ProviderPermanent, ProviderRetry
-from .providers.apsis import ApsisProvider
+from .providers.apsis import ApsisProvider, ExportExpired
 
 log = logging.getLogger(__name__)
 
-REPORT_TYPES = ("UNSUBSCRIBED", "BOUNCED", "ABUSE")
 REPORT_KINDS = {"UNSUBSCRIBED": "unsubscribe", "BOUNCED": "bounce", "ABUSE": "complaint"}
 CALL_INTERVAL = timedelta(seconds=60)
 FIRST_RUN_LOOKBACK = timedelta(days=7)
+DEFAULT_WAIT_SECONDS = 30.0
+ACCOUNT_SLOT = "apsis-email-events:calls"  # when the account last asked for an export
+STATE = "apsis-email-export"  # the export under way, and where the next one starts
 
 
 class PollError(Exception):
-    """The report could not be read; the message says why (nothing was applied)."""
+    """The run could not finish; the message says why (the cursor did not move)."""
 
 
-def _event(notice: Notice, row: dict[str, Any]) -> consent.ProviderEvent | str:
-    kind = REPORT_KINDS.get(str(row.get("type", "")).upper())
-    if kind is None or not row.get("id"):
-        return "ignored"
-    if kind == "bounce" and str(row.get("bounce_type", "hard")).lower() == "soft":
-        return "ignored"  # a soft bounce is no reason to stop mailing
+def _iso(at: datetime) -> str:
+    return at.replace(tzinfo=UTC).isoformat(timespec="milliseconds")
+
+
+def _ms_time(raw: str | None) -> datetime | None:
+    """A time in milliseconds since the epoch, as naive UTC; None for 0, blank or nonsense."""
     try:
-        email = consent.normalise_email(str(row.get("email", "")))
+        ms = int(str(raw or "").strip())
+        return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None) if ms > 0 else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _event(notice: Notice, row: dict[str, str]) -> consent.ProviderEvent | str:
+    kind_name = str(row.get("type") or "").upper()
+    kind = REPORT_KINDS.get(kind_name)
+    if kind is None:
+        return "ignored"  # sent, delivered, opened, clicked
+    correlation = str(row.get("correlation_id") or "").strip()
+    if not correlation:
+        return "invalid_row"
+    try:
+        email = consent.normalise_email(str(row.get("address") or ""))
     except consent.InvalidInput:
         return "invalid_address"
     return consent.ProviderEvent(
@@ -55,22 +87,15 @@ def _event(notice: Notice, row: dict[str, Any]) -> consent.ProviderEvent | str:
         kind=kind,
         notice=notice,
         email=email,
-        identity=f"report:{row['id']}",
+        identity=f"report:{correlation}:{kind_name}:{email}",
         channel="report",
-        reason=str(row.get("type")).lower(),
-        occurred_at=utc_naive(row["occurred_at"]) if isinstance(row.get("occurred_at"), str) else None,
+        reason=kind_name.lower(),
+        occurred_at=_ms_time(row.get("event_time")),
     )
 
 
-ACCOUNT_SLOT = "apsis-email-events:calls"
-
-
 def _claim_call() -> tuple[bool, float]:
-    """Take this minute's report call for the APSIS account; (allowed, seconds to wait).
-
-    The limit is the account's, whatever the number of notices: one row holds
-    the time of the last call, locked while it is read and moved on.
-    """
+    """Take this minute's export request for the APSIS account; (allowed, seconds to wait)."""
     now = utcnow()
     try:
         with unit_of_work() as uow:
@@ -86,78 +111,123 @@ def _claim_call() -> tuple[bool, float]:
     return True, 0.0
 
 
-def _cursor_name(notice: Notice) -> str:
-    return f"apsis-email-events:{notice.slug}:{notice.provider['section']}"
-
-
-def _read_cursor(name: str) -> tuple[str | None, datetime | None]:
-    """(cursor, time of the last read) of one notice's report position."""
-    row = db.session.execute(
-        select(ProviderCursor.cursor, ProviderCursor.last_called_at).where(ProviderCursor.name == name)
-    ).first()
+def _read_state() -> dict[str, Any]:
+    row = db.session.get(ProviderCursor, STATE)
+    raw = row.cursor if row is not None else None
     db.session.rollback()
-    return (row.cursor, row.last_called_at) if row else (None, None)
-
-
-def _store_cursor(name: str, cursor: str | None) -> None:
-    with unit_of_work() as uow:
-        row = uow.session.get(ProviderCursor, name, with_for_update=True)
-        if row is None:
-            uow.session.add(ProviderCursor(name=name, cursor=cursor, last_called_at=utcnow()))
-        else:
-            row.cursor, row.last_called_at = cursor or row.cursor, utcnow()
-
-
-def _poll(notice: Notice, provider: ApsisProvider, since: datetime | None) -> dict[str, Any]:
-    name = _cursor_name(notice)
-    cursor, _ = _read_cursor(name)
-    start = (since or utcnow() - FIRST_RUN_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        rows, next_cursor, more = provider.email_events(notice, REPORT_TYPES, cursor, None if cursor else start)
-    except (ProviderRetry, ProviderPermanent) as exc:
-        raise PollError(f"APSIS report for {notice.slug}: {exc}") from None
+        state = json.loads(raw) if raw else {}
+    except ValueError:
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def _store_state(state: dict[str, Any]) -> None:
+    with unit_of_work() as uow:
+        row = uow.session.get(ProviderCursor, STATE, with_for_update=True)
+        if row is None:
+            row = ProviderCursor(name=STATE)
+            uow.session.add(row)
+        row.cursor = json.dumps(state, sort_keys=True)
+        row.last_called_at = utcnow()
+
+
+def _the_notice(slugs: list[str] | None) -> Notice:
+    apsis = [n for n in consent.notices().values() if n.provider["kind"] == "apsis"]
+    if slugs:
+        unknown = set(slugs) - {n.slug for n in apsis}
+        if unknown:
+            raise PollError(f"no APSIS notice named {', '.join(sorted(unknown))}")
+    if not apsis:
+        raise PollError("no notice uses APSIS")
+    if len(apsis) > 1:
+        raise PollError(
+            "the APSIS email event export has no section column, so with several APSIS notices "
+            f"({', '.join(n.slug for n in apsis)}) its rows cannot be told apart; use the flows' webhooks"
+        )
+    return apsis[0]
+
+
+def _wait_for(provider: ApsisProvider, report_id: str, wait_seconds: float) -> dict[str, Any] | None:
+    """The export's status once ``completed``, or None if it is not within ``wait_seconds``."""
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.5
+    while True:
+        status = provider.export_status(report_id)
+        state = status["status"].lower()
+        if state == "completed":
+            return status
+        if state in ("failed", "error", "cancelled", "canceled", "expired"):
+            raise PollError(f"the APSIS export {report_id} ended as {state!r}; the next run asks again")
+        if time.monotonic() + pause > deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+
+
+def _apply(notice: Notice, provider: ApsisProvider, url: str) -> tuple[Counter[str], list[str]]:
     outcomes: Counter[str] = Counter()
-    failed = []
-    for row in rows:
+    failed: list[str] = []
+    for row in provider.export_rows(url):
         try:
             event = _event(notice, row)
             outcomes[event if isinstance(event, str) else consent.apply_provider_event(event)] += 1
         except Exception:
-            log.exception("APSIS report row %s for %s could not be applied", row.get("id"), notice.slug)
+            log.exception("APSIS export row %s could not be applied", row.get("correlation_id"))
             db.session.rollback()
-            failed.append(str(row.get("id")))
+            failed.append(str(row.get("correlation_id")))
     db.session.remove()
-    if failed:
-        # The cursor stays: the next run reads this page again, and the rows
-        # already applied are then recognised as duplicates.
-        raise PollError(f"APSIS report rows {', '.join(failed)} for {notice.slug} failed; see the log")
-    _store_cursor(name, next_cursor)
-    return {"notice": notice.slug, "events": len(rows), "outcomes": dict(outcomes), "has_more": more}
+    return outcomes, failed
 
 
-def poll_apsis(slugs: list[str] | None = None, since: datetime | None = None) -> dict[str, Any]:
-    """One report call for the notice read longest ago (of those named, or all APSIS ones)."""
-    chosen = [n for n in consent.notices().values() if n.provider["kind"] == "apsis"]
-    if slugs:
-        unknown = set(slugs) - {n.slug for n in chosen}
-        if unknown:
-            raise PollError(f"no APSIS notice named {', '.join(sorted(unknown))}")
-        chosen = [n for n in chosen if n.slug in slugs]
-    if not chosen:
-        raise PollError("no notice uses APSIS")
+def poll_apsis(
+    slugs: list[str] | None = None, since: datetime | None = None, wait_seconds: float = DEFAULT_WAIT_SECONDS
+) -> dict[str, Any]:
+    """One step (or, when the export is quick, all of them) of reading the event export."""
+    notice = _the_notice(slugs)
     try:
         provider = ApsisProvider.from_config(current_app.config)
     except ProviderNotConfigured as exc:
         raise PollError(f"APSIS is not configured: {exc}") from None
-
-    def last_read(notice: Notice) -> datetime:
-        return _read_cursor(_cursor_name(notice))[1] or datetime.min
-
-    notice = min(chosen, key=last_read)
-    allowed, wait = _claim_call()
-    if not allowed:
-        return {"notice": notice.slug, "skipped": f"the report allows one call a minute; next in {wait:.0f} s"}
     try:
-        return _poll(notice, provider, since)
+        return _step(notice, provider, since, wait_seconds)
+    except (ProviderRetry, ProviderPermanent) as exc:
+        raise PollError(f"APSIS email event export: {exc}") from None
     finally:
         provider.close()
+
+
+def _step(notice: Notice, provider: ApsisProvider, since: datetime | None, wait_seconds: float) -> dict[str, Any]:
+    state = _read_state()
+    if not state.get("report_id"):
+        allowed, wait = _claim_call()
+        if not allowed:
+            return {"notice": notice.slug, "skipped": f"APSIS takes one export request a minute; next in {wait:.0f} s"}
+        start = state.get("next_start") or _iso(since or utcnow() - FIRST_RUN_LOOKBACK)
+        end = _iso(utcnow())
+        report_id = provider.request_export(start, end)
+        state = {"next_start": start, "report_id": report_id, "start_at": start, "end_at": end}
+        _store_state(state)
+    status = _wait_for(provider, state["report_id"], wait_seconds)
+    if status is None:
+        return {"notice": notice.slug, "waiting": state["report_id"], "note": "not ready; the next run asks again"}
+    url = status.get("file_download_url")
+    if not isinstance(url, str) or not url:
+        raise PollError(f"the APSIS export {state['report_id']} is completed but names no file")
+    try:
+        outcomes, failed = _apply(notice, provider, url)
+    except ExportExpired as exc:
+        _store_state({"next_start": state["next_start"]})  # ask for the same window again
+        raise PollError(f"{exc}; the next run asks for the same window again") from None
+    if failed:
+        # The cursor stays: the next export reads these rows again, and the ones
+        # already applied are then recognised as duplicates.
+        _store_state({"next_start": state["next_start"]})
+        raise PollError(f"{len(failed)} APSIS export row(s) could not be applied; see the log")
+    _store_state({"next_start": state["end_at"]})
+    return {
+        "notice": notice.slug,
+        "window": [state["start_at"], state["end_at"]],
+        "events": sum(outcomes.values()),
+        "outcomes": dict(outcomes),
+    }

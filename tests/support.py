@@ -30,6 +30,7 @@ from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
 
 PUBLIC_URL = "https://news.example.org"
+APSIS_EMAIL_ATTRIBUTE = "1001"  # the fake's version id of com.apsis1.attributes.email
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -77,7 +78,7 @@ def stop_workers(processes: list[subprocess.Popen]) -> None:  # type: ignore[typ
     for process in processes:
         process.send_signal(signal.SIGTERM)
     for process in processes:
-        process.wait(timeout=30)
+        process.communicate(timeout=30)  # reads what is left of its log and closes the pipe
 
 
 class Mailbox:
@@ -192,6 +193,9 @@ def provider_env(apsis: FakeApsis | None = None, mailchimp: FakeMailchimp | None
     env = {}
     if apsis is not None:
         env.update(APSIS_API_URL=apsis.url, APSIS_CLIENT_ID=apsis.client_id, APSIS_CLIENT_SECRET=apsis.client_secret)
+        # The version id of the email attribute in the account's data model: a profile is
+        # created only by the attribute call that carries it.
+        env["MYSOFT_EMAIL_ATTRIBUTE"] = APSIS_EMAIL_ATTRIBUTE
     if mailchimp is not None:
         env.update(MAILCHIMP_API_KEY=mailchimp.api_key, MAILCHIMP_API_URL=mailchimp.url)
     return env

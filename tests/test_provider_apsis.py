@@ -21,11 +21,15 @@ from .support import PUBLIC_URL, provider_env, subscribe_and_confirm, unsubscrib
 KEYSPACE = "com.apsis1.keyspaces.email"
 
 
+MANAGE_ATTRIBUTE = "com.mysoft.manage-url"
+
+
 @pytest.fixture
 def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
-    # Attribute ids as a marketer would set them for the account's data model.
-    attributes = {"MYSOFT_EMAIL_ATTRIBUTE": "attr-email-v1", "MYSOFT_MANAGE_URL_ATTRIBUTE": "attr-manage-v1"}
-    return {**app_env, **provider_env(apsis=apsis), **attributes}
+    # Attribute version ids as a marketer reads them off the account's data model: the default
+    # email attribute, and one the account added for our manage link.
+    manage = apsis.define_attribute(MANAGE_ATTRIBUTE, version_id="attr-manage-v1")
+    return {**app_env, **provider_env(apsis=apsis), "MYSOFT_MANAGE_URL_ATTRIBUTE": manage}
 
 
 def drain(runner) -> dict:  # type: ignore[no-untyped-def]
@@ -40,10 +44,9 @@ def test_confirmed_sign_up_becomes_an_opt_in_consent(client, mailbox, runner, ap
     status = drain(runner)
     assert status["counts"]["pending"] == 0 and status["counts"]["dead"] == 0
     assert apsis.consents(KEYSPACE, "bo@example.com") == {("mysoft-section", "mysoft-newsletter"): "opt-in"}
-    profile = apsis.profiles[(KEYSPACE, "bo@example.com")]
-    attributes = profile["attributes"]["mysoft-section"]
-    assert attributes["attr-email-v1"] == "bo@example.com"
-    assert attributes["attr-manage-v1"].startswith(PUBLIC_URL + "/manage/")  # for newsletters to link to
+    attributes = apsis.attributes(KEYSPACE, "bo@example.com", "mysoft-section")
+    assert attributes["com.apsis1.attributes.email"] == "bo@example.com"
+    assert attributes[MANAGE_ATTRIBUTE].startswith(PUBLIC_URL + "/manage/")  # for newsletters to link to
 
 
 def test_mysoft_opt_out_deletes_the_profile_at_apsis_and_forgets_the_address(app, client, mailbox, runner, apsis):

@@ -1,16 +1,15 @@
-"""APSIS: opt-outs from a Marketing Automation flow's webhook node, and from the event report."""
+"""APSIS: opt-outs from a Marketing Automation flow's webhook node (the event export: test_apsis_poller.py)."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app.extensions import db
-from app.models import ConsentEvent, OutboxJob, ProviderCursor, Suppression
+from app.models import OutboxJob, Suppression
 
 from .fakes.apsis import FakeApsis
 from .support import notices_with_rule, provider_env, subscribe_and_confirm
@@ -27,14 +26,6 @@ def app_env(app_env: dict[str, str], apsis: FakeApsis) -> dict[str, str]:
 
 def held(runner, address: str) -> bool:  # type: ignore[no-untyped-def]
     return runner.invoke(args=["subjects", "export", address]).exit_code == 0
-
-
-def a_minute_passes(app) -> None:  # type: ignore[no-untyped-def]
-    """The poller's last report call moves a minute into the past (as does the fake's clock)."""
-    with app.app_context():
-        for row in db.session.execute(select(ProviderCursor)).scalars():
-            row.last_called_at -= timedelta(seconds=61)
-        db.session.commit()
 
 
 def delete_jobs(app) -> int:  # type: ignore[no-untyped-def]
@@ -96,60 +87,6 @@ def test_an_unknown_address_is_acknowledged_suppressed_and_deleted_at_apsis(app,
     assert delete_jobs(app) == 1  # Mysoft's rule: delete at APSIS too
 
 
-def test_poller_applies_report_rows_once_and_keeps_its_cursor(app, client, mailbox, runner, apsis):
-    for address in ("a@example.com", "b@example.com", "c@example.com"):
-        subscribe_and_confirm(client, mailbox, "mysoft", address)
-    apsis.report_interval = 0  # the real report allows one call a minute; tested below
-    apsis.add_report_event("UNSUBSCRIBED", "a@example.com", SECTION, "2099-01-01T10:00:00Z")
-    apsis.add_report_event("BOUNCED", "b@example.com", SECTION, "2099-01-01T10:01:00Z", bounce_type="soft")
-    apsis.add_report_event("ABUSE", "c@example.com", "another-section", "2099-01-01T10:02:00Z")
-
-    result = runner.invoke(args=["providers", "poll-apsis"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["events"] == 2 and summary["outcomes"] == {"applied": 1, "ignored": 1}
-    assert not held(runner, "a@example.com")
-    assert held(runner, "b@example.com") and held(runner, "c@example.com")  # soft bounce; other section
-
-    apsis.add_report_event("ABUSE", "b@example.com", SECTION, "2099-01-01T10:03:00Z")
-    a_minute_passes(app)
-    result = runner.invoke(args=["providers", "poll-apsis"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["events"] == 1 and summary["outcomes"] == {"applied": 1}  # only what is new
-    assert not held(runner, "b@example.com")
-
-    # The cursor lost (e.g. restored from an old backup): rows read again have no new effect.
-    with app.app_context():
-        db.session.execute(ProviderCursor.__table__.update().values(cursor=None))
-        db.session.commit()
-    a_minute_passes(app)
-    summary = json.loads(runner.invoke(args=["providers", "poll-apsis", "--since", "2099-01-01"]).stdout)
-    assert summary["outcomes"] == {"duplicate": 2, "ignored": 1}
-    with app.app_context():
-        assert (
-            db.session.execute(
-                select(func.count()).select_from(ConsentEvent).where(ConsentEvent.type == "opted_out")
-            ).scalar_one()
-            == 2
-        )
-
-
-def test_poller_keeps_to_one_report_call_a_minute(app, runner, apsis):
-    first = runner.invoke(args=["providers", "poll-apsis"])
-    assert first.exit_code == 0, first.output
-    second = runner.invoke(args=["providers", "poll-apsis"])
-    assert second.exit_code == 0 and "one call a minute" in json.loads(second.stdout)["skipped"]
-    assert apsis.report_calls == 1 and apsis.count_429 == 0
-
-
-def test_poller_without_credentials_says_so(app, app_env, runner):
-    app.config["ENV_SNAPSHOT"] = {k: v for k, v in app_env.items() if not k.startswith("APSIS_")}
-    result = runner.invoke(args=["providers", "poll-apsis"])
-    assert result.exit_code == 1 and "APSIS_CLIENT_ID" in result.stderr
-    assert runner.invoke(args=["providers", "poll-apsis", "--notice", "munkeby"]).exit_code == 1
-
-
 @pytest.mark.parametrize(
     "body",
     [
@@ -179,28 +116,6 @@ def test_a_second_real_opt_out_without_an_id_is_not_taken_for_a_repeat(app, clie
         answer = client.post(HOOK, json={"type": "unsubscribe", "email": "bo@example.com"})
         assert answer.json == {"status": "applied"}
         assert not held(runner, "bo@example.com")
-
-
-def test_a_report_row_read_after_a_new_sign_up_does_not_undo_it(app, client, mailbox, runner, apsis):
-    apsis.report_interval = 0
-    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
-    opted_out_at = datetime.now(UTC).isoformat()
-    client.post(HOOK, json={"type": "unsubscribe", "email": "bo@example.com", "occurred_at": opted_out_at})
-    assert not held(runner, "bo@example.com")
-    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")  # signs up again, confirms
-    apsis.add_report_event("UNSUBSCRIBED", "bo@example.com", SECTION, opted_out_at)
-    result = runner.invoke(args=["providers", "poll-apsis", "--since", "2000-01-01"])
-    assert json.loads(result.stdout)["outcomes"] == {"stale": 1}
-    assert held(runner, "bo@example.com")
-
-
-def test_a_report_row_with_an_impossible_time_is_still_applied(app, client, mailbox, runner, apsis):
-    apsis.report_interval = 0
-    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
-    apsis.add_report_event("UNSUBSCRIBED", "bo@example.com", SECTION, "9999-12-31T23:59:59-01:00")
-    result = runner.invoke(args=["providers", "poll-apsis", "--since", "2000-01-01"])
-    assert result.exit_code == 0, result.output
-    assert not held(runner, "bo@example.com")
 
 
 class TestUnderAnUnsubscribeRule:

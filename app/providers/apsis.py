@@ -10,15 +10,18 @@ Requests are paced under the account limit.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
 import json
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, NoReturn
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
 
@@ -41,6 +44,20 @@ REQUESTS_PER_PROFILE_SECOND = 9  # and 10 per second for one profile
 RETRYABLE = {408, 429, 500, 502, 503, 504}
 CONSENT_SOURCE = "Newsletter consent service"
 CONSENT_REASONS = {"opt-in": "Double opt-in confirmed", "opt-out": "Opted out"}
+
+
+class ExportExpired(ProviderRetry):
+    """The export's download link no longer works; the export must be asked for again."""
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProviderRetry(f"APSIS answered {response.status_code} without JSON") from None
+    if not isinstance(body, dict):
+        raise ProviderRetry(f"APSIS answered {response.status_code} with JSON that is not an object")
+    return body
 
 
 def _apsis_error(response: requests.Response) -> bool:
@@ -224,7 +241,7 @@ class ApsisProvider:
         keyspace = notice.provider["keyspace"]
         return f"{version}/audience/keyspaces/{quote(keyspace, safe='')}/profiles/{quote(email, safe='')}"
 
-    def _consent(self, notice: Notice, email: str, kind: str) -> None:
+    def _consent(self, notice: Notice, email: str, kind: str) -> requests.Response:
         section = quote(notice.provider["section"], safe="")
         body = {
             "topic_discriminator": notice.provider["topic"],
@@ -234,11 +251,22 @@ class ApsisProvider:
             "reason": CONSENT_REASONS[kind],
             "source": CONSENT_SOURCE,
         }
-        # 409: the consent is already in that state.
-        self._request("POST", f"{self._profile(notice, email)}/sections/{section}/consents", body, ok_statuses=(409,))
+        # 409: the consent is already in that state. 404: APSIS holds no such profile in the
+        # section (a consent never creates one); the caller decides what that means.
+        path = f"{self._profile(notice, email)}/sections/{section}/consents"
+        return self._request("POST", path, body, ok_statuses=(404, 409))
 
     def _attributes(self, notice: Notice, member: Member) -> None:
-        """The address, name and our links in the section's attributes, where the notice names their ids."""
+        """The address, name and our links in the section's attributes, where the notice names their ids.
+
+        This call (v1, by attribute version ids) is also what creates the profile in the
+        section, which a consent needs; so the email attribute's id is required.
+        """
+        if not notice.provider.get("email_attribute"):
+            raise ProviderNotConfigured(
+                f"set email_attribute in notices/{notice.slug}.toml (or {notice.slug.upper()}_EMAIL_ATTRIBUTE) to the"
+                " version id of the section's email attribute: APSIS creates a profile only through that call"
+            )
         wanted = {
             "email_attribute": member.email,
             "name_attribute": member.name,
@@ -255,11 +283,15 @@ class ApsisProvider:
 
     def subscribe(self, notice: Notice, member: Member) -> str:
         self._attributes(notice, member)
-        self._consent(notice, member.email, "opt-in")
+        if self._consent(notice, member.email, "opt-in").status_code == 404:
+            raise ProviderRetry("APSIS 404 on the opt-in consent right after creating the profile")
         return "subscribed"
 
     def unsubscribe(self, notice: Notice, email: str) -> None:
-        self._consent(notice, email, "opt-out")
+        response = self._consent(notice, email, "opt-out")
+        if response.status_code == 404 and not _apsis_error(response):
+            # Only APSIS saying the profile is not there means there is nothing to opt out.
+            raise ProviderRetry("APSIS 404 on an opt-out without an APSIS error body; not counted as done")
 
     def delete(self, notice: Notice, email: str) -> None:
         """Delete the profile. A 404 counts as "already gone" only when APSIS itself says the
@@ -269,27 +301,44 @@ class ApsisProvider:
         if response.status_code == 404 and not _apsis_error(response):
             raise ProviderRetry("APSIS 404 on DELETE profile without an APSIS error body; not counted as deleted")
 
-    def email_events(
-        self, notice: Notice, types: tuple[str, ...], cursor: str | None, since: str | None, limit: int = 1000
-    ) -> tuple[list[dict[str, Any]], str | None, bool]:
-        """One page of the email event report for the notice's section.
+    # --- the email event export (providers poll-apsis) ------------------------
 
-        Answers (events, the cursor to continue from, whether more are waiting).
-        The report allows one call a minute; the caller keeps to that.
+    def request_export(self, start_at: str, end_at: str) -> str:
+        """Ask for the account's email events with ``start_at <= server_time < end_at``; answers
+        the report id (developer.apsis.com post_emails-reports-1: one request a minute)."""
+        response = self._request("POST", "/emails/reports", {"start_at": start_at, "end_at": end_at})
+        report_id = _json(response).get("report_id")
+        if not isinstance(report_id, str) or not report_id:
+            raise ProviderRetry("APSIS export request answered without a report_id")
+        return report_id
+
+    def export_status(self, report_id: str) -> dict[str, Any]:
+        """The report's ``status`` and, once ``completed``, its ``file_download_url``
+        (get_emails-reports-report-id-1)."""
+        answer = _json(self._request("GET", f"/emails/reports/{quote(report_id, safe='')}"))
+        if not isinstance(answer.get("status"), str):
+            raise ProviderRetry("APSIS export status answered without a status")
+        return answer
+
+    def export_rows(self, url: str) -> Iterator[dict[str, str]]:
+        """The export file's rows, read as they download: a gzip CSV with a header row.
+
+        The download URL carries its own authorisation, so no token goes with it.
         """
-        query = {"section": notice.provider["section"], "types": ",".join(types), "limit": str(limit)}
-        if cursor:
-            query["cursor"] = cursor
-        elif since:
-            query["since"] = since
-        response = self._request("GET", "/v2/reports/email-events?" + urlencode(query))
         try:
-            answer = response.json()
-            items = [item for item in answer.get("items", []) if isinstance(item, dict)]
-        except (ValueError, AttributeError):
-            raise ProviderRetry("APSIS report answered with no usable JSON") from None
-        next_cursor = answer.get("cursor")
-        return items, str(next_cursor) if next_cursor is not None else cursor, bool(answer.get("has_more"))
+            response = requests.get(url, stream=True, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ProviderRetry(f"APSIS export file unreachable: {type(exc).__name__}") from None
+        with response:
+            if response.status_code in (403, 404, 410):
+                raise ExportExpired(f"APSIS export file answered {response.status_code} (expired or gone)")
+            if response.status_code != 200:
+                raise ProviderRetry(f"APSIS export file answered {response.status_code}")
+            try:
+                with gzip.GzipFile(fileobj=response.raw) as unzipped:
+                    yield from csv.DictReader(io.TextIOWrapper(unzipped, encoding="utf-8", newline=""))
+            except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+                raise ProviderRetry(f"APSIS export file could not be read: {type(exc).__name__}") from None
 
     def apply_many(self, notice: Notice, operations: list[Operation]) -> list[Outcome]:
         # APSIS has no batch endpoint for consents; calls run concurrently and
