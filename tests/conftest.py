@@ -158,5 +158,5 @@ def mailchimp() -> Iterator[FakeMailchimp]:
     one's port, so the provider's memory of audiences already given the link fields starts empty."""
     MailchimpProvider._fields_checked.clear()
     with FakeMailchimp() as fake:
-        fake.add_list("munkeby0001")
+        fake.add_list("munkeby0001", marketing_permissions=["perm-email", "perm-ads"])  # its GDPR fields
         yield fake

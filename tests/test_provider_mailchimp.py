@@ -41,10 +41,8 @@ def test_confirmation_upserts_a_subscribed_member_with_our_unsubscribe_link(clie
     assert member["ip_opt"] == "127.0.0.1" and member["timestamp_opt"]
     assert member["merge_fields"]["MANAGEURL"].startswith(PUBLIC_URL + "/manage/")
     assert {"UNSUBURL", "MANAGEURL"} <= set(mailchimp.merge_tags(LIST_ID))  # created because the audience lacked them
-    assert member["marketing_permissions"] == [
-        {"marketing_permission_id": "perm-email", "enabled": True},
-        {"marketing_permission_id": "perm-ads", "enabled": True},
-    ]
+    enabled = {p["marketing_permission_id"]: p["enabled"] for p in member["marketing_permissions"]}
+    assert enabled == {"perm-email": True, "perm-ads": True}  # the audience's GDPR permissions, on
 
 
 def test_munkeby_opt_out_marks_the_member_unsubscribed(client, mailbox, runner, mailchimp):
@@ -163,3 +161,43 @@ def test_several_jobs_for_one_person_tell_the_provider_once(client, mailbox, run
     assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "unsubscribed"
     sent = [body for method, path, body in mailchimp.requests if method == "POST" and path.endswith(LIST_ID)]
     assert [len(body["members"]) for body in sent] == [1]
+
+
+def test_link_fields_beyond_the_first_ten_are_found_not_made_again(app, client, mailbox, runner, mailchimp):
+    """GET .../merge-fields answers 10 fields unless asked for more: ours may be on a later page."""
+    mailchimp.add_merge_fields(LIST_ID, 12)
+    mailchimp.add_merge_field(LIST_ID, "UNSUBURL", "Unsubscribe link", "url")
+    mailchimp.add_merge_field(LIST_ID, "MANAGEURL", "Your data and settings link", "url")
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    status = drain(runner)  # a worker that has not seen this audience yet
+    assert status["counts"]["dead"] == 0, status["dead_letters"]
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+    assert [p for p in mailchimp.paths("POST") if p.endswith("/merge-fields")] == []
+    assert sorted(mailchimp.merge_tags(LIST_ID)).count("UNSUBURL") == 1
+
+
+def test_a_permanently_deleted_address_is_an_explained_refusal_and_the_others_go_through(
+    app, client, mailbox, runner, mailchimp
+):
+    """Mailchimp refuses a forgotten address even as pending; that is one job's outcome, not the claim's."""
+    app.config["SUBSCRIBE_RATE_LIMIT"] = "1000 per hour"
+    for address in ("anna@example.com", "gone@example.com", "cia@example.com"):
+        subscribe_and_confirm(client, mailbox, "munkeby", address)
+    mailchimp.forget(LIST_ID, "gone@example.com")
+    status = drain(runner)
+    assert mailchimp.member(LIST_ID, "anna@example.com")["status"] == "subscribed"
+    assert mailchimp.member(LIST_ID, "cia@example.com")["status"] == "subscribed"
+    [dead] = status["dead_letters"]
+    assert "Forgotten Email Not Subscribed" in dead["reason"] and "own sign-up form" in dead["reason"]
+    assert "gone@example.com" not in json.dumps(status)
+
+
+def test_a_temporary_refusal_is_retried_not_given_up(app, client, mailbox, runner, mailchimp):
+    """400 "Invalid Resource" also says "signed up to a lot of lists very recently": that passes."""
+    subscribe_and_confirm(client, mailbox, "munkeby", "busy@example.com")
+    mailchimp.refuse_signups("busy@example.com", times=1)
+    status = drain(runner)
+    assert status["counts"]["dead"] == 0 and status["counts"]["pending"] == 1
+    make_due(app)
+    drain(runner)
+    assert mailchimp.member(LIST_ID, "busy@example.com")["status"] == "subscribed"

@@ -40,6 +40,9 @@ from . import (
 
 DEFAULT_TIMEOUT_SECONDS = 10
 COMPLIANCE_TITLES = ("Member In Compliance State", "Forgotten Email Not Subscribed")
+# Mailchimp answers "Invalid Resource" for some refusals that pass with time (its error
+# glossary: "signed up to a lot of lists very recently"): retried with backoff, not given up.
+TEMPORARY_REFUSALS = ("very recently",)
 PERMANENT_TITLES = ("Invalid Resource", "Member Exists", "Forgotten Email Not Subscribed")
 UNSUBSCRIBE_FIELD = "UNSUBURL"
 MANAGE_FIELD = "MANAGEURL"
@@ -61,6 +64,10 @@ def _problem(exc: ApiClientError) -> dict[str, Any]:
     except ValueError:
         body = {}
     return body if isinstance(body, dict) else {}
+
+
+def _temporary(text: str) -> bool:
+    return any(words in text.lower() for words in TEMPORARY_REFUSALS)
 
 
 def _forgotten() -> ProviderPermanent:
@@ -127,6 +134,8 @@ class MailchimpProvider:
                 raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
             if exc.status_code == 400 and title in COMPLIANCE_TITLES:
                 raise
+            if exc.status_code == 400 and _temporary(str(problem.get("detail", ""))):
+                raise ProviderRetry(f"Mailchimp 400 {title}: a temporary refusal") from None
             if exc.status_code == 400 and title in PERMANENT_TITLES:
                 raise ProviderPermanent(f"Mailchimp 400 {title}: {problem.get('detail', '')}") from None
             raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
@@ -246,6 +255,8 @@ class MailchimpProvider:
             error = errors.get(op.email.lower())
             if error is None:
                 outcomes[i] = None
+            elif _temporary(error):
+                outcomes[i] = ProviderRetry("Mailchimp batch: a temporary refusal")
             elif "compliance" in error.lower() and op.action == "subscribe":
                 outcomes[i] = "retry-single"  # needs the single call, which can ask for pending
             else:
