@@ -49,6 +49,9 @@ MANAGE_FIELD = "MANAGEURL"
 # Merge fields our links travel in, so every newsletter can carry them (*|UNSUBURL|*, *|MANAGEURL|*).
 LINK_FIELDS = {UNSUBSCRIBE_FIELD: "Unsubscribe link", MANAGE_FIELD: "Your data and settings link"}
 BATCH_SIZE = 500  # the batch-members endpoint takes at most 500 members
+# Of the account's 10 simultaneous connections: one is left for a connection that has answered
+# but is still closing at Mailchimp's end when the next call starts (seen as an 11th otherwise).
+ACCOUNT_CONNECTIONS = CONCURRENT_CALLS - 1
 MERGE_FIELDS_PAGE = 1000  # GET .../merge-fields answers 10 unless asked for more; 1000 is its maximum
 FORGOTTEN = "Forgotten Email Not Subscribed"
 
@@ -121,7 +124,7 @@ class MailchimpProvider:
         """Run one client call, on one of the account's 10 connections; turn every failure
         shape into our three outcomes."""
         try:
-            with account_limits.connection_slot(self.limits_uri, self.account, CONCURRENT_CALLS):
+            with account_limits.connection_slot(self.limits_uri, self.account, ACCOUNT_CONNECTIONS):
                 result = fn(*args, **kwargs)
         except ApiClientError as exc:
             if exc.status_code is None:
