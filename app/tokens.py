@@ -117,22 +117,21 @@ def link(purpose: str, notice: str, ref: str, *, nonce: str | None = None, email
     return _link_signer(purpose, _keys()).sign(value).decode("ascii")
 
 
-def _canonical(token: str) -> bool:
-    """Each part is base64 exactly as we write it. The decoder is lenient (it skips stray
-    padding and ignores spare bits), so without this a changed link could still verify."""
-    parts = token.removeprefix(".").split(".")  # a leading "." marks a compressed payload
-    try:
-        return len(parts) == 3 and all(base64_encode(base64_decode(part)).decode("ascii") == part for part in parts)
-    except (BadData, UnicodeError, ValueError):
-        return False
-
-
 def _b64_canonical(part: str) -> bytes | None:
+    """The bytes of a base64 part written exactly as we write it, else None. The decoder is
+    lenient (it skips stray padding and ignores spare bits), so without this check a changed
+    link could still verify."""
     try:
         raw = base64_decode(part)
     except (BadData, ValueError):
         return None
     return raw if base64_encode(raw).decode("ascii") == part else None
+
+
+def _canonical(token: str) -> bool:
+    """A serialized token: three parts, each canonical base64."""
+    parts = token.removeprefix(".").split(".")  # a leading "." marks a compressed payload
+    return len(parts) == 3 and all(_b64_canonical(part) is not None for part in parts)
 
 
 def _read_link(purpose: str, token: str, max_age: int | None) -> dict[str, Any]:

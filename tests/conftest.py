@@ -120,6 +120,28 @@ def app(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
         db.engine.dispose()
 
 
+REDIS = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own on this machine's server, emptied before and after; where no
+    Redis is reachable, the test is skipped with the reason (the shared counters need one)."""
+    import random
+
+    import redis
+
+    try:
+        redis.Redis(*REDIS, socket_connect_timeout=2).ping()
+    except Exception as exc:  # any failure means: not reachable here
+        pytest.skip(f"Redis not reachable at {REDIS[0]}:{REDIS[1]} ({type(exc).__name__}); shared-counter test skipped")
+    index = random.randint(1, 15)
+    client = redis.Redis(*REDIS, db=index)
+    client.flushdb()
+    yield f"redis://{REDIS[0]}:{REDIS[1]}/{index}"
+    client.flushdb()
+
+
 @pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()

@@ -9,56 +9,42 @@ per account, as the providers do) see the limit kept.
 from __future__ import annotations
 
 import json
-import random
 import time
+from typing import Any
 
 import pytest
-import redis
 
 from .support import provider_env, queue_sync_jobs, start_worker, stop_workers
 
 WORKERS = 2
-REDIS = "127.0.0.1", 6379
-
-
 @pytest.fixture
 def database_url(postgres_database: str) -> str:
     """Several workers claim with FOR UPDATE SKIP LOCKED: PostgreSQL only."""
     return postgres_database
 
 
-@pytest.fixture
-def redis_url() -> str:
+def drained_by_two_workers(  # type: ignore[no-untyped-def]
+    runner, env: dict[str, str], total: int, seconds: float = 180
+) -> dict[str, Any]:
+    """Start the workers, wait until every job is done or dead, stop them; answers `outbox status`."""
+    workers = [start_worker(env) for _ in range(WORKERS)]
     try:
-        redis.Redis(*REDIS, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS[0]}:{REDIS[1]} ({type(exc).__name__}); shared limits not tested")
-    index = random.randint(1, 15)
-    client = redis.Redis(*REDIS, db=index)
-    client.flushdb()
-    yield f"redis://{REDIS[0]}:{REDIS[1]}/{index}"
-    client.flushdb()
-
-
-def drain(runner, total: int, seconds: float = 180) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        status = json.loads(runner.invoke(args=["outbox", "status"]).stdout)
-        if status["counts"]["done"] + status["counts"]["dead"] >= total:
-            return status
-        time.sleep(0.25)
-    raise AssertionError(f"the queue did not drain in {seconds} s: {status}")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            status = json.loads(runner.invoke(args=["outbox", "status"]).stdout)
+            if status["counts"]["done"] + status["counts"]["dead"] >= total:
+                return status
+            time.sleep(0.25)
+        raise AssertionError(f"the queue did not drain in {seconds} s: {status}")
+    finally:
+        stop_workers(workers)
 
 
 def test_two_workers_together_keep_under_the_apsis_account_rate(app, app_env, runner, apsis, redis_url):
     env = {**app_env, **provider_env(apsis=apsis), "RATELIMIT_STORAGE_URL": redis_url, "OUTBOX_CLAIM_SIZE": "50"}
     with app.app_context():
         queue_sync_jobs("mysoft", 600, "unsubscribed", "sync_optout")
-    workers = [start_worker(env) for _ in range(WORKERS)]
-    try:
-        status = drain(runner, 600)
-    finally:
-        stop_workers(workers)
+    status = drained_by_two_workers(runner, env, 600)
     assert status["counts"]["done"] == 600 and status["counts"]["dead"] == 0
     print(f"APSIS: {apsis.max_per_second} requests in the busiest second, {apsis.count_429} answered 429")
     assert apsis.max_per_second <= 100 and apsis.count_429 == 0
@@ -75,11 +61,7 @@ def test_two_workers_together_keep_to_ten_mailchimp_connections(app, app_env, ru
     mailchimp.latency = 0.05
     with app.app_context():
         queue_sync_jobs("munkeby", 400, "subscribed", "sync_consent")
-    workers = [start_worker(env) for _ in range(WORKERS)]
-    try:
-        status = drain(runner, 400)
-    finally:
-        stop_workers(workers)
+    status = drained_by_two_workers(runner, env, 400)
     assert status["counts"]["done"] == 400 and status["counts"]["dead"] == 0, status["dead_letters"][:2]
     print(f"Mailchimp: at most {mailchimp.max_concurrent} calls at once")
     assert 1 < mailchimp.max_concurrent <= 10
@@ -95,11 +77,7 @@ def test_two_workers_on_a_fresh_audience_make_the_link_fields_once_and_lose_no_s
     mailchimp.latency = 0.3  # both look before either creates
     with app.app_context():
         queue_sync_jobs("munkeby", 1000, "subscribed", "sync_consent")
-    workers = [start_worker(env) for _ in range(WORKERS)]
-    try:
-        status = drain(runner, 1000)
-    finally:
-        stop_workers(workers)
+    status = drained_by_two_workers(runner, env, 1000)
     assert status["counts"]["dead"] == 0, status["dead_letters"][:2]
     tags = mailchimp.merge_tags("munkeby0001")
     assert tags.count("UNSUBURL") == 1 and tags.count("MANAGEURL") == 1

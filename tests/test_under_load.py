@@ -23,33 +23,6 @@ from app.models import ConsentEvent, OutboxJob, Subscription, utcnow
 from .support import Service, free_port
 
 pytestmark = pytest.mark.e2e
-REDIS = "127.0.0.1", 6379
-
-
-def redis_reason() -> str | None:
-    try:
-        import redis
-
-        redis.Redis(*REDIS, socket_connect_timeout=2).ping()
-        return None
-    except Exception as exc:  # any failure means: not reachable here
-        return f"Redis not reachable at {REDIS[0]}:{REDIS[1]} ({type(exc).__name__}); shared rate-limit test skipped"
-
-
-@pytest.fixture
-def redis_url() -> str:
-    reason = redis_reason()
-    if reason:
-        pytest.skip(reason)
-    import redis
-
-    index = random.randint(1, 15)  # a database of its own, emptied before and after
-    client = redis.Redis(*REDIS, db=index)
-    client.flushdb()
-    yield f"redis://{REDIS[0]}:{REDIS[1]}/{index}"
-    client.flushdb()
-
-
 def serve(app_env: dict[str, str], tmp_path: Path, workers: int = 2, **extra: str) -> Service:
     port = free_port()
     env = {**app_env, "PUBLIC_URL": f"http://127.0.0.1:{port}", **extra}
