@@ -35,7 +35,7 @@ class Sender:
     def __init__(self, app: Flask, run: Callable[[int], None]) -> None:
         self.app = app
         self.run = run
-        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._busy = 0
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -58,7 +58,8 @@ class Sender:
 
     def _work(self) -> None:
         jobs = self._jobs
-        while (job_id := jobs.get()) is not None:
+        while True:
+            job_id = jobs.get()
             try:
                 with self.app.app_context():
                     self.run(job_id)
