@@ -201,3 +201,13 @@ def test_a_temporary_refusal_is_retried_not_given_up(app, client, mailbox, runne
     make_due(app)
     drain(runner)
     assert mailchimp.member(LIST_ID, "busy@example.com")["status"] == "subscribed"
+
+
+def test_a_refusal_naming_the_address_keeps_only_mailchimps_title(app, client, mailbox, runner, mailchimp):
+    """Mailchimp's details name the member; a dead letter's reason is shown to staff and kept."""
+    subscribe_and_confirm(client, mailbox, "munkeby", "named@example.com")
+    detail = "named@example.com looks fake or invalid, please enter a real email address."
+    mailchimp.enqueue_failure(400, {"title": "Invalid Resource", "status": 400, "detail": detail})
+    [dead] = drain(runner)["dead_letters"]
+    assert dead["reason"].endswith("Mailchimp 400 Invalid Resource: address refused as invalid")
+    assert "named@example.com" not in json.dumps(drain(runner))

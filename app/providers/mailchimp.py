@@ -69,6 +69,24 @@ def _problem(exc: ApiClientError) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+# Mailchimp's error details often name the member's address ("x@y was permanently deleted").
+# What is kept of them (in a job's last error, shown on the dashboard and kept after an
+# erasure) is the title and one of these fixed phrases, never the provider's free text.
+EXPLAINED = (
+    ("merge field", "merge fields refused"),
+    ("permanently deleted", "address permanently deleted"),
+    ("compliance", "member in compliance state"),
+    ("already a list member", "already a member"),
+    ("fake or invalid", "address refused as invalid"),
+)
+
+
+def _explained(detail: str) -> str:
+    """A fixed phrase for a detail Mailchimp wrote in free text, or nothing."""
+    lowered = detail.lower()
+    return next((phrase for words, phrase in EXPLAINED if words in lowered), "")
+
+
 def _temporary(text: str) -> bool:
     return any(words in text.lower() for words in TEMPORARY_REFUSALS)
 
@@ -140,7 +158,9 @@ class MailchimpProvider:
             if exc.status_code == 400 and _temporary(str(problem.get("detail", ""))):
                 raise ProviderRetry(f"Mailchimp 400 {title}: a temporary refusal") from None
             if exc.status_code == 400 and title in PERMANENT_TITLES:
-                raise ProviderPermanent(f"Mailchimp 400 {title}: {problem.get('detail', '')}") from None
+                explained = _explained(str(problem.get("detail", "")))
+                reason = f"Mailchimp 400 {title}: {explained}" if explained else f"Mailchimp 400 {title}"
+                raise ProviderPermanent(reason) from None
             raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
         if isinstance(result, requests.Response) and result.status_code >= 400:
             if result.status_code == 404 and missing_ok:
@@ -251,19 +271,24 @@ class MailchimpProvider:
         except (ProviderRetry, ProviderPermanent) as exc:
             return {i: exc for i, _ in chunk}
         errors = {
-            str(e.get("email_address", "")).lower(): str(e.get("error", "")) for e in (answer or {}).get("errors", [])
+            str(e.get("email_address", "")).lower(): (str(e.get("error", "")), str(e.get("error_code") or ""))
+            for e in (answer or {}).get("errors", [])
         }
         outcomes: dict[int, Outcome] = {}
         for i, op in chunk:
-            error = errors.get(op.email.lower())
-            if error is None:
+            found = errors.get(op.email.lower())
+            if found is None:
                 outcomes[i] = None
-            elif _temporary(error):
+                continue
+            error, code = found
+            if _temporary(error):
                 outcomes[i] = ProviderRetry("Mailchimp batch: a temporary refusal")
             elif "compliance" in error.lower() and op.action == "subscribe":
                 outcomes[i] = "retry-single"  # needs the single call, which can ask for pending
             else:
-                outcomes[i] = ProviderPermanent(f"Mailchimp batch: {error}")
+                outcomes[i] = ProviderPermanent(
+                    " ".join(filter(None, ("Mailchimp batch:", code or "error", _explained(error))))
+                )
         return outcomes
 
     def _batches(self, notice: Notice, ops: list[tuple[int, Operation]]) -> dict[int, Outcome]:
