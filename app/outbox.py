@@ -211,8 +211,9 @@ def _finish(job_id: int, error: Exception | None) -> None:
             return
         if isinstance(error, PermanentJobError) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
             job.state, job.finished_at = "dead", now
-            if job.kind in PERSONAL_COPY_KINDS and _without_personal(job.payload) != job.payload:
-                job.payload = _without_personal(job.payload)
+            kept = _without_personal(job.payload)
+            if job.kind in PERSONAL_COPY_KINDS and kept != job.payload:
+                job.payload = kept
                 uow.after_commit(wipe_free_space)
             log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
             return

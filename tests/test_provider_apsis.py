@@ -144,3 +144,19 @@ def test_a_dead_letter_can_be_discarded_on_record_and_forgets_the_address(app, c
         ).scalars()
         assert json.loads(event.facts)["actor"] == "ops@mysoft.se" and event.notice == "mysoft"
     assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+
+
+def test_a_404_that_is_not_apsis_saying_so_never_counts_as_a_deletion(app, client, mailbox, runner, apsis):
+    """A proxy's or a wrong base URL's 404 (no APSIS error body) is retried, never taken for "already gone"."""
+    mail = subscribe_and_confirm(client, mailbox, "mysoft", "bo.kept.9@example.com")
+    drain(runner)
+    client.post(unsubscribe_path(mail), data={"List-Unsubscribe": "One-Click"})
+    apsis.enqueue_failure(404, "<html>Not Found</html>", {"Content-Type": "text/html"})
+    status = drain(runner)
+    assert status["counts"]["pending"] == 1 and status["counts"]["dead"] == 0
+    assert (KEYSPACE, "bo.kept.9@example.com") in apsis.profiles  # not deleted, and not counted as deleted
+    with app.app_context():
+        db.session.execute(OutboxJob.__table__.update().values(next_attempt_at=OutboxJob.created_at))
+        db.session.commit()
+    drain(runner)
+    assert (KEYSPACE, "bo.kept.9@example.com") not in apsis.profiles

@@ -226,14 +226,27 @@ class ApsisProvider:
         raise ProviderPermanent(reason)
 
     def _request(
-        self, method: str, path: str, body: Any = None, ok_statuses: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        ok_statuses: tuple[int, ...] = (),
+        missing_ok: bool = False,
     ) -> requests.Response:
+        """``missing_ok``: a 404 is an answer (the profile is not there) only when APSIS says so in
+        its own error body; a 404 without one (a proxy, a wrong base URL) is retried, so it is
+        never taken for a deletion or an opt-out done."""
         response = self._send(method, path, body, self._token())
         if response.status_code in (401, 403):
             response = self._send(method, path, body, self._token(refresh=True))
+        what = f"{method} {path.split('/profiles/')[0].split('?')[0]}"
+        if response.status_code == 404 and missing_ok:
+            if not _apsis_error(response):
+                raise ProviderRetry(f"APSIS 404 on {what} without an APSIS error body; not counted as done")
+            return response
         if response.status_code < 300 or response.status_code in ok_statuses:
             return response
-        self._fail(response, f"{method} {path.split('/profiles/')[0].split('?')[0]}")
+        self._fail(response, what)
 
     # --- the provider interface -------------------------------------------
 
@@ -257,7 +270,7 @@ class ApsisProvider:
         # 409: the consent is already in that state. 404: APSIS holds no such profile in the
         # section (a consent never creates one); the caller decides what that means.
         path = f"{self._profile(notice, email)}/sections/{section}/consents"
-        return self._request("POST", path, body, ok_statuses=(404, 409))
+        return self._request("POST", path, body, ok_statuses=(409,), missing_ok=True)
 
     def _attributes(self, notice: Notice, member: Member) -> None:
         """The address, name and our links in the section's attributes, where the notice names their ids.
@@ -291,18 +304,10 @@ class ApsisProvider:
         return "subscribed"
 
     def unsubscribe(self, notice: Notice, email: str) -> None:
-        response = self._consent(notice, email, "opt-out")
-        if response.status_code == 404 and not _apsis_error(response):
-            # Only APSIS saying the profile is not there means there is nothing to opt out.
-            raise ProviderRetry("APSIS 404 on an opt-out without an APSIS error body; not counted as done")
+        self._consent(notice, email, "opt-out")  # no profile at APSIS: nothing there to opt out
 
     def delete(self, notice: Notice, email: str) -> None:
-        """Delete the profile. A 404 counts as "already gone" only when APSIS itself says the
-        profile is not there (a JSON error body); a 404 without one (a proxy, a wrong base URL)
-        is never taken for a deletion."""
-        response = self._request("DELETE", self._profile(notice, email, version=""), ok_statuses=(404,))
-        if response.status_code == 404 and not _apsis_error(response):
-            raise ProviderRetry("APSIS 404 on DELETE profile without an APSIS error body; not counted as deleted")
+        self._request("DELETE", self._profile(notice, email, version=""), missing_ok=True)
 
     # --- the email event export (providers poll-apsis) ------------------------
 
