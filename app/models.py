@@ -131,6 +131,9 @@ class LedgerHead(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(default=0)
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC of (seq, hash) with a key that lives outside the database: whoever can only
+    # write to the database cannot move the head to a rewritten chain.
+    signature: Mapped[str | None] = mapped_column(String(64))
 
 
 class Suppression(db.Model):
@@ -205,6 +208,8 @@ class User(UserMixin, db.Model):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))  # admin | marketer | viewer
+    # The notices (controllers) whose people this user may see and act on, space-separated.
+    notices: Mapped[str] = mapped_column(String(200), default="", server_default="")
     active: Mapped[bool] = mapped_column(default=True)
     # Changes with the password: every session made before then ends.
     session_key: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
@@ -233,6 +238,7 @@ class ApiToken(db.Model):
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[str] = mapped_column(String(200))  # space-separated
+    notices: Mapped[str] = mapped_column(String(200), default="", server_default="")  # space-separated slugs
     created_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
@@ -270,10 +276,16 @@ class DataRequest(db.Model):
     """
 
     __tablename__ = "data_requests"
-    __table_args__ = (Index("ix_data_requests_email_hash_created_at", "email_hash", "created_at"),)
+    __table_args__ = (
+        Index("ix_data_requests_email_hash_created_at", "email_hash", "created_at"),
+        Index("ix_data_requests_link_created_at", "link", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # export | erase
     email_hash: Mapped[str] = mapped_column(String(64))
+    # A digest of the manage link that asked: each link has its own daily allowance, so a
+    # forwarded newsletter cannot use up the person's own requests.
+    link: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     used_at: Mapped[datetime | None]
