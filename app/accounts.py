@@ -6,6 +6,12 @@ wrong password, so the login's timing does not tell which accounts exist. API
 tokens are random; only their SHA-256 is stored, so a database leak yields no
 usable token. Creating and revoking a token are evidence naming who did it:
 a token is the CRM's power to opt people in and out.
+
+Every user and token belongs to one or more notices' controllers and reaches
+the people of those notices only. There is no implicit "all": an account made
+without a notice is refused, and one that names none (from before notices were
+recorded) sees nothing. Ending a user's sessions (logout, a new password,
+deactivation) changes the user's session key, which every request checks.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import uuid4
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 from sqlalchemy import select, update
 
 from . import ledger
@@ -47,6 +55,28 @@ def _normal_email(raw: str) -> str:
         raise AccountError("not a valid e-mail address") from None
 
 
+def known_notices() -> frozenset[str]:
+    return frozenset(current_app.extensions["notices"])
+
+
+def check_notices(slugs: list[str] | tuple[str, ...], allowed: frozenset[str] | None = None) -> tuple[str, ...]:
+    """The notices an account is for, in a stable order; at least one, each known (and
+    among ``allowed``: an admin hands on only the notices they hold themselves)."""
+    wanted = {slug.strip() for slug in slugs if slug and slug.strip()}
+    if not wanted:
+        raise AccountError("name at least one notice (--notice SLUG); an account reaches only its notices")
+    known = known_notices() if allowed is None else known_notices() & allowed
+    unknown = wanted - known
+    if unknown:
+        raise AccountError(f"notice must be among {', '.join(sorted(known)) or '(none)'}")
+    return tuple(sorted(wanted))
+
+
+def notices_of(account: User | ApiToken) -> frozenset[str]:
+    """The notices an account may reach, among those this service has now."""
+    return frozenset(account.notices.split()) & known_notices()
+
+
 def check_password_rules(password: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
@@ -54,17 +84,62 @@ def check_password_rules(password: str) -> None:
         raise AccountError("the password is too long")
 
 
-def create_user(email: str, role: str, password: str) -> User:
+def create_user(
+    email: str, role: str, password: str, notices: list[str] | tuple[str, ...], allowed: frozenset[str] | None = None
+) -> User:
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    slugs = check_notices(notices, allowed)
     check_password_rules(password)
     address = _normal_email(email)
     with unit_of_work() as uow:
         if uow.session.execute(select(User.id).where(User.email == address)).first():
             raise AccountError("a user with that address exists already")
-        user = User(email=address, role=role, password_hash=_hasher.hash(password))
+        user = User(email=address, role=role, notices=" ".join(slugs), password_hash=_hasher.hash(password))
         uow.session.add(user)
     return user
+
+
+def _user_by_email(email: str) -> User:
+    address = _normal_email(email)
+    user = db.session.execute(select(User).where(User.email == address)).scalar_one_or_none()
+    if user is None:
+        raise AccountError("no user with that address")
+    return user
+
+
+def end_sessions(user_id: int) -> None:
+    """End every live session of the user: each request checks the key its session was made with."""
+    _write_row(User, user_id, {"session_key": uuid4().hex})
+
+
+def set_password(email: str, password: str) -> User:
+    """A new password for the user; every session made with the old one ends."""
+    check_password_rules(password)
+    user = _user_by_email(email)
+    _write_row(User, user.id, {"password_hash": _hasher.hash(password), "session_key": uuid4().hex})
+    return user
+
+
+def deactivate_user(email: str) -> User:
+    """The user can no longer log in, and every live session ends. The row stays: evidence names it."""
+    user = _user_by_email(email)
+    _write_row(User, user.id, {"active": False, "session_key": uuid4().hex})
+    return user
+
+
+def list_users(within: frozenset[str]) -> list[User]:
+    """The users whose notices all lie ``within`` these: an admin sees only their own controllers' staff."""
+    users = db.session.execute(select(User).order_by(User.id)).scalars()
+    return [user for user in users if user.notices and set(user.notices.split()) <= within]
+
+
+def deactivate_user_within(user_id: int, within: frozenset[str]) -> bool:
+    user = db.session.get(User, user_id)
+    if user is None or not user.notices or not set(user.notices.split()) <= within:
+        return False
+    _write_row(User, user.id, {"active": False, "session_key": uuid4().hex})
+    return True
 
 
 def authenticate(email: str, password: str) -> User | None:
@@ -105,6 +180,7 @@ class NewToken:
     id: int
     name: str
     scopes: tuple[str, ...]
+    notices: tuple[str, ...]
     secret: str  # shown once, never stored
 
 
@@ -112,23 +188,36 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_token(name: str, scopes: list[str], created_by: str) -> NewToken:
+def create_token(
+    name: str,
+    scopes: list[str],
+    created_by: str,
+    notices: list[str] | tuple[str, ...] = (),
+    allowed: frozenset[str] | None = None,
+) -> NewToken:
     name = " ".join(name.split())
     if not name or len(name) > 100:
         raise AccountError("give the token a name of at most 100 characters")
     unknown = set(scopes) - set(SCOPES)
     if not scopes or unknown:
         raise AccountError(f"scopes must be among {', '.join(SCOPES)}")
+    slugs = check_notices(notices, allowed)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     ordered = tuple(s for s in SCOPES if s in scopes)
     with unit_of_work() as uow:
-        token = ApiToken(name=name, token_hash=_digest(secret), scopes=" ".join(ordered), created_by=created_by)
+        token = ApiToken(
+            name=name,
+            token_hash=_digest(secret),
+            scopes=" ".join(ordered),
+            notices=" ".join(slugs),
+            created_by=created_by,
+        )
         uow.session.add(token)
         uow.session.flush()
         token_id = token.id
-        facts = {"token": token_id, "scopes": list(ordered), "actor": created_by}
+        facts = {"token": token_id, "scopes": list(ordered), "notices": list(slugs), "actor": created_by}
         ledger.append(uow, [_token_evidence("api_token_created", created_by, facts, {"name": name})])
-    return NewToken(token_id, name, ordered, secret)
+    return NewToken(token_id, name, ordered, slugs, secret)
 
 
 def _token_evidence(
@@ -149,10 +238,15 @@ def token_for(secret: str) -> ApiToken | None:
     return token
 
 
-def revoke_token(token_id: int, revoked_by: str) -> bool:
+def _within(token: ApiToken, within: frozenset[str] | None) -> bool:
+    return within is None or (bool(token.notices) and set(token.notices.split()) <= within)
+
+
+def revoke_token(token_id: int, revoked_by: str, within: frozenset[str] | None = None) -> bool:
+    """Revoke a live token; with ``within``, only a token whose notices all lie within those."""
     with unit_of_work() as uow:
         token = uow.session.get(ApiToken, token_id, with_for_update=True)
-        if token is None or token.revoked_at is not None:
+        if token is None or token.revoked_at is not None or not _within(token, within):
             return False
         token.revoked_at = utcnow()
         facts = {"token": token_id, "actor": revoked_by}
@@ -160,5 +254,7 @@ def revoke_token(token_id: int, revoked_by: str) -> bool:
     return True
 
 
-def list_tokens() -> list[ApiToken]:
-    return list(db.session.execute(select(ApiToken).order_by(ApiToken.id)).scalars())
+def list_tokens(within: frozenset[str] | None = None) -> list[ApiToken]:
+    """Every token, or (``within``) those whose notices all lie within these notices."""
+    tokens = db.session.execute(select(ApiToken).order_by(ApiToken.id)).scalars()
+    return [token for token in tokens if _within(token, within)]

@@ -222,19 +222,50 @@ def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None, wait: f
     click.echo(json.dumps(result, indent=2))
 
 
+def _notice_option(help_text: str):  # type: ignore[no-untyped-def]
+    return click.option("--notice", "notices", multiple=True, required=True, metavar="SLUG", help=help_text)
+
+
 @users_cli.command("create")
 @click.argument("email")
 @click.option("--role", type=click.Choice(accounts.ROLES), required=True, help="What the user may do.")
+@_notice_option("A notice whose controller the user works for (repeatable; at least one).")
 @click.option("--password", help="Prompted for (hidden, twice) when left out.")
-def users_create(email: str, role: str, password: str | None) -> None:
-    """Create a dashboard user."""
-    if password is None:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+def users_create(email: str, role: str, notices: tuple[str, ...], password: str | None) -> None:
+    """Create a dashboard user who sees and acts on the people of the given notices only."""
     try:
-        user = accounts.create_user(email, role, password)
+        accounts.check_notices(notices)  # before the prompt: a wrong notice fails at once
+        if password is None:
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        user = accounts.create_user(email, role, password, notices)
     except accounts.AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({"created": user.email, "role": user.role}))
+    click.echo(json.dumps({"created": user.email, "role": user.role, "notices": user.notices.split()}))
+
+
+@users_cli.command("deactivate")
+@click.argument("email")
+def users_deactivate(email: str) -> None:
+    """The user can no longer log in; every live session of theirs ends now."""
+    try:
+        user = accounts.deactivate_user(email)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"deactivated": user.email}))
+
+
+@users_cli.command("set-password")
+@click.argument("email")
+@click.option("--password", help="Prompted for (hidden, twice) when left out.")
+def users_set_password(email: str, password: str | None) -> None:
+    """A new password; every live session of the user ends now."""
+    if password is None:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = accounts.set_password(email, password)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"password_set": user.email}))
 
 
 @tokens_cli.command("create")
@@ -247,13 +278,24 @@ def users_create(email: str, role: str, password: str | None) -> None:
     required=True,
     help="What the token may do (repeatable).",
 )
-def tokens_create(name: str, scopes: tuple[str, ...]) -> None:
+@_notice_option("A notice whose people the token reaches (repeatable; at least one).")
+def tokens_create(name: str, scopes: tuple[str, ...], notices: tuple[str, ...]) -> None:
     """Create an API token; its secret is printed once and never stored."""
     try:
-        token = accounts.create_token(name, list(scopes), created_by="cli")
+        token = accounts.create_token(name, list(scopes), created_by="cli", notices=notices)
     except accounts.AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({"id": token.id, "name": token.name, "scopes": token.scopes, "token": token.secret}))
+    click.echo(
+        json.dumps(
+            {
+                "id": token.id,
+                "name": token.name,
+                "scopes": token.scopes,
+                "notices": token.notices,
+                "token": token.secret,
+            }
+        )
+    )
 
 
 @tokens_cli.command("list")
@@ -264,6 +306,7 @@ def tokens_list() -> None:
             "id": t.id,
             "name": t.name,
             "scopes": t.scopes.split(),
+            "notices": t.notices.split(),
             "created_by": t.created_by,
             "revoked": t.revoked_at is not None,
         }

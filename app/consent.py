@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -248,6 +249,7 @@ def _erase_subscription(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:
     uow.send(_DELETE_DETAILS, {"ref": sub.ref})
     _keep_suppressed(uow, sub.notice, sub.email_hash, reason)
     outbox.cancel_pending(uow, sub.ref, ("mail",))
+    outbox.forget_finished(uow, sub.ref)
     ehash = sub.email_hash
     if isinstance(sub, Subscription):
         uow.session.delete(sub)
@@ -793,8 +795,8 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
 # --- the CRM's questions and requests (API) ----------------------------------
 
 
-def consent_status(email_raw: str) -> list[dict[str, Any]]:
-    """May each controller e-mail this address? One answer per notice."""
+def consent_status(email_raw: str, within: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """May each controller e-mail this address? One answer per notice (of those ``within``, if given)."""
     email = normalise_email(email_raw)
     ehash = email_hash(email)
     subs = {
@@ -804,6 +806,8 @@ def consent_status(email_raw: str) -> list[dict[str, Any]]:
     suppressed = set(db.session.execute(select(Suppression.notice).where(Suppression.email_hash == ehash)).scalars())
     answers = []
     for notice in notices().values():
+        if within is not None and notice.slug not in within:
+            continue
         sub = subs.get(notice.slug)
         may = sub is not None and sub.status == "subscribed" and notice.slug not in suppressed
         answers.append(
@@ -1032,23 +1036,22 @@ PROVIDERS = {
 }
 
 
-def export_subject(email_raw: str) -> dict[str, Any] | None:
-    """All we hold about one address (GDPR Art. 15/20), or None if nothing."""
-    return export_by_hash(email_hash(normalise_email(email_raw)))
+def export_subject(email_raw: str, notices: Collection[str] | None = None) -> dict[str, Any] | None:
+    """All we hold about one address (GDPR Art. 15/20) under every notice or those given, or None if nothing."""
+    return export_by_hash(email_hash(normalise_email(email_raw)), notices)
 
 
-def export_by_hash(ehash: str) -> dict[str, Any] | None:
+def export_by_hash(ehash: str, notices: Collection[str] | None = None) -> dict[str, Any] | None:
     """The access and portability document for one address, known by its keyed hash.
 
     Per subscription: the data, purpose, lawful basis, source (Art. 15(1)(g)),
     recipients, retention and the controller; then every evidence event with
     the notice version it happened under.
     """
-    subs = (
-        db.session.execute(select(Subscription).where(Subscription.email_hash == ehash).order_by(Subscription.id))
-        .scalars()
-        .all()
-    )
+    query = select(Subscription).where(Subscription.email_hash == ehash)
+    if notices is not None:
+        query = query.where(Subscription.notice.in_(list(notices)))
+    subs = db.session.execute(query.order_by(Subscription.id)).scalars().all()
     if not subs:
         return None
     refs = [sub.ref for sub in subs]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -182,6 +183,30 @@ def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
     ]
 
 
+# The exceptions whose text this service writes itself (provider and mail errors are
+# reduced to codes and fixed phrases where they are raised). Any other exception's text
+# is never stored: it may quote a provider's answer, and that may name the person.
+_OWN_TEXT = ("PermanentJobError", "RetryJob", "WaitForConfiguration", "ProviderRetry", "ProviderPermanent",
+             "ProviderNotConfigured", "PermanentMailError", "TransientMailError", "ExportExpired")
+_ADDRESS = re.compile(r"[^\s<>()\[\]{}'\",;:]+@[^\s<>()\[\]{}'\",;:]+")
+
+
+def describe(error: Exception) -> str:
+    """What a dead letter or a retry shows as its reason: never an address, never a provider's free text."""
+    kind = type(error).__name__
+    if kind not in _OWN_TEXT:
+        return kind
+    text = _ADDRESS.sub("(address)", str(error))
+    return f"{kind}: {text}"[:1000] if text else kind
+
+
+def reason_code(last_error: str | None) -> str | None:
+    """The part of a stored reason fit for a chained record: the error's kind, which this service names."""
+    if not last_error:
+        return None
+    return last_error.split(":", 1)[0][:60]
+
+
 def _without_personal(payload: dict[str, Any]) -> dict[str, Any]:
     """A payload minus what identifies a person (e.g. an address to delete)."""
     return {k: v for k, v in payload.items() if not k.startswith("personal_")}
@@ -204,7 +229,7 @@ def _finish(job_id: int, error: Exception | None) -> None:
                 if job.kind not in PERSONAL_COPY_KINDS:
                     uow.after_commit(wipe_free_space)
             return
-        job.last_error = f"{type(error).__name__}: {error}"[:1000]
+        job.last_error = describe(error)
         if isinstance(error, WaitForConfiguration):
             job.state, job.attempts = "pending", max(job.attempts - 1, 0)
             job.next_attempt_at = now + timedelta(seconds=WAIT_FOR_CONFIGURATION_SECONDS)
@@ -321,6 +346,12 @@ def cancel_pending(uow: UnitOfWork, subscription_ref: str | list[str], kinds: tu
         uow.conn.execute(_CANCEL, {"refs": refs, "kinds": list(kinds), "at": utcnow()})
 
 
+def forget_finished(uow: UnitOfWork, subscription_ref: str) -> None:
+    """At erasure: the person's finished jobs keep no reason text (a dead letter keeps its own, which
+    this service wrote and which names nobody: an operator still has to act on it)."""
+    uow.send(_FORGET_FINISHED, {"ref": subscription_ref})
+
+
 # Every opt-out runs this. A Core statement built once: the ORM's bulk-update path
 # (session synchronisation, per-call option handling) costs more than the UPDATE.
 _JOBS = OutboxJob.__table__.c
@@ -334,6 +365,15 @@ _CANCEL = (
     )
     .values(_CANCELLED)
 )
+_FORGET_FINISHED = Prepared(
+    update(OutboxJob.__table__)
+    .where(
+        _JOBS.subscription_ref == bindparam("ref"),
+        or_(_JOBS.state == "done", _JOBS.state == "discarded"),
+        _JOBS.last_error.is_not(None),
+    )
+    .values(last_error=None)
+)
 _CANCEL_MAIL = Prepared(
     update(OutboxJob.__table__)
     .where(
@@ -345,24 +385,31 @@ _CANCEL_MAIL = Prepared(
 )
 
 
-def status() -> dict[str, Any]:
-    counts = dict(db.session.execute(select(OutboxJob.state, func.count()).group_by(OutboxJob.state)).all())
+def status(notices: Collection[str] | None = None) -> dict[str, Any]:
+    """The queue's health: all of it (the operator's CLI), or only the jobs of these notices (a dashboard user)."""
+
+    def scoped(query: Any) -> Any:
+        return query if notices is None else query.where(OutboxJob.notice.in_(list(notices)))
+
+    counts = dict(
+        db.session.execute(scoped(select(OutboxJob.state, func.count())).group_by(OutboxJob.state)).all()
+    )
     dead = db.session.execute(
-        select(OutboxJob.id, OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error)
+        scoped(select(OutboxJob.id, OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error))
         .where(OutboxJob.state == "dead")
         .order_by(OutboxJob.id)
         .limit(50)
     ).all()
 
     def oldest(*kinds: str) -> float | None:
-        query = select(func.min(OutboxJob.created_at)).where(OutboxJob.state.in_(("pending", "running")))
+        query = scoped(select(func.min(OutboxJob.created_at))).where(OutboxJob.state.in_(("pending", "running")))
         if kinds:
             query = query.where(OutboxJob.kind.in_(kinds))
         found = db.session.execute(query).scalar()
         return round((utcnow() - found).total_seconds(), 1) if found else None
 
     waiting = db.session.execute(
-        select(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error, func.count())
+        scoped(select(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error, func.count()))
         .where(OutboxJob.state == "pending", OutboxJob.last_error.like("WaitForConfiguration%"))
         .group_by(OutboxJob.kind, OutboxJob.notice, OutboxJob.last_error)
     ).all()
@@ -386,11 +433,17 @@ def _operator_evidence(kind: str, job: Any, actor: str, channel: str) -> ledger.
         notice=job.notice,
         notice_version=notice.version if notice else None,
         subscription_ref=job.subscription_ref,
-        facts={"job": job.id, "job_kind": job.kind, "reason": job.last_error, "actor": actor},
+        # Only the error's kind: the chain keeps nothing a provider wrote, which could name the person.
+        facts={"job": job.id, "job_kind": job.kind, "reason": reason_code(job.last_error), "actor": actor},
     )
 
 
-def retry_dead(ids: list[int] | None = None, actor: str | None = None, channel: str = "operator") -> int:
+def retry_dead(
+    ids: list[int] | None = None,
+    actor: str | None = None,
+    channel: str = "operator",
+    notices: Collection[str] | None = None,
+) -> int:
     """Put dead letters (all, or those named) back in the queue with fresh attempts.
 
     With an ``actor``, each retry is evidence naming them, written in the same
@@ -400,6 +453,8 @@ def retry_dead(ids: list[int] | None = None, actor: str | None = None, channel: 
     query = update(OutboxJob).where(OutboxJob.state == "dead")
     if ids is not None:
         query = query.where(OutboxJob.id.in_(ids))
+    if notices is not None:
+        query = query.where(OutboxJob.notice.in_(list(notices)))
     statement = (
         query.values(state="pending", attempts=0, next_attempt_at=utcnow(), finished_at=None)
         .returning(OutboxJob.id, OutboxJob.kind, OutboxJob.notice, OutboxJob.subscription_ref, OutboxJob.last_error)
@@ -413,7 +468,9 @@ def retry_dead(ids: list[int] | None = None, actor: str | None = None, channel: 
     return len(jobs)
 
 
-def discard_dead(ids: list[int] | None, actor: str, channel: str = "operator") -> int:
+def discard_dead(
+    ids: list[int] | None, actor: str, channel: str = "operator", notices: Collection[str] | None = None
+) -> int:
     """Give up on dead letters (all, or those named), on an operator's word.
 
     The job is kept as ``discarded`` without personal data, and the decision is
@@ -423,6 +480,8 @@ def discard_dead(ids: list[int] | None, actor: str, channel: str = "operator") -
     query = select(OutboxJob).where(OutboxJob.state == "dead").order_by(OutboxJob.id)
     if ids is not None:
         query = query.where(OutboxJob.id.in_(ids))
+    if notices is not None:
+        query = query.where(OutboxJob.notice.in_(list(notices)))
     with unit_of_work() as uow:
         jobs = list(uow.session.execute(query.with_for_update()).scalars())
         evidence = []

@@ -1,15 +1,19 @@
 """Self-service data rights: the person's own page and the mailed export and erasure links.
 
-The manage link (in every mail and on the unsubscribe page) names an address
-by its keyed hash. It lets the person see what is held, correct their name and
-withdraw - as easy as consenting was, with no login and no extra mail. An
-export or an erasure needs more: a forwarded newsletter would leak the manage
-link, so they go through a fresh link mailed to the address, which works once
-and only for ``DATA_LINK_MAX_AGE`` seconds.
+The manage link (in every mail and on the unsubscribe page) was mailed for one
+notice, and shows and acts on that notice's data only: a newsletter of one
+controller never opens what another controller holds. It lets the person see
+what is held there, correct their name and withdraw - as easy as consenting
+was, with no login and no extra mail. An export or an erasure needs more: a
+forwarded newsletter would leak the manage link, so they go through a fresh link
+mailed to the address, which works once and only for ``DATA_LINK_MAX_AGE``
+seconds. That link, read only in the person's own mailbox, covers everything
+held about the address, each controller named separately.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,11 +30,14 @@ from .models import DataRequest, Subscription, utcnow
 from .notices import Notice
 
 DATA_KINDS = ("export", "erase")
+# However many links ask, no address gets more data-request mails than this a day.
+DATA_REQUESTS_CEILING = 10
 
 
 @dataclass(frozen=True)
 class Person:
-    """Whom a manage link speaks for: an address hash, and the notice whose mail carried it.
+    """Whom a manage link speaks for: an address hash, the notice whose mail carried the
+    link, and a digest of the link itself (each link has its own daily allowance).
 
     ``email_hash`` is None when the link's subscription is no longer held (its ref then
     names nobody): the page shows that nothing is held.
@@ -38,9 +45,21 @@ class Person:
 
     email_hash: str | None
     origin: Notice
+    link: str | None = None
 
 
-def person_of(payload: dict[str, Any]) -> Person | None:
+def link_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+def person_of(payload: dict[str, Any], token: str | None = None) -> Person | None:
+    found = _person_of(payload)
+    if found is None or token is None:
+        return found
+    return Person(found.email_hash, found.origin, link_digest(token))
+
+
+def _person_of(payload: dict[str, Any]) -> Person | None:
     """Whom a manage link speaks for: the address it was mailed to, while that address is held.
 
     A link token's subscription counts only while it still has the address the link was
@@ -67,14 +86,26 @@ def person_of(payload: dict[str, Any]) -> Person | None:
 
 
 def held(person: Person) -> list[Subscription]:
-    """Every subscription held for the address, in a stable order."""
+    """What the link's notice holds for the address (one subscription at most)."""
     if person.email_hash is None:
         return []
     return list(
         db.session.execute(
-            select(Subscription).where(Subscription.email_hash == person.email_hash).order_by(Subscription.id)
+            select(Subscription)
+            .where(Subscription.email_hash == person.email_hash, Subscription.notice == person.origin.slug)
+            .order_by(Subscription.id)
         ).scalars()
     )
+
+
+def holders(email_hash: str | None) -> list[tuple[Notice, Subscription]]:
+    """Every notice holding the address, for the page of a data link mailed to it."""
+    if not isinstance(email_hash, str):
+        return []
+    subs = db.session.execute(
+        select(Subscription).where(Subscription.email_hash == email_hash).order_by(Subscription.id)
+    ).scalars()
+    return [(notice, sub) for sub in subs if (notice := get_notice(sub.notice)) is not None]
 
 
 def change_name(person: Person, notice_slug: str, name: str | None, facts: Facts) -> bool:
@@ -86,11 +117,9 @@ def change_name(person: Person, notice_slug: str, name: str | None, facts: Facts
     return True
 
 
-def withdraw(person: Person, notice_slug: str | None, facts: Facts) -> list[str]:
-    """Opt out under one notice, or under every notice holding the address (``None``)."""
-    slugs = [s.notice for s in held(person) if s.status != "unsubscribed"]
-    if notice_slug is not None:
-        slugs = [slug for slug in slugs if slug == notice_slug]
+def withdraw(person: Person, notice_slug: str, facts: Facts) -> list[str]:
+    """Opt out under the link's notice (the only one it may act on)."""
+    slugs = [s.notice for s in held(person) if s.status != "unsubscribed" and s.notice == notice_slug]
     for slug in slugs:
         consent.unsubscribe({"n": slug, "h": person.email_hash}, facts)
     return slugs
@@ -99,40 +128,36 @@ def withdraw(person: Person, notice_slug: str | None, facts: Facts) -> list[str]
 def request_link(person: Person, kind: str, facts: Facts) -> None:
     """Mail a fresh export or erasure link to the address, if anything is held.
 
-    Silent about whether it did: the page answers "check your inbox" either way,
-    and a per-address daily limit bounds the mail sent.
+    Silent about whether it did: the page answers "check your inbox" either way.
+    ``DATA_REQUESTS_PER_ADDRESS`` mails a day are allowed per address and link, so
+    a forwarded newsletter's link cannot use up what the person's other links may
+    ask; ``DATA_REQUESTS_CEILING`` bounds the address's mail however many links ask.
     """
     assert kind in DATA_KINDS
     if person.email_hash is None:
         return
     with unit_of_work() as uow:
-        subs = (
-            uow.session.execute(
-                select(Subscription)
-                .where(Subscription.email_hash == person.email_hash)
-                .order_by(Subscription.id)
-                .with_for_update()
-            )
-            .scalars()
-            .all()
-        )
-        if not subs:
+        # The link's own notice must hold the address; the mail goes out under it.
+        sub = uow.session.execute(
+            select(Subscription)
+            .where(Subscription.email_hash == person.email_hash, Subscription.notice == person.origin.slug)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if sub is None:
             return
         since = utcnow() - timedelta(hours=24)
-        asked = uow.session.execute(
-            select(func.count())
-            .select_from(DataRequest)
-            .where(DataRequest.email_hash == person.email_hash, DataRequest.created_at > since)
+        recent = (DataRequest.email_hash == person.email_hash, DataRequest.created_at > since)
+        asked = uow.session.execute(select(func.count()).select_from(DataRequest).where(*recent)).scalar_one()
+        by_link = uow.session.execute(
+            select(func.count()).select_from(DataRequest).where(*recent, DataRequest.link == person.link)
         ).scalar_one()
-        if asked >= current_app.config["DATA_REQUESTS_PER_ADDRESS"]:
-            current_app.logger.info("data request limit reached for one address; no mail sent")
+        if by_link >= current_app.config["DATA_REQUESTS_PER_ADDRESS"] or asked >= DATA_REQUESTS_CEILING:
+            current_app.logger.info("data request limit reached for one address and link; no mail sent")
             return
-        request = DataRequest(kind=kind, email_hash=person.email_hash)
+        request = DataRequest(kind=kind, email_hash=person.email_hash, link=person.link)
         uow.session.add(request)
         uow.session.flush()
-        # The mail goes out under the notice whose link was used, if it holds the address.
-        sub = next((s for s in subs if s.notice == person.origin.slug), subs[0])
-        notice = get_notice(sub.notice) or person.origin
+        notice = person.origin
         ledger.append(
             uow,
             [

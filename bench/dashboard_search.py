@@ -108,7 +108,8 @@ def run(database: str, rows: int, count: int) -> list[str]:
         service = Service(env, free_port(), Path(folder) / "gunicorn.log")
         try:
             service.wait_until_healthy()
-            created = service.flask("users", "create", "bench@munkeby.se", "--role", "viewer", "--password", PASSWORD)
+            both = ("--notice", "munkeby", "--notice", "mysoft")
+            created = service.flask("users", "create", "bench@munkeby.se", "--role", "viewer", "--password", PASSWORD, *both)
             assert created.returncode == 0, created.stderr
             session = log_in(service.url)
             pages = {

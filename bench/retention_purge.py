@@ -142,7 +142,8 @@ def run(database: str, rows: int, expired: int) -> list[str]:
         service = Service(env, free_port(), Path(folder) / "gunicorn.log")
         try:
             service.wait_until_healthy()
-            token = json.loads(service.flask("tokens", "create", "bench", "--scope", "read").stdout)["token"]
+            both = ("--notice", "munkeby", "--notice", "mysoft")
+            token = json.loads(service.flask("tokens", "create", "bench", "--scope", "read", *both).stdout)["token"]
             prober = Prober(service.url, probes, token)
             prober.start()
             time.sleep(3)  # latency before the purge

@@ -135,7 +135,8 @@ def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, sh
 
 
 def test_a_marketer_finds_exports_and_erases_a_subject(service, smtp, page, shots, tmp_path):
-    created = service.flask("users", "create", "maria@munkeby.se", "--role", "marketer", "--password", PASSWORD)
+    both = ("--notice", "munkeby", "--notice", "mysoft")
+    created = service.flask("users", "create", "maria@munkeby.se", "--role", "marketer", "--password", PASSWORD, *both)
     assert created.returncode == 0, created.stderr
     for address in ("anna@example.com", "bo@example.com"):
         with page.context.new_page() as signup:

@@ -75,7 +75,7 @@ def test_the_form_offers_only_the_bases_the_notice_allows_and_the_server_holds_t
     assert offered_bases(marketer.get("/dashboard/import?notice=munkeby").get_data(as_text=True)) == ["consent"]
     mysoft = marketer.get("/dashboard/import?notice=mysoft").get_data(as_text=True)
     assert offered_bases(mysoft) == ["legitimate_interest", "consent"]
-    assert marketer.get("/dashboard/import?notice=nobody").status_code == 400
+    assert marketer.get("/dashboard/import?notice=nobody").status_code == 404
 
     body = b"E-post\nada@firma.se\n"
     refused = upload(marketer, body, notice="munkeby")  # legitimate interest, forged into the form

@@ -51,25 +51,57 @@ def test_every_mail_and_the_unsubscribe_page_link_to_the_manage_page(client, mai
     assert re.search(r'href="/manage/[A-Za-z0-9._~-]+"', unsubscribe_page)
 
 
-def test_the_page_shows_every_controller_and_unsubscribes_from_one_or_all(app, client, mailbox):
-    subscribe_and_confirm(client, mailbox, "munkeby", "bo@firma.se", "Bo")
-    welcome = subscribe_and_confirm(client, mailbox, "mysoft", "bo@firma.se")
-    path = manage_path(welcome)
-    body = client.get(path).get_data(as_text=True)
-    assert "Munkeby Systems" in body and "Mysoft AB" in body
+def test_a_link_shows_and_acts_on_its_own_notice_only(app, client, mailbox):
+    munkeby_welcome = subscribe_and_confirm(client, mailbox, "munkeby", "bo@firma.se", "Bo Ek")
+    mysoft_welcome = subscribe_and_confirm(client, mailbox, "mysoft", "bo@firma.se")
+    munkeby, mysoft = manage_path(munkeby_welcome), manage_path(mysoft_welcome)
+    mysoft_page = client.get(mysoft + "?lang=en").get_data(as_text=True)
+    assert "Mysoft AB" in mysoft_page and "Munkeby" not in mysoft_page and "Bo Ek" not in mysoft_page
+    munkeby_page = client.get(munkeby + "?lang=en").get_data(as_text=True)
+    assert "Munkeby Systems" in munkeby_page and "Bo Ek" in munkeby_page and "Mysoft" not in munkeby_page
+
+    # The Munkeby link cannot act on Mysoft, whatever the form says (there, an opt-out deletes).
+    for notice in ("mysoft", "all"):
+        assert client.post(munkeby + "/unsubscribe", data={"notice": notice}).status_code == 400
+    assert client.post(munkeby + "/name", data={"notice": "mysoft", "name": "X"}).status_code == 400
+    assert status_of(app, "bo@firma.se", "mysoft") == "subscribed"
+    # An unsubscribe link turned into a manage link stays on its notice too.
+    turned = client.get(unsubscribe_path(munkeby_welcome)).get_data(as_text=True)
+    manage_from_unsubscribe = re.search(r'href="(/manage/[A-Za-z0-9._~-]+)"', turned).group(1)
+    assert "Mysoft" not in client.get(manage_from_unsubscribe + "?lang=en").get_data(as_text=True)
 
     # Withdrawal needs one POST: no login, no CSRF token, no mail round trip (Art. 7(3)).
     mails_before = len(mailbox.to("bo@firma.se"))
-    answer = client.post(path + "/unsubscribe", data={"notice": "munkeby"})
+    answer = client.post(munkeby + "/unsubscribe", data={"notice": "munkeby"})
     assert answer.status_code == 303
     assert len(mailbox.to("bo@firma.se")) == mails_before
     assert status_of(app, "bo@firma.se", "munkeby") == "unsubscribed"
     assert status_of(app, "bo@firma.se", "mysoft") == "subscribed"
     assert "Du är avregistrerad." in client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert events(app, "opted_out") == 1
 
-    client.post(path + "/unsubscribe", data={"notice": "all"})
-    assert status_of(app, "bo@firma.se", "mysoft") is None  # Mysoft's rule: deleted on opt-out
-    assert events(app, "opted_out") == 2
+
+def test_a_link_mailed_to_the_address_shows_every_controller_separately(app, client, mailbox):
+    subscribe_and_confirm(client, mailbox, "munkeby", "eva@firma.se", "Eva")
+    welcome = subscribe_and_confirm(client, mailbox, "mysoft", "eva@firma.se")
+    client.post(manage_path(welcome) + "/request", data={"kind": "export"})
+    page = client.get(data_path(mailbox.last("eva@firma.se")) + "?lang=en").get_data(as_text=True)
+    assert 'data-controller="munkeby"' in page and 'data-controller="mysoft"' in page
+    assert "Munkeby Systems" in page and "Mysoft AB" in page
+    document = json.loads(client.post(data_path(mailbox.last("eva@firma.se"))).get_data(as_text=True))
+    assert sorted(s["controller"] for s in document["subscriptions"]) == ["Munkeby Systems", "Mysoft AB"]
+
+
+def test_a_forwarded_link_cannot_use_up_the_persons_own_data_requests(app, client, mailbox):
+    subscribe_and_confirm(client, mailbox, "munkeby", "ulf@firma.se", "Ulf")
+    welcome = subscribe_and_confirm(client, mailbox, "mysoft", "ulf@firma.se")
+    forwarded = manage_path(mailbox.to("ulf@firma.se")[1])  # the Munkeby welcome mail, forwarded
+    before = len(mailbox.to("ulf@firma.se"))
+    for _ in range(app.config["DATA_REQUESTS_PER_ADDRESS"] + 2):
+        client.post(forwarded + "/request", data={"kind": "export"})
+    assert len(mailbox.to("ulf@firma.se")) - before == app.config["DATA_REQUESTS_PER_ADDRESS"]
+    client.post(manage_path(welcome) + "/request", data={"kind": "export"})  # the person's own other link
+    assert len(mailbox.to("ulf@firma.se")) - before == app.config["DATA_REQUESTS_PER_ADDRESS"] + 1
 
 
 def test_the_person_corrects_their_name_and_bad_names_change_nothing(app, client, mailbox):

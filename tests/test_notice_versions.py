@@ -62,7 +62,9 @@ def check_versions(restarted, old_version: str, mailbox) -> None:  # type: ignor
 
     # The dashboard counts subscriptions by the version they consented under.
     cli = restarted.test_cli_runner()
-    cli.invoke(args=["users", "create", "vera@munkeby.se", "--role", "viewer", "--password", "v" * 16])
+    cli.invoke(
+        args=["users", "create", "vera@munkeby.se", "--role", "viewer", "--password", "v" * 16, "--notice", "munkeby"]
+    )
     login = new_client.get("/dashboard/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', login).group(1)
     new_client.post("/dashboard/login", data={"csrf_token": token, "email": "vera@munkeby.se", "password": "v" * 16})

@@ -17,6 +17,8 @@ from .support import link_in, sign_up, subscribe_and_confirm
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
+BOTH = ("--notice", "munkeby", "--notice", "mysoft")
+
 
 def at(days: float):  # type: ignore[no-untyped-def]
     """Travel to ``days`` after START; the clock keeps running there."""
@@ -111,7 +113,7 @@ def test_prospects_go_a_year_after_being_added_or_two_after_the_last_dialog(app,
         csv_text = "email;typ\nquiet@firma.se;prospekt\ntalks@firma.se;prospekt\nbuyer@firma.se;prospekt\n"
         import_contacts(runner, "munkeby", csv_text, "--relationship-column", "typ")  # on consent: say prospect
         assert held(app, "quiet@firma.se", "munkeby").relationship == "prospect"
-        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact"]).stdout)["token"]
+        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact", *BOTH]).stdout)["token"]
     auth = {"Authorization": f"Bearer {token}"}
     with at(301):
         answer = client.post(
@@ -152,7 +154,7 @@ def test_the_last_contact_comes_from_an_import_column_and_only_moves_forward(app
         assert old.last_contact_at == datetime(2025, 12, 1) and old.relationship == "prospect"
         assert held(app, "kund@firma.se", "munkeby").relationship == "customer"
         assert held(app, "bad@firma.se", "munkeby") is None  # a date that is not one skips the row
-        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact"]).stdout)["token"]
+        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact", *BOTH]).stdout)["token"]
         earlier = client.post(
             "/api/v1/contacts",
             json={"email": "old@firma.se", "notice": "munkeby", "last_contact_at": "2025-06-01T00:00:00Z"},
@@ -169,7 +171,7 @@ def test_a_customer_review_is_listed_until_it_is_done(app, client, runner):
     with at(366):
         assert purge(runner, dry_run=True)["review_due"] == {"munkeby": 1}
         ref = held(app, "kund@firma.se", "munkeby").ref
-        runner.invoke(args=["users", "create", "maria@munkeby.se", "--role", "marketer", "--password", "x" * 16])
+        runner.invoke(args=["users", "create", "maria@munkeby.se", "--role", "marketer", "--password", "x" * 16, *BOTH])
         login = client.get("/dashboard/login").get_data(as_text=True)
         token = login.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
         client.post("/dashboard/login", data={"csrf_token": token, "email": "maria@munkeby.se", "password": "x" * 16})
@@ -240,7 +242,7 @@ def test_old_delivery_keys_and_abandoned_uploads_are_cleared(app, client, runner
 def test_a_last_contact_before_2000_or_in_the_future_is_refused_and_changes_nothing(app, client, runner):
     with at(0):
         import_contacts(runner, "munkeby", "email;typ\nlead@firma.se;prospekt\n", "--relationship-column", "typ")
-        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact"]).stdout)["token"]
+        token = json.loads(runner.invoke(args=["tokens", "create", "crm", "--scope", "contact", *BOTH]).stdout)["token"]
         auth = {"Authorization": f"Bearer {token}"}
         for when in ("1999-12-31T23:59:59Z", "2027-01-01T00:00:00Z"):
             answer = client.post(
@@ -253,7 +255,7 @@ def test_a_last_contact_before_2000_or_in_the_future_is_refused_and_changes_noth
         assert held(app, "lead@firma.se", "munkeby").last_contact_at is None
 
         ref = held(app, "lead@firma.se", "munkeby").ref
-        runner.invoke(args=["users", "create", "maria@munkeby.se", "--role", "marketer", "--password", "x" * 16])
+        runner.invoke(args=["users", "create", "maria@munkeby.se", "--role", "marketer", "--password", "x" * 16, *BOTH])
         login = client.get("/dashboard/login").get_data(as_text=True)
         csrf = login.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
         client.post("/dashboard/login", data={"csrf_token": csrf, "email": "maria@munkeby.se", "password": "x" * 16})

@@ -1,4 +1,9 @@
-"""API routes: thin; the rules live in ``app/consent.py``."""
+"""API routes: thin; the rules live in ``app/consent.py``.
+
+A token reaches the people of its own notices only: a notice outside them is
+answered as an unknown one, and no answer says whether another controller holds
+an address.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ def needs(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
             now = utcnow()
             g.api_actor = f"token:{token.id}"
+            g.api_notices = accounts.notices_of(token)
             if token.last_used_at is None or now - token.last_used_at > LAST_USED_PRECISION:
                 accounts.note_token_use(token, now)
             return view(*args, **kwargs)
@@ -100,8 +106,8 @@ def _email(raw: str | None) -> str:
 
 def _notice(slug: str | None) -> Any:
     notice = consent.get_notice(slug)
-    if notice is None:
-        known = ", ".join(sorted(consent.notices()))
+    if notice is None or notice.slug not in g.api_notices:
+        known = ", ".join(sorted(g.api_notices)) or "(this token reaches no notice)"
         raise ApiError(422, "invalid_field", f"notice must be one of: {known}")
     return notice
 
@@ -116,7 +122,7 @@ def openapi() -> Response:
 @needs("read")
 def consent_status() -> Response:
     email = _email(_string(dict(request.args), "email"))
-    return jsonify({"email": email, "notices": consent.consent_status(email)})
+    return jsonify({"email": email, "notices": consent.consent_status(email, within=g.api_notices)})
 
 
 @bp.post("/subscriptions")
@@ -165,10 +171,14 @@ def events() -> Response:
     query = select(ConsentEvent, EventDetail).outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
     if args.get("notice"):
         query = query.where(ConsentEvent.notice == _notice(args["notice"]).slug)
+    else:
+        query = query.where(ConsentEvent.notice.in_(sorted(g.api_notices)))
     with_details = False
     if args.get("email"):
         ehash = consent.email_hash(_email(args["email"]))
-        refs = select(Subscription.ref).where(Subscription.email_hash == ehash)
+        refs = select(Subscription.ref).where(
+            Subscription.email_hash == ehash, Subscription.notice.in_(sorted(g.api_notices))
+        )
         query = query.where(ConsentEvent.subscription_ref.in_(refs))
         with_details = True  # one person's own events: their details belong with them
     rows = db.session.execute(query.where(ConsentEvent.seq > after).order_by(ConsentEvent.seq).limit(limit + 1)).all()

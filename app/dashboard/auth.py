@@ -1,12 +1,20 @@
-"""Login, logout and roles for the dashboard."""
+"""Login, logout, sessions, roles and notices for the dashboard.
+
+A session ends after 30 minutes without a request and 12 hours after its login,
+whatever the cookie says; logout, a new password and deactivation end every
+session of the user (the session key the user loader checks changes). Flask-Login's
+"strong" session protection is off: it fingerprints the client with a header any
+client sets (X-Forwarded-For), which protects nothing.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, abort, flash, redirect, render_template, request, session, url_for
+from flask import Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -20,13 +28,44 @@ from .forms import LoginForm
 
 ROLE_RANK = {"viewer": 0, "marketer": 1, "admin": 2}
 LOGIN_RATE_LIMIT = "10 per minute;50 per hour"
+IDLE_SECONDS = 30 * 60
+MAX_SECONDS = 12 * 3600
+_LOGGED_IN_AT, _SEEN_AT = "auth_at", "seen_at"
 
 
 def init_login(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "dashboard.login"
-    login_manager.session_protection = "strong"
+    login_manager.session_protection = None  # see the module's docstring
     login_manager.login_message = None  # type: ignore[assignment]
+
+
+def scope() -> frozenset[str]:
+    """The notices whose people the logged-in user may see and act on."""
+    return accounts.notices_of(current_user)
+
+
+@bp.before_request
+def _session_limits():  # type: ignore[no-untyped-def]
+    """End a session that has been idle too long or lived too long; otherwise note this request."""
+    if request.endpoint == "dashboard.login" or not current_user.is_authenticated:
+        return None
+    now = int(time.time())
+    logged_in_at, seen_at = session.get(_LOGGED_IN_AT), session.get(_SEEN_AT)
+    idle = current_app.config.get("SESSION_IDLE_SECONDS", IDLE_SECONDS)
+    longest = current_app.config.get("SESSION_MAX_SECONDS", MAX_SECONDS)
+    if (
+        not isinstance(logged_in_at, int)
+        or not isinstance(seen_at, int)
+        or now - seen_at > idle
+        or now - logged_in_at > longest
+    ):
+        logout_user()
+        _fresh_session()
+        return _unauthorized()
+    if now - seen_at >= 30:  # the cookie is rewritten at most twice a minute
+        session[_SEEN_AT] = now
+    return None
 
 
 @login_manager.user_loader
@@ -67,8 +106,15 @@ def requires(role: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only a path inside the dashboard: never an open redirect.
-    if target and target.startswith("/dashboard") and "//" not in target and "\\" not in target:
+    # Only a plain path inside the dashboard: never an open redirect, never a header's control character.
+    if (
+        target
+        and target.startswith("/dashboard")
+        and "//" not in target
+        and "\\" not in target
+        and target.isascii()
+        and target.isprintable()
+    ):
         return target
     return url_for("dashboard.overview")
 
@@ -90,6 +136,7 @@ def login():  # type: ignore[no-untyped-def]
         if user is not None:
             _fresh_session()
             login_user(user)
+            session[_LOGGED_IN_AT] = session[_SEEN_AT] = int(time.time())
             return redirect(_safe_next(request.args.get("next")))
         flash(_("Wrong e-mail address or password."), "error")
         return render_template("dashboard/login.html", form=form), 401
@@ -99,6 +146,7 @@ def login():  # type: ignore[no-untyped-def]
 @bp.post("/logout")
 @login_required
 def logout():  # type: ignore[no-untyped-def]
+    accounts.end_sessions(current_user.id)  # every session of the user, on every device
     logout_user()
     _fresh_session()
     return redirect(url_for("dashboard.login"))

@@ -21,6 +21,14 @@ class RectifyForm(FlaskForm):
     email = EmailField(validators=[Length(max=254)])
 
 
+class UserForm(FlaskForm):
+    """The notices are checkboxes read with ``request.form.getlist``."""
+
+    email = EmailField(validators=[DataRequired(), Length(max=254)])
+    role = StringField(validators=[DataRequired(), AnyOf(("admin", "marketer", "viewer"))])
+    password = PasswordField(validators=[DataRequired(), Length(max=1024)])
+
+
 class TokenForm(FlaskForm):
     """The scopes are checkboxes read with ``request.form.getlist``."""
 

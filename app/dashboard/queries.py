@@ -1,8 +1,13 @@
-"""What the dashboard shows, read in a few indexed queries."""
+"""What the dashboard shows, read in a few indexed queries.
+
+Every query that reads people, counts or jobs takes the notices the user may see
+(``notices``) and reads nothing outside them.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -40,11 +45,11 @@ class Chart:
         )
 
 
-def status_counts() -> dict[str, dict[str, int]]:
+def status_counts(notices: Collection[str]) -> dict[str, dict[str, int]]:
     rows = db.session.execute(
-        select(Subscription.notice, Subscription.status, func.count()).group_by(
-            Subscription.notice, Subscription.status
-        )
+        select(Subscription.notice, Subscription.status, func.count())
+        .where(Subscription.notice.in_(list(notices)))
+        .group_by(Subscription.notice, Subscription.status)
     ).all()
     counts: dict[str, dict[str, int]] = {}
     for notice, status, n in rows:
@@ -52,8 +57,12 @@ def status_counts() -> dict[str, dict[str, int]]:
     return counts
 
 
-def suppression_counts() -> dict[str, int]:
-    rows = db.session.execute(select(Suppression.notice, func.count()).group_by(Suppression.notice)).all()
+def suppression_counts(notices: Collection[str]) -> dict[str, int]:
+    rows = db.session.execute(
+        select(Suppression.notice, func.count())
+        .where(Suppression.notice.in_(list(notices)))
+        .group_by(Suppression.notice)
+    ).all()
     return dict(rows)  # type: ignore[arg-type]
 
 
@@ -108,6 +117,7 @@ def review_due(notice: Notice) -> int:
 
 def subscribers(
     *,
+    notices: Collection[str],
     notice: str | None,
     status: str | None,
     search: str | None,
@@ -128,6 +138,8 @@ def subscribers(
         query = due if due is not None else query.where(false())
     if notice:
         query = query.where(Subscription.notice == notice)
+    else:
+        query = query.where(Subscription.notice.in_(list(notices)))
     if status:
         query = query.where(Subscription.status == status)
     if version:
@@ -136,7 +148,7 @@ def subscribers(
         # A prefix range on the stored (lower-case) address, byte-wise: see Subscription.email.
         query = query.where(Subscription.email >= search, Subscription.email < search + "\U0010ffff")
         last = db.session.get(Subscription, after) if after else None
-        if last is not None:
+        if last is not None and last.notice in notices:
             query = query.where(tuple_(Subscription.email, Subscription.id) > (last.email, last.id))
         query = query.order_by(Subscription.email, Subscription.id)
     else:

@@ -1,4 +1,10 @@
-"""Dashboard pages: thin; reads come from queries.py, changes from app/consent.py."""
+"""Dashboard pages: thin; reads come from queries.py, changes from app/consent.py.
+
+A user sees and acts on the people of their own notices only (``scope()``).
+Anything outside them (a subscription, a job, an import, a token, a notice)
+answers 404, exactly as something that does not exist: a page never confirms
+that another controller holds someone.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ from flask_login import current_user
 from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
 from ..database import id_param
 from ..extensions import db
-from ..models import ContactImport, Subscription
+from ..models import ContactImport, OutboxJob, Subscription
+from ..notices import Notice
 from . import bp, queries
-from .auth import requires
-from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm
+from .auth import requires, scope
+from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm, UserForm
 
 STATUSES = ("pending", "subscribed", "unsubscribed")
 
@@ -25,10 +32,24 @@ def _facts() -> consent.Facts:
 
 
 def _subscription_or_404(ref: str) -> Subscription:
-    sub = db.session.execute(db.select(Subscription).where(Subscription.ref == ref)).scalar_one_or_none()
+    sub = db.session.execute(
+        db.select(Subscription).where(Subscription.ref == ref, Subscription.notice.in_(list(scope())))
+    ).scalar_one_or_none()
     if sub is None:
         abort(404)
     return sub
+
+
+def _my_notices() -> list[Notice]:
+    mine = scope()
+    return [notice for notice in consent.notices().values() if notice.slug in mine]
+
+
+def _my_notice_or_404(slug: str | None) -> Notice:
+    notice = consent.get_notice(slug)
+    if notice is None or notice.slug not in scope():
+        abort(404)
+    return notice
 
 
 def _no_store(response):  # type: ignore[no-untyped-def]
@@ -39,16 +60,17 @@ def _no_store(response):  # type: ignore[no-untyped-def]
 @bp.get("/")
 @requires("viewer")
 def overview():  # type: ignore[no-untyped-def]
-    notices = list(consent.notices().values())
+    notices = _my_notices()
+    mine = scope()
     charts = {notice.slug: queries.chart(notice) for notice in notices}
-    health = outbox.status()
+    health = outbox.status(notices=mine)
     deadline = queries.OPT_OUT_DEADLINE_HOURS * 3600
     oldest = health["oldest_pending_opt_out_age_seconds"]
     return render_template(
         "dashboard/overview.html",
         notices=notices,
-        counts=queries.status_counts(),
-        suppressions=queries.suppression_counts(),
+        counts=queries.status_counts(mine),
+        suppressions=queries.suppression_counts(mine),
         charts=charts,
         health=health,
         deadline_hours=queries.OPT_OUT_DEADLINE_HOURS,
@@ -62,11 +84,14 @@ def overview():  # type: ignore[no-untyped-def]
 @bp.post("/outbox/<int(max=2147483647):job_id>/<any(retry, discard):what>")
 @requires("marketer")
 def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
+    job = db.session.get(OutboxJob, job_id)
+    if job is None or job.notice not in scope():
+        abort(404)
     if not ActionForm().validate_on_submit():
         abort(400)
     # The state change and the evidence naming the user are one transaction.
     change = outbox.retry_dead if what == "retry" else outbox.discard_dead
-    done = change([job_id], actor=current_user.actor, channel="dashboard")
+    done = change([job_id], actor=current_user.actor, channel="dashboard", notices=scope())
     if not done:
         flash(_("That job is no longer a dead letter."), "error")
     return redirect(url_for("dashboard.overview"))
@@ -79,8 +104,8 @@ def subscribers():  # type: ignore[no-untyped-def]
     status = request.args.get("status") or None
     search = (request.args.get("q") or "").strip().lower()[:254] or None
     after = request.args.get("after", "")
-    if notice is not None and consent.get_notice(notice) is None:
-        abort(400)
+    if notice is not None:
+        _my_notice_or_404(notice)
     if status is not None and status not in STATUSES:
         abort(400)
     version = request.args.get("version") or None
@@ -90,6 +115,7 @@ def subscribers():  # type: ignore[no-untyped-def]
     if review and notice is None:
         abort(400)
     rows, next_after = queries.subscribers(
+        notices=scope(),
         notice=notice,
         status=status,
         search=search,
@@ -103,7 +129,7 @@ def subscribers():  # type: ignore[no-untyped-def]
                 "dashboard/subscribers.html",
                 rows=rows,
                 next_after=next_after,
-                notices=consent.notices().values(),
+                notices=_my_notices(),
                 statuses=STATUSES,
                 chosen={"notice": notice, "status": status, "q": search or "", "version": version, "review": review},
             )
@@ -180,7 +206,7 @@ def export(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
     if not ActionForm().validate_on_submit():
         abort(400)
-    data = consent.export_subject(sub.email)
+    data = consent.export_subject(sub.email, notices=scope())
     consent.record_action("subject_exported", sub.ref, sub.notice, _facts())
     response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
     response.headers["Content-Type"] = "application/json; charset=utf-8"
@@ -252,7 +278,13 @@ def api_tokens():  # type: ignore[no-untyped-def]
         if not form.validate_on_submit():
             abort(400)
         try:
-            created = accounts.create_token(form.name.data or "", request.form.getlist("scopes"), current_user.actor)
+            created = accounts.create_token(
+                form.name.data or "",
+                request.form.getlist("scopes"),
+                current_user.actor,
+                notices=request.form.getlist("notices"),
+                allowed=scope(),
+            )
         except accounts.AccountError as exc:
             flash(str(exc), "error")
     return _no_store(
@@ -261,7 +293,8 @@ def api_tokens():  # type: ignore[no-untyped-def]
                 "dashboard/tokens.html",
                 form=form,
                 scopes=accounts.SCOPES,
-                tokens=accounts.list_tokens(),
+                notices=_my_notices(),
+                tokens=accounts.list_tokens(within=scope()),
                 created=created,
                 action=ActionForm(),
             )
@@ -274,7 +307,7 @@ def api_tokens():  # type: ignore[no-untyped-def]
 def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
     if not ActionForm().validate_on_submit():
         abort(400)
-    if not accounts.revoke_token(token_id, current_user.actor):
+    if not accounts.revoke_token(token_id, current_user.actor, within=scope()):
         abort(404)
     flash(_("The token was revoked."), "info")
     return redirect(url_for("dashboard.api_tokens"))
@@ -284,15 +317,13 @@ def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
 @requires("marketer")
 def import_upload():  # type: ignore[no-untyped-def]
     form = ImportForm()
-    notices = list(consent.notices().values())
+    notices = _my_notices()
     if request.method == "POST":
+        notice = _my_notice_or_404(form.notice.data)
         upload = request.files.get("file")
-        notice = consent.get_notice(form.notice.data)
         problem = None
         if not form.validate_on_submit():
             problem = _("Please fill in every field; the source date as YYYY-MM-DD.")
-        elif notice is None:
-            problem = _("Choose a notice.")
         elif upload is None or not upload.filename:
             problem = _("Choose a CSV file.")
         if problem is None:
@@ -319,12 +350,12 @@ def import_upload():  # type: ignore[no-untyped-def]
             else:
                 return redirect(url_for("dashboard.import_status", import_id=record.id))
         flash(problem, "error")
-        return render_template("dashboard/import.html", form=form, notices=notices, notice=notice or notices[0]), 400
+        return render_template("dashboard/import.html", form=form, notices=notices, notice=notice), 400
     # The form is for one notice at a time, so that it offers only the bases this
     # notice allows for imports (no script needed to narrow the choice).
-    notice = consent.get_notice(request.args.get("notice") or notices[0].slug)
-    if notice is None:
-        abort(400)
+    if not notices:
+        abort(404)
+    notice = _my_notice_or_404(request.args.get("notice") or notices[0].slug)
     return render_template("dashboard/import.html", form=form, notices=notices, notice=notice)
 
 
@@ -332,7 +363,7 @@ def import_upload():  # type: ignore[no-untyped-def]
 @requires("marketer")
 def import_status(import_id: int):  # type: ignore[no-untyped-def]
     record = db.session.get(ContactImport, import_id)
-    if record is None:
+    if record is None or record.notice not in scope():
         abort(404)
     form = MappingForm()
     if request.method == "POST":
@@ -353,3 +384,49 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
     if record.state in ("queued", "running"):
         response.headers["Refresh"] = "2"  # progress without a script
     return _no_store(response)
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@requires("admin")
+def users():  # type: ignore[no-untyped-def]
+    """The staff of the admin's own controllers: create, list, deactivate. An admin hands on
+    only the notices they hold, and sees only users whose notices all lie within theirs."""
+    form = UserForm()
+    status = 200
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            abort(400)
+        try:
+            user = accounts.create_user(
+                form.email.data or "",
+                form.role.data or "",
+                form.password.data or "",
+                request.form.getlist("notices"),
+                allowed=scope(),
+            )
+        except accounts.AccountError as exc:
+            flash(str(exc), "error")
+            status = 400
+        else:
+            flash(_("The user %(email)s was created.", email=user.email), "info")
+            return redirect(url_for("dashboard.users"), code=303)
+    page = render_template(
+        "dashboard/users.html",
+        form=form,
+        roles=accounts.ROLES,
+        notices=_my_notices(),
+        users=accounts.list_users(within=scope()),
+        action=ActionForm(),
+    )
+    return _no_store(make_response(page, status))
+
+
+@bp.post("/users/<int(max=2147483647):user_id>/deactivate")
+@requires("admin")
+def deactivate_user(user_id: int):  # type: ignore[no-untyped-def]
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if not accounts.deactivate_user_within(user_id, within=scope()):
+        abort(404)
+    flash(_("The user was deactivated; their sessions have ended."), "info")
+    return redirect(url_for("dashboard.users"), code=303)

@@ -23,7 +23,7 @@ NAME_ERRORS = {"invalid": lambda: _("Please check this value."), "required": lam
 
 def _person(token: str) -> rights.Person | None:
     payload, problem = _read("manage", token)
-    return None if problem else rights.person_of(payload)
+    return None if problem else rights.person_of(payload, token)
 
 
 def _page(person: rights.Person, token: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
@@ -64,7 +64,7 @@ def manage_name(token: str):  # type: ignore[no-untyped-def]
         return _invalid_link()
     slug = request.form.get("notice", "")
     notice = consent.get_notice(slug)
-    if notice is None or "name" not in notice.fields:
+    if notice is None or notice.slug != person.origin.slug or "name" not in notice.fields:
         return _page(person, token, 400, error=_("Please check this value."))
     try:
         changed = rights.change_name(person, slug, request.form.get("name", ""), _facts("manage"))
@@ -79,10 +79,10 @@ def manage_unsubscribe(token: str):  # type: ignore[no-untyped-def]
     person = _person(token)
     if person is None:
         return _invalid_link()
-    slug = request.form.get("notice", "")
-    if slug != "all" and consent.get_notice(slug) is None:
+    # The link acts on its own notice only; the field is checked, not trusted.
+    if request.form.get("notice", "") != person.origin.slug:
         return _page(person, token, 400, error=_("Please check this value."))
-    rights.withdraw(person, None if slug == "all" else slug, _facts("manage"))
+    rights.withdraw(person, person.origin.slug, _facts("manage"))
     return _back(token, "unsubscribed")
 
 
@@ -109,7 +109,9 @@ def data_link(token: str):  # type: ignore[no-untyped-def]
     if problem == "expired":
         return _token_page("public/data_link.html", 410, kind=kind, expired=True)
     if request.method != "POST":  # GET and HEAD only read: mail scanners follow links
-        return _token_page("public/data_link.html", kind=kind, token=token)
+        # The page names each controller that holds the address: the link covers them all.
+        held = rights.holders(payload.get("h"))
+        return _token_page("public/data_link.html", kind=kind, token=token, holders=held, nothing=not held)
     try:
         if kind == "export":
             document = rights.export(payload, _facts("manage"))

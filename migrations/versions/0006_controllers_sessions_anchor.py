@@ -26,6 +26,14 @@ def upgrade():
     op.create_index("ix_data_requests_link_created_at", "data_requests", ["link", "created_at"])
     with op.batch_alter_table("ledger_head") as batch:
         batch.add_column(sa.Column("signature", sa.String(length=64), nullable=True))
+    # Reasons stored before the service reduced them to its own words may quote a provider's
+    # answer naming the member ("x@y was permanently deleted"): keep only the error's kind.
+    bind = op.get_bind()
+    jobs = sa.table("outbox_jobs", sa.column("id", sa.Integer), sa.column("last_error", sa.String))
+    quoted = bind.execute(sa.select(jobs.c.id, jobs.c.last_error).where(jobs.c.last_error.like("%@%"))).all()
+    for job_id, reason in quoted:
+        kind = reason.split(":", 1)[0][:60]
+        bind.execute(sa.update(jobs).where(jobs.c.id == job_id).values(last_error=kind))
 
 
 def downgrade():
