@@ -121,6 +121,15 @@ def set_password(email: str, password: str) -> User:
     return user
 
 
+def set_notices(email: str, notices: list[str] | tuple[str, ...]) -> User:
+    """The notices a user works for, replaced; their live sessions end so the change holds at once."""
+    slugs = check_notices(notices)
+    user = _user_by_email(email)
+    _write_row(User, user.id, {"notices": " ".join(slugs), "session_key": uuid4().hex})
+    db.session.refresh(user)
+    return user
+
+
 def deactivate_user(email: str) -> User:
     """The user can no longer log in, and every live session ends. The row stays: evidence names it."""
     user = _user_by_email(email)

@@ -243,6 +243,18 @@ def users_create(email: str, role: str, notices: tuple[str, ...], password: str 
     click.echo(json.dumps({"created": user.email, "role": user.role, "notices": user.notices.split()}))
 
 
+@users_cli.command("set-notices")
+@click.argument("email")
+@_notice_option("A notice whose controller the user works for (repeatable; at least one). Replaces the old list.")
+def users_set_notices(email: str, notices: tuple[str, ...]) -> None:
+    """Which notices' people the user sees (e.g. for an account made before accounts named notices)."""
+    try:
+        user = accounts.set_notices(email, notices)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"user": user.email, "notices": user.notices.split()}))
+
+
 @users_cli.command("deactivate")
 @click.argument("email")
 def users_deactivate(email: str) -> None:

@@ -147,3 +147,22 @@ def _users(app) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
 
     with app.app_context():
         return [tuple(row) for row in db.session.execute(select(User.id, User.email))]  # type: ignore[misc]
+
+
+def test_an_account_from_before_notices_sees_nothing_until_given_its_notices(app, client, runner):
+    create_user(runner, "old@munkeby.se", "viewer")
+    from sqlalchemy import update
+
+    from app.extensions import db
+    from app.models import User
+
+    with app.app_context():  # as the upgrade leaves an account made before accounts named notices
+        db.session.execute(update(User).values(notices=""))
+        db.session.commit()
+    log_in(client, "old@munkeby.se")
+    assert "Munkeby" not in client.get("/dashboard/?lang=en").get_data(as_text=True)
+    given = runner.invoke(args=["users", "set-notices", "old@munkeby.se", "--notice", "munkeby"])
+    assert json.loads(given.stdout) == {"user": "old@munkeby.se", "notices": ["munkeby"]}
+    assert not logged_in(client)  # the change ends the session; the next one sees Munkeby
+    log_in(client, "old@munkeby.se")
+    assert "Munkeby" in client.get("/dashboard/?lang=en").get_data(as_text=True)
