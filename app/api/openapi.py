@@ -39,7 +39,11 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Newsletter consent API",
             "version": "1.0.0",
-            "description": "Consent status, sign-ups, opt-outs, contacts and evidence, for the CRM.",
+            "description": (
+                "Consent status, sign-ups, opt-outs, contacts and evidence, for the CRM. A token reaches the "
+                "people of its own notices only: any other notice is answered as an unknown one (422), and an "
+                "address another controller holds is answered as one never seen."
+            ),
         },
         "servers": [{"url": current_app.config["PUBLIC_URL"]}],
         "security": [{"bearer": []}],
