@@ -98,8 +98,8 @@ def outbox_run(once: bool) -> None:
             last["at"] = time.monotonic()
             try:
                 _checkpoint()
-            except OSError as exc:  # the jobs go on; the operator must see this
-                current_app.logger.error("ledger checkpoint could not be written: %s", exc)
+            except (OSError, ledger.AnchorError) as exc:  # the jobs go on; the operator must see this
+                current_app.logger.error("ledger checkpoint not written: %s", exc)
 
     outbox.run_forever(stop, every_pass=checkpoint_if_due)
     click.echo("outbox worker stopped", err=True)
@@ -129,36 +129,40 @@ def outbox_discard(job_ids: tuple[int, ...], everything: bool, actor: str) -> No
     click.echo(json.dumps({"discarded": outbox.discard_dead(None if everything else list(job_ids), actor)}))
 
 
-def _checkpoint_path() -> Path:
-    return Path(current_app.config["LEDGER_CHECKPOINT_FILE"])
-
-
-def _checkpoint() -> dict:  # type: ignore[type-arg]
-    record = ledger.write_checkpoint(db.session, _checkpoint_path(), current_app.config["SECRET_KEY"])
-    db.session.rollback()  # the read's transaction
-    # The log keeps every checkpoint too: a second copy outside the database.
-    current_app.logger.info("ledger checkpoint: event %s, hash %s", record["seq"], record["hash"])
-    return record
+def _checkpoint(create: bool = False) -> dict:  # type: ignore[type-arg]
+    """Move the signed checkpoint to the ledger's head (see ``ledger.renew_checkpoint``)."""
+    try:
+        return ledger.renew_checkpoint(db.session, create=create)
+    finally:
+        db.session.rollback()  # the reads' transaction
 
 
 @ledger_cli.command("verify")
-def ledger_verify() -> None:
-    """Check the whole evidence chain and the signed checkpoint; name the first broken event.
-
-    A chain that verifies moves the checkpoint to its head."""
-    result = ledger.verify(db.session)
+@click.option(
+    "--sign-head",
+    is_flag=True,
+    help="Once the chain and the checkpoint verify, sign the recorded head and write the checkpoint anew "
+    "(once after upgrading from a version that did not sign heads, or when the checkpoint file was lost).",
+)
+def ledger_verify(sign_head: bool) -> None:
+    """Check the whole evidence chain, the head's signature and the signed checkpoint; name the first
+    broken event. A chain that verifies moves the checkpoint to its head."""
+    result = ledger.sign_head(db.session) if sign_head else ledger.check(db.session)
     if not result.ok:
-        click.echo(f"BROKEN at event {result.broken_seq}: {result.reason} ({result.count} events verified before it)")
+        if result.broken_seq is None:
+            click.echo(f"BROKEN: {result.reason} ({result.count} events in the chain)", err=True)
+        else:
+            click.echo(
+                f"BROKEN at event {result.broken_seq}: {result.reason} ({result.count} events verified before it)",
+                err=True,
+            )
         sys.exit(1)
-    keys = [current_app.config["SECRET_KEY"], *current_app.config["SECRET_KEY_FALLBACKS"]]
-    problem = ledger.check_checkpoint(db.session, _checkpoint_path(), keys)
-    if problem:
-        click.echo(f"BROKEN: {problem} ({result.count} events in the chain)")
-        sys.exit(1)
+    if result.signed_now:
+        click.echo(f"signed the recorded head (event {result.count}) with this service's key", err=True)
     click.echo(f"ok: {result.count} events verified; head {result.head}")
     try:
-        _checkpoint()
-    except OSError as exc:
+        _checkpoint(create=sign_head)
+    except (OSError, ledger.AnchorError) as exc:
         click.echo(f"the checkpoint could not be written ({exc}); the chain itself verified", err=True)
         sys.exit(2)
 
@@ -166,7 +170,12 @@ def ledger_verify() -> None:
 @ledger_cli.command("checkpoint")
 def ledger_checkpoint() -> None:
     """Record the ledger's head, signed, in LEDGER_CHECKPOINT_FILE (the outbox worker does this too)."""
-    click.echo(json.dumps(_checkpoint()))
+    try:
+        record = _checkpoint()
+    except (OSError, ledger.AnchorError) as exc:
+        click.echo(f"the checkpoint was not written: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(record))
 
 
 def _address(email: str) -> str:

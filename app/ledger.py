@@ -9,24 +9,28 @@ digest unlinkable to any guessed address while the chain still verifies.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import multiprocessing
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from flask import current_app
 from sqlalchemy import Connection, bindparam, create_engine, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from .database import Prepared, UnitOfWork
+from .database import Prepared, UnitOfWork, unit_of_work
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
 
 if TYPE_CHECKING:
@@ -142,6 +146,12 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     holds the write lock), so concurrent writers queue and never fork the chain.
     The events are written with one multi-row insert, not as ORM objects: a
     purge or an import appends thousands at a time.
+
+    The new head is signed with the anchor key (see "the anchor" below), but only when
+    the head it extends carries this service's signature: otherwise the next sign-up
+    would vouch for a chain rewritten in the database. Such a head stays unsigned, and
+    ``ledger verify`` says so, until an operator has run ``ledger verify --sign-head``.
+    The chain's first events also write the first checkpoint, once committed.
     """
     if not items:
         return 0
@@ -149,6 +159,16 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     found = uow.run(_READ_HEAD)
     head = found[0] if found else None
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
+    first_seq = seq
+    key = anchor_key()
+    vouched = head is None or _head_is_signed(key, head.seq, head.hash, head.signature)
+    if not vouched and head.signature is not None:
+        # Logged once: the head written below is unsigned, and it is ``ledger verify`` that reports that.
+        current_app.logger.error(
+            "the ledger head (event %s) carries a signature this service did not make: the chain may have "
+            "been rewritten; new events stay unsigned until `ledger verify --sign-head`",
+            head.seq,
+        )
     events: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     now = utcnow()
@@ -178,28 +198,45 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
         events.append(event)
     uow.send_many(_INSERT_EVENTS, events)
     uow.send_many(_INSERT_DETAILS, details)
+    signature = _sign(key, _HEAD_SALT, seq, prev) if vouched else None
     if head is None:
-        uow.send(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev})
+        uow.send(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev, "signature": signature})
     else:
-        uow.send(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+        uow.send(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev, "new_signature": signature})
+    if first_seq == 0 and vouched:
+        # A checkpoint must exist whenever events do, with or without a worker; only the
+        # chain's start writes a file, every later append leaves that to the worker.
+        uow.after_commit(functools.partial(_checkpoint_first_events, checkpoint_path(), key, seq, prev))
     return seq
 
 
 # Every evidence write runs these, prepared once (see bench/README.md).
 _HEAD = LedgerHead.__table__
-_READ_HEAD = Prepared(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update())
+_READ_HEAD = Prepared(
+    select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID).with_for_update()
+)
 _MOVE_HEAD = Prepared(
-    update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+    update(_HEAD)
+    .where(_HEAD.c.id == HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), signature=bindparam("new_signature"))
 )
 _START_HEAD = Prepared(insert(_HEAD))
+_SIGN_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(signature=bindparam("new_signature")))
 _INSERT_EVENTS = Prepared(insert(ConsentEvent.__table__))
 _INSERT_DETAILS = Prepared(insert(EventDetail.__table__))
 
 
-def _recorded_head(session: Session) -> tuple[int, str]:
-    """The head row's seq and hash (the chain's start when there is none), read without a lock."""
-    head = session.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)).one_or_none()
-    return (head.seq, head.hash) if head is not None else (0, GENESIS)
+class Head(NamedTuple):
+    seq: int
+    hash: str
+    signature: str | None
+
+
+def _recorded_head(session: Session) -> Head:
+    """The head row (the chain's start when there is none), read without a lock."""
+    query = select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID)
+    head = session.execute(query).one_or_none()
+    return Head(head.seq, head.hash, head.signature) if head is not None else Head(0, GENESIS, None)
 
 
 @dataclass
@@ -209,6 +246,10 @@ class Verification:
     head: str
     broken_seq: int | None = None
     reason: str = ""
+    # ``check`` only: the event that the checkpoint outside the database vouches for, and when it was written.
+    checkpoint_seq: int | None = None
+    checkpoint_at: str | None = None
+    signed_now: bool = False  # ``sign_head`` signed the recorded head
 
 
 def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
@@ -275,26 +316,55 @@ PARALLEL_FROM = 200_000
 
 
 def verify(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
-    """Walk the whole chain; report the first event that does not fit.
+    """Walk the whole chain; report the first event that does not fit, or a recorded head
+    that this service did not sign (checked once, not per event).
 
     A long chain is cut into one range per core, each walked by a process of its
     own (hashing is CPU work); the seams are then checked here, range by range in
     chain order, so the answer is the one a single walk gives.
     """
+    head = _recorded_head(session)
+    result = _verify_chain(session, head, processes, parallel_from)
+    if result.ok and not _head_is_signed(anchor_key(), *head):
+        return replace(result, ok=False, reason=UNSIGNED_HEAD)
+    return result
+
+
+def _verify_chain(session: Session, head: Head, processes: int | None, parallel_from: int) -> Verification:
+    """The chain up to ``head`` (the head as read when the walk began: events appended
+    meanwhile are the next walk's), its link to ``head``, and nothing past it."""
     processes = processes or min(os.cpu_count() or 1, 4)
     url = session.get_bind().url
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-    head_seq, _ = _recorded_head(session)
-    if processes < 2 or head_seq < max(parallel_from, processes) or in_memory:
-        parts = [_walk(session.connection(), 1, None)]
+    if processes < 2 or head.seq < max(parallel_from, processes) or in_memory:
+        parts = [_walk(session.connection(), 1, head.seq)]
     else:
-        size = head_seq // processes
+        size = head.seq // processes
         starts = [1 + i * size for i in range(processes)]
-        ends: list[int | None] = [start - 1 for start in starts[1:]] + [None]  # the last range is open
+        ends = [start - 1 for start in starts[1:]] + [head.seq]
         address = url.render_as_string(hide_password=False)
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_walk_range, [address] * processes, starts, ends))
-    prev_hash, count = GENESIS, 0
+    result = _join(parts, 0, GENESIS)
+    if not result.ok:
+        return result
+    count, prev_hash = result.count, result.head
+    if count != head.seq:
+        reason = f"the recorded head is event {head.seq}, but the chain ends at event {count}"
+        return Verification(False, count, prev_hash, count + 1, reason)
+    if prev_hash != head.hash:
+        return Verification(False, count, prev_hash, None, f"the recorded head's hash is not that of event {count}")
+    following = session.execute(_NEXT_SEQ, {"low": head.seq}).scalar()
+    # An append commits its events and its head together: an event past the head that the
+    # head, read again now, has not reached was put there behind the service's back.
+    if following is not None and _recorded_head(session).seq < following:
+        reason = f"the chain goes on past the recorded head (event {head.seq}): event {following} follows it"
+        return Verification(False, count, prev_hash, following, reason)
+    return result
+
+
+def _join(parts: list[_Part], count: int, prev_hash: str) -> Verification:
+    """The walked ranges joined in chain order after ``count`` events ending in ``prev_hash``."""
     for part in parts:
         if part.count == 0 and part.problem is None:
             continue  # a range with no events: the next one's first event shows the gap
@@ -307,10 +377,6 @@ def verify(session: Session, processes: int | None = None, parallel_from: int = 
             seq, reason, before, hash_before = part.problem
             return Verification(False, count + before, hash_before or prev_hash, seq, reason)
         prev_hash, count = part.last_hash, count + part.count
-    head_seq, head_hash = _recorded_head(session)
-    if head_seq != count or head_hash != prev_hash:
-        reason = f"the recorded head is event {head_seq}, but the chain ends at event {count}"
-        return Verification(False, count, prev_hash, count + 1 if head_seq > count else None, reason)
     return Verification(True, count, prev_hash)
 
 
@@ -363,53 +429,234 @@ def _walk_range(address: str, first: int, last: int | None) -> _Part:
         engine.dispose()
 
 
-# --- checkpoints: the head, signed and kept outside the database ---------------
+# --- the anchor: the head signed with a key the database does not hold ----------
 #
-# An attacker with write access to the database can cut the chain's tail and move the
-# recorded head back with it; the chain still verifies. A checkpoint file, signed with
-# the service's key and kept where the database's users cannot write, remembers an event
-# the chain must still hold: cutting below it is found.
+# Whoever can write to the database can rewrite an event, recompute every later hash and
+# move the recorded head to the new tip: the chain alone verifies again. So every head is
+# signed (HMAC-SHA256) with a key that lives outside the database, and a head without this
+# service's signature fails ``ledger verify``. What a copied signature still allows is a
+# rollback: cutting the tail and restoring an older head together with its signature. The
+# checkpoint file, signed with the same key and kept where the database's users cannot
+# write, remembers an event the chain must still hold, so a rollback below it is found
+# too; one to a state after the last checkpoint is not (SECURITY.md).
+#
+# The key is derived from SUPPRESSION_PEPPER, not SECRET_KEY: SECRET_KEY is rotated, and
+# a rotation would leave every signed head unverifiable; the pepper never is (a new pepper
+# would orphan every suppression entry as well).
 
+_ANCHOR_LABEL = b"newsletter-consent/ledger-anchor/v1"
+_HEAD_SALT = "newsletter-consent/ledger-head/v1"
 _CHECKPOINT_SALT = "newsletter-consent/ledger-checkpoint/v1"
+_SIGN_HEAD_HINT = "`flask --app wsgi ledger verify --sign-head`"
+
+UNSIGNED_HEAD = (
+    "the recorded head is not signed with this service's key: the chain may have been rewritten "
+    f"(a database upgraded from before heads were signed needs {_SIGN_HEAD_HINT} once)"
+)
 
 
-def _checkpoint_signature(key: str, seq: int, head_hash: str) -> str:
-    message = f"{_CHECKPOINT_SALT}\n{seq}\n{head_hash}".encode()
-    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+class AnchorError(Exception):
+    """The checkpoint cannot be moved: the message says why, for the operator."""
 
 
-def write_checkpoint(session: Session, path: Path, key: str) -> dict[str, Any]:
-    """Record the current head in ``path`` (atomically); answers what was written."""
-    seq, head_hash = _recorded_head(session)
+@functools.lru_cache(maxsize=8)
+def _derived_key(pepper: str) -> bytes:
+    return hmac.digest(pepper.encode("utf-8"), _ANCHOR_LABEL, "sha256")
+
+
+def anchor_key() -> bytes:
+    """The key that signs heads and checkpoints, from the running app's SUPPRESSION_PEPPER."""
+    return _derived_key(current_app.config["SUPPRESSION_PEPPER"])
+
+
+def _sign(key: bytes, salt: str, seq: int, head_hash: str) -> str:
+    return hmac.new(key, f"{salt}\n{seq}\n{head_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+def _same(expected: str, given: str) -> bool:
+    # As bytes: ``compare_digest`` refuses a str with non-ASCII characters, which a forger may write.
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+
+
+def _head_is_signed(key: bytes, seq: int, head_hash: str, signature: str | None) -> bool:
+    if seq == 0:
+        return head_hash == GENESIS  # no event yet: nothing to vouch for
+    return signature is not None and _same(_sign(key, _HEAD_SALT, seq, head_hash), signature)
+
+
+def checkpoint_path() -> Path:
+    return Path(current_app.config["LEDGER_CHECKPOINT_FILE"])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    hash: str
+    at: str
+    signature: str
+
+
+def _read_checkpoint(path: Path) -> Checkpoint | None:
+    """The checkpoint in ``path``, None if there is no file; AnchorError if it cannot be read."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return Checkpoint(int(record["seq"]), str(record["hash"]), str(record.get("at")), str(record["signature"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AnchorError(f"the checkpoint file {path} cannot be read ({type(exc).__name__})") from exc
+
+
+def _checkpoint_problem(session: Session, path: Path, checkpoint: Checkpoint) -> str | None:
+    """Why the chain does not hold the checkpointed event, or None if it does."""
+    message = f"{_CHECKPOINT_SALT}\n{checkpoint.seq}\n{checkpoint.hash}".encode()
+    # Checkpoints written before the anchor key were signed with SECRET_KEY (or a fallback).
+    config = current_app.config
+    earlier = [key.encode("utf-8") for key in (config["SECRET_KEY"], *config["SECRET_KEY_FALLBACKS"])]
+    if not any(
+        _same(hmac.new(key, message, hashlib.sha256).hexdigest(), checkpoint.signature)
+        for key in (anchor_key(), *earlier)
+    ):
+        return f"the checkpoint file {path} is not signed with this service's key"
+    if checkpoint.seq == 0:
+        return None
+    found = session.execute(select(ConsentEvent.hash).where(ConsentEvent.seq == checkpoint.seq)).scalar_one_or_none()
+    if found is None:
+        return f"the chain no longer holds event {checkpoint.seq}, which the checkpoint of {checkpoint.at} recorded"
+    if found != checkpoint.hash:
+        return f"event {checkpoint.seq} is not the one the checkpoint of {checkpoint.at} recorded"
+    return None
+
+
+def _no_checkpoint(path: Path, count: int) -> str:
+    return (
+        f"there is no checkpoint file at {path}, but the ledger holds {count} events: nothing outside the "
+        f"database vouches for them (if the file was lost, not removed to hide a rewrite, {_SIGN_HEAD_HINT} "
+        "writes a new one)"
+    )
+
+
+def check(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+    """``verify``, and the checkpoint outside the database: it must exist once there are events,
+    be signed with this service's key, and name an event the chain still holds. What ``ledger
+    verify`` and the dashboard's consent certificate report."""
+    result = verify(session, processes, parallel_from)
+    if not result.ok:
+        return result
+    path = checkpoint_path()
+    try:
+        checkpoint = _read_checkpoint(path)
+    except AnchorError as exc:
+        return replace(result, ok=False, reason=str(exc))
+    if checkpoint is None:
+        return replace(result, ok=False, reason=_no_checkpoint(path, result.count)) if result.count else result
+    problem = _checkpoint_problem(session, path, checkpoint)
+    if problem:
+        return replace(result, ok=False, reason=problem)
+    return replace(result, checkpoint_seq=checkpoint.seq, checkpoint_at=checkpoint.at)
+
+
+def sign_head(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+    """Sign the recorded head once the whole chain verifies and the checkpoint, where there is
+    one, is still held; for a database upgraded from before heads were signed, or a head left
+    unsigned after a rewrite was found and dealt with. The caller then writes the checkpoint
+    (``renew_checkpoint(create=True)``)."""
+    result = _verify_chain(session, _recorded_head(session), processes, parallel_from)
+    if not result.ok:
+        return result
+    path = checkpoint_path()
+    try:
+        checkpoint = _read_checkpoint(path)
+    except AnchorError as exc:
+        return replace(result, ok=False, reason=str(exc))
+    problem = _checkpoint_problem(session, path, checkpoint) if checkpoint is not None else None
+    if problem:
+        return replace(result, ok=False, reason=problem)
+    key = anchor_key()
+    with unit_of_work() as uow:
+        found = uow.run(_READ_HEAD)  # locked: no append moves the head while it is signed
+        if not found:
+            return result  # no head row and (the walk says) no events: nothing to sign
+        head = found[0]
+        if head.seq != result.count:  # events appended during the walk: check them too
+            result = _join([_walk(uow.conn, result.count + 1, head.seq)], result.count, result.head)
+            if not result.ok:
+                return result
+        if (result.count, result.head) != (head.seq, head.hash):
+            reason = f"the recorded head is event {head.seq}, but the chain ends at event {result.count}"
+            return replace(result, ok=False, reason=reason)
+        if not _head_is_signed(key, *head):
+            uow.send(_SIGN_HEAD, {"new_signature": _sign(key, _HEAD_SALT, head.seq, head.hash)})
+            result = replace(result, signed_now=True)
+    return replace(result, checkpoint_seq=checkpoint.seq if checkpoint else None)
+
+
+def renew_checkpoint(session: Session, create: bool = False) -> dict[str, Any]:
+    """Move the checkpoint to the recorded head and answer what was written (the worker, ``ledger
+    checkpoint``, a ``ledger verify`` that passed). It is never moved to a head this service did
+    not sign, nor away from an event the chain no longer holds: that would erase the evidence of
+    a rollback. Nor is a missing one made for events that exist, unless ``create`` (an operator
+    who has just verified the chain: ``ledger verify --sign-head``). AnchorError says why not."""
+    path, key = checkpoint_path(), anchor_key()
+    head = _recorded_head(session)
+    if not _head_is_signed(key, *head):
+        raise AnchorError(UNSIGNED_HEAD)
+    checkpoint = _read_checkpoint(path)
+    if checkpoint is None and head.seq > 0 and not create:
+        raise AnchorError(_no_checkpoint(path, head.seq))
+    if checkpoint is not None:
+        problem = _checkpoint_problem(session, path, checkpoint)
+        if problem:
+            raise AnchorError(problem)
+        if checkpoint.seq > head.seq:
+            raise AnchorError(f"the recorded head (event {head.seq}) is behind the checkpoint (event {checkpoint.seq})")
+    return _write_checkpoint(path, key, head.seq, head.hash)
+
+
+def _checkpoint_first_events(path: Path, key: bytes, seq: int, head_hash: str) -> None:
+    """Once the chain's first events are committed: the first checkpoint. A checkpoint of a
+    later event already there is left alone (the chain starting afresh under it is what
+    ``ledger verify`` must then report), and so is a file this service cannot read."""
+    try:
+        existing = _read_checkpoint(path)
+        if existing is None or existing.seq == 0:
+            _write_checkpoint(path, key, seq, head_hash)
+        else:
+            current_app.logger.warning(
+                "the ledger starts afresh but %s holds a checkpoint of event %s; left for `ledger verify`",
+                path,
+                existing.seq,
+            )
+    except (OSError, AnchorError) as exc:  # the events are committed; the operator must see this
+        current_app.logger.error("the ledger's first checkpoint could not be written to %s: %s", path, exc)
+
+
+def _write_checkpoint(path: Path, key: bytes, seq: int, head_hash: str) -> dict[str, Any]:
     record = {
         "seq": seq,
         "hash": head_hash,
         "at": utcnow().isoformat(timespec="seconds") + "Z",
-        "signature": _checkpoint_signature(key, seq, head_hash),
+        "signature": _sign(key, _CHECKPOINT_SALT, seq, head_hash),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    _replace_file(path, json.dumps(record) + "\n")
+    # The log keeps every checkpoint too: a second copy outside the database.
+    current_app.logger.info("ledger checkpoint: event %s, hash %s", seq, head_hash)
     return record
 
 
-def check_checkpoint(session: Session, path: Path, keys: list[str]) -> str | None:
-    """Why the chain does not hold the checkpointed event, or None if it does (or there is none)."""
-    if not path.exists():
-        return None
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` atomically, readable by its owner only (and a folder made for it likewise)."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A name of its own per writer: the worker, ``ledger verify`` and a first append may write at once.
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")  # mode 0600
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        seq, head_hash, signature = int(record["seq"]), str(record["hash"]), str(record["signature"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"the checkpoint file {path} cannot be read"
-    if not any(hmac.compare_digest(_checkpoint_signature(key, seq, head_hash), signature) for key in keys):
-        return f"the checkpoint file {path} is not signed with this service's key"
-    if seq == 0:
-        return None
-    found = session.execute(select(ConsentEvent.hash).where(ConsentEvent.seq == seq)).scalar_one_or_none()
-    if found is None:
-        return f"the chain no longer holds event {seq}, which the checkpoint of {record.get('at')} recorded"
-    if found != head_hash:
-        return f"event {seq} is not the one the checkpoint of {record.get('at')} recorded"
-    return None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
