@@ -22,8 +22,24 @@ CSP = "; ".join(
 )
 
 
-# The one form that takes a large file: the dashboard's contact import (login required).
+# The one form that takes a large file: the dashboard's contact import.
 LARGE_BODY_ENDPOINTS = frozenset({"dashboard.import_upload"})
+
+
+def _may_send_large_body(app: Flask) -> bool:
+    """Whether this request may carry IMPORT_MAX_BYTES: on the import route, and only from a
+    logged-in user with the role that route requires (its ``requires`` decorator), so a
+    stranger's body is never read past MAX_CONTENT_LENGTH. Reads the session, not the body."""
+    if request.endpoint not in LARGE_BODY_ENDPOINTS:
+        return False
+    from flask_login import current_user
+
+    from .dashboard.auth import ROLE_RANK
+
+    required = getattr(app.view_functions[request.endpoint], "required_role", None)
+    if required is None or not current_user.is_authenticated:
+        return False
+    return ROLE_RANK.get(current_user.role, -1) >= ROLE_RANK[required]
 
 
 def register_body_limit(app: Flask) -> None:
@@ -31,15 +47,30 @@ def register_body_limit(app: Flask) -> None:
 
     Werkzeug enforces MAX_CONTENT_LENGTH only when the body is read; checking
     the declared length first means no token check or rate-limit count happens.
+    The import's larger limit is for a marketer or admin only: anyone else's body
+    stops at MAX_CONTENT_LENGTH, also when it comes chunked with no length declared
+    (it is then read raw, up to the limit, before any form parser sees it).
     """
 
     @app.before_request
     def _too_large() -> None:
+        if _may_send_large_body(app):
+            request.max_content_length = app.config["IMPORT_MAX_BYTES"]
+            if request.content_length is not None and request.content_length > request.max_content_length:
+                abort(413)
+            return
         limit = app.config["MAX_CONTENT_LENGTH"]
-        if request.endpoint in LARGE_BODY_ENDPOINTS:
-            limit = request.max_content_length = app.config["IMPORT_MAX_BYTES"]
-        if request.content_length is not None and request.content_length > limit:
-            abort(413)
+        if request.content_length is not None:
+            if request.content_length > limit:
+                abort(413)
+        elif request.environ.get("wsgi.input_terminated"):
+            # A chunked body declares no length: read it raw now, so no form parser spools any
+            # of a body too large. Werkzeug's read-all stops quietly at the limit, so one byte
+            # more is allowed to show whether the body goes past it.
+            request.max_content_length = limit + 1
+            if len(request.get_data(cache=True, parse_form_data=False)) > limit:
+                abort(413)
+            request.max_content_length = limit
 
 
 def _holds_nul(value: object) -> bool:
