@@ -89,6 +89,12 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
+# Routes whose body is authenticated as the bytes received (a webhook signature): they take
+# no multipart body, and refuse one before anything parses it (app/webhooks/routes.py), so
+# the guard below must not parse it first.
+RAW_BODY_BLUEPRINTS = frozenset({"webhooks"})
+
+
 def register_input_guard(app: Flask) -> None:
     """Refuse a NUL character in any path part, query, form or JSON value with a 400.
 
@@ -106,7 +112,7 @@ def register_input_guard(app: Flask) -> None:
             # Keep the raw body readable (a webhook signature covers it); bodies are small here.
             if _may_hold_nul(request.get_data(cache=True, parse_form_data=False)):
                 abort(400)
-        elif request.mimetype == "multipart/form-data":
+        elif request.mimetype == "multipart/form-data" and request.blueprint not in RAW_BODY_BLUEPRINTS:
             if _holds_nul([*request.form.keys(), *request.form.values()]):
                 abort(400)
         if request.is_json:

@@ -1,12 +1,17 @@
-"""What a stranger can send: the contact import's large body only after login, as a marketer or admin."""
+"""What a stranger can send and what a webhook signature covers: the large import body only after
+login, and signatures over the bytes received (no multipart body, parsed or not)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
@@ -14,9 +19,9 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app.extensions import db
-from app.models import ContactImport
+from app.models import ConsentEvent, ContactImport, OutboxJob, Subscription, Suppression
 
-from .support import Service, free_port
+from .support import Service, free_port, subscribe_and_confirm
 from .test_dashboard import create_user, form_token, log_in
 
 MB = 1024 * 1024
@@ -168,3 +173,116 @@ def test_a_strangers_chunked_upload_is_cut_off_at_one_megabyte_under_gunicorn(ap
     assert head.startswith(b"HTTP/1.1 413"), head
     assert sent < 4 * MB  # the answer came long before the 20 MB were through
     assert stored_imports(app) == (0, [])
+
+
+# --- 2. A webhook signature covers the bytes received; multipart is refused unparsed ----------
+
+WEBHOOK_SECRET = "review-hook-" + "w" * 24  # both webhooks', so a walk with it passes the secret check
+SIGNING = "mc-sign-" + "s" * 24
+MAILCHIMP_HOOK = f"/webhooks/mailchimp/{WEBHOOK_SECRET}"
+APSIS_HOOK = f"/webhooks/apsis/{WEBHOOK_SECRET}"
+
+
+@pytest.fixture
+def app_env(app_env: dict[str, str]) -> dict[str, str]:
+    return {**app_env, "MAILCHIMP_WEBHOOK_SECRET": WEBHOOK_SECRET, "APSIS_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
+def state(app) -> tuple:  # type: ignore[no-untyped-def]
+    """Every row a delivery could change, as one comparable value."""
+    with app.app_context():
+        found = tuple(
+            tuple(tuple(row) for row in db.session.execute(select(*model.__table__.c)).all())
+            for model in (Subscription, Suppression, ConsentEvent, OutboxJob)
+        )
+        db.session.remove()
+    return found
+
+
+def unsubscribe_fields(email: str) -> list[tuple[str, str]]:
+    """A Mailchimp unsubscribe delivery's fields, in the order Mailchimp sends them."""
+    return [
+        ("type", "unsubscribe"),
+        ("fired_at", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 1))),
+        ("data[list_id]", "munkeby0001"),
+        ("data[email]", email),
+        ("data[reason]", "manual"),
+    ]
+
+
+def multipart(fields: list[tuple[str, str]]) -> tuple[str, bytes]:
+    boundary, body = encode_multipart(dict(fields))
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+@pytest.mark.parametrize("route", ["mailchimp", "apsis"])
+def test_a_multipart_delivery_is_refused_before_anything_parses_it(app, client, mailbox, route):
+    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
+    before = state(app)
+    if route == "mailchimp":
+        path, fields = MAILCHIMP_HOOK, unsubscribe_fields("anna@example.com")
+    else:
+        path, fields = APSIS_HOOK, [("type", "unsubscribe"), ("email", "bo@example.com")]
+    content_type, body = multipart(fields)
+    answer = client.post(path, data=body, content_type=content_type)
+    assert answer.status_code == 415 and "multipart" in answer.json["message"]
+    # Had the input guard parsed the form first, a NUL in a field would be its 400.
+    content_type, body = multipart([*fields, ("note", "a\x00b")])
+    assert client.post(path, data=body, content_type=content_type).status_code == 415
+    assert state(app) == before  # still subscribed: no event, no job, no suppression
+    # The same fields as a urlencoded form are applied: the refusal is about the encoding only.
+    answer = client.post(path, data=urlencode(fields), content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 200 and answer.json == {"status": "applied"}
+
+
+def signature(body: bytes) -> str:
+    stamp = int(time.time())
+    digest = hmac.new(SIGNING.encode(), str(stamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
+
+
+def post_signed(client, body: bytes, content_type: str, header: str):  # type: ignore[no-untyped-def]
+    return client.post(MAILCHIMP_HOOK, data=body, content_type=content_type, headers={"X-Mailchimp-Signature": header})
+
+
+class TestSignedMailchimpDeliveries:
+    @pytest.fixture
+    def app_env(self, app_env: dict[str, str]) -> dict[str, str]:
+        return {**app_env, "MAILCHIMP_WEBHOOK_SIGNING_SECRET": SIGNING}
+
+    @pytest.mark.parametrize("signed_over", ["the multipart bytes", "an empty body"])
+    def test_a_signed_multipart_delivery_is_refused_and_changes_nothing(self, app, client, mailbox, signed_over):
+        subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+        before = state(app)
+        content_type, body = multipart(unsubscribe_fields("anna@example.com"))
+        # Over the bytes sent, or over what a form parser that has read them all leaves behind.
+        header = signature(body if signed_over == "the multipart bytes" else b"")
+        answer = post_signed(client, body, content_type, header)
+        assert answer.status_code == 415 and "multipart" in answer.json["message"]
+        assert state(app) == before  # Anna is still subscribed
+
+    @pytest.mark.parametrize(
+        "reencode",
+        [
+            lambda fields: urlencode(list(reversed(fields))),
+            lambda fields: urlencode(fields).replace("%5B", "%5b").replace("%5D", "%5d"),
+            lambda fields: urlencode(fields).replace("%40", "@"),
+            lambda fields: urlencode(fields).replace("+", "%20"),
+        ],
+        ids=["field order", "lower-case hex", "unencoded @", "space as %20"],
+    )
+    def test_a_body_whose_bytes_differ_from_the_signed_ones_is_refused(self, app, client, mailbox, reencode):
+        subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+        fields = unsubscribe_fields("anna@example.com")
+        signed_body = urlencode(fields).encode()
+        header = signature(signed_body)
+        other = reencode(fields).encode()
+        assert other != signed_body  # the same form, other bytes
+        before = state(app)
+        answer = post_signed(client, other, "application/x-www-form-urlencoded", header)
+        assert answer.status_code == 401 and answer.json["message"] == "signature does not match"
+        assert state(app) == before
+        # The bytes that were signed, with the same header, are applied.
+        answer = post_signed(client, signed_body, "application/x-www-form-urlencoded", header)
+        assert answer.status_code == 200 and answer.json == {"status": "applied"}

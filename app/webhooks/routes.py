@@ -90,6 +90,28 @@ def _bad(message: str) -> Response:
     return response
 
 
+@bp.before_request
+def _refuse_multipart() -> Response | None:
+    """A multipart body is refused before anything parses it.
+
+    Neither provider sends one (Mailchimp posts a urlencoded form, an APSIS flow query
+    parameters or JSON), and a signature covers the bytes received: a parsed multipart form
+    has consumed them, so what was checked and what was read could differ. The input guard
+    (app/security.py) leaves these bodies unparsed so this answer comes first.
+    """
+    if request.mimetype.startswith("multipart/"):
+        response = jsonify(
+            {
+                "error": "unsupported_media_type",
+                "message": "multipart bodies are not accepted here: send application/x-www-form-urlencoded "
+                "(or, for APSIS, JSON or query parameters)",
+            }
+        )
+        response.status_code = 415
+        return response
+    return None
+
+
 def _verify_mailchimp_signature() -> str | None:
     """None when the signature holds (or none is configured); else why not."""
     secret = current_app.config.get("MAILCHIMP_WEBHOOK_SIGNING_SECRET")
@@ -102,7 +124,9 @@ def _verify_mailchimp_signature() -> str | None:
         return "missing or malformed X-Mailchimp-Signature"
     if abs(time.time() - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
         return "signature timestamp is too old or in the future"
-    signed = stamp.encode() + b"." + request.get_data(cache=True)
+    # The bytes as received: nothing has parsed the body yet (multipart never gets here), and
+    # the form is later parsed from these same cached bytes.
+    signed = stamp.encode() + b"." + request.get_data(cache=True, parse_form_data=False)
     expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected.encode(), given.lower().encode()):
         return "signature does not match"
