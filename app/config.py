@@ -70,6 +70,45 @@ def _kept_secret(instance: Path, filename: str) -> str:
     return value
 
 
+# A key an operator types (a word, a date) is guessable offline from any signed link or
+# suppression hash; 32 bytes is what `openssl rand -hex 16` or `secrets.token_urlsafe(24)`
+# gives at least, and what the generated keys exceed.
+MIN_KEY_BYTES = 32
+
+
+def _check_key_lengths(secret_key: str, pepper: str, fallbacks: list[str]) -> None:
+    for name, value in (("SECRET_KEY", secret_key), ("SUPPRESSION_PEPPER", pepper)):
+        if len(value.encode()) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"{name} must be at least {MIN_KEY_BYTES} bytes in production (it is {len(value.encode())}); "
+                "generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+    for position, value in enumerate(fallbacks, 1):
+        if len(value.encode()) < MIN_KEY_BYTES:
+            # Accepted: refusing it would break every link mailed under it (unsubscribe links
+            # never expire), and rotating away from a short key is what the fallback is for.
+            log.warning(
+                "SECRET_KEY_FALLBACKS entry %d is shorter than %d bytes: drop it once the links it signed "
+                "have had their time",
+                position,
+                MIN_KEY_BYTES,
+            )
+
+
+def _private_folder(path: Path) -> None:
+    """Create ``path`` readable by the service's user only (0700): it holds the SQLite
+    database, the generated keys, written mail and uploads. An existing folder is left
+    as its owner made it, with a warning if others may look inside."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("the instance folder %s is open to other users (mode %o); chmod 700 it", path, mode)
+    else:
+        path.chmod(0o700)  # mkdir's mode passes through the umask; this is exact
+
+
 MAX_PUBLIC_URL = 200
 
 
@@ -98,7 +137,7 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     production = app_env == "production"
 
     instance = Path(env.get("INSTANCE_PATH") or REPO_ROOT / "instance").resolve()
-    instance.mkdir(parents=True, exist_ok=True)
+    _private_folder(instance)
 
     missing = [name for name in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER") if not env.get(name)]
     if production and missing:
@@ -109,6 +148,8 @@ def load_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     if pepper == secret_key:
         raise ConfigError("SUPPRESSION_PEPPER must differ from SECRET_KEY")
     fallbacks = [k.strip() for k in env.get("SECRET_KEY_FALLBACKS", "").split(",") if k.strip()]
+    if production:
+        _check_key_lengths(secret_key, pepper, fallbacks)
 
     database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'consent.sqlite3'}"
     if database_url.startswith("postgres://"):

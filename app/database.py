@@ -9,6 +9,7 @@ content, so an erased address does not linger in free pages.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections import namedtuple
@@ -25,6 +26,24 @@ from sqlalchemy.sql.dml import Insert
 from .extensions import db
 
 _IMMEDIATE = "immediate_transaction"
+
+
+@event.listens_for(Engine, "do_connect")
+def _private_sqlite_file(dialect, _record, cargs, cparams) -> None:  # type: ignore[no-untyped-def]
+    """Create the SQLite database file readable by its owner only (0600) before SQLite opens it.
+
+    SQLite makes a new database file with the process umask (often 0644), and gives its -wal
+    and -shm files the database file's mode; the file holds every address, so it is made first.
+    """
+    if dialect.name != "sqlite" or cparams.get("uri") or not cargs:
+        return  # a "file:" URI names its own options; leave it to whoever wrote it
+    path = str(cargs[0])
+    if path in ("", ":memory:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
 
 
 @event.listens_for(Engine, "connect")

@@ -14,6 +14,7 @@ remove them as well.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import smtplib
 import ssl
@@ -226,10 +227,13 @@ class FolderTransport:
         self.directory = Path(directory)
 
     def send(self, composed: Composed) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # A mail holds the address and live links: readable by the service's user only.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         msgid = composed.message["Message-ID"].strip("<>").split("@")[0]
         path = self.directory / f"{composed.email_hash[:16]}-{msgid}-{composed.kind}.eml"
-        path.write_bytes(composed.as_sent())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(composed.as_sent())
         # The links carry tokens, never the address; logging them lets a
         # developer follow a sign-up without a mail server.
         log.info("mail written to %s; links: %s", path.name, composed.links)

@@ -1,13 +1,18 @@
-"""What a stranger can send and what a webhook signature covers: the large import body only after
-login, and signatures over the bytes received (no multipart body, parsed or not)."""
+"""What a stranger can send, what a webhook signature covers and what the files on disk let other
+users read: the large import body only after login, signatures over the bytes received, keys long
+enough and files private."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import io
+import logging
+import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +23,12 @@ from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
+from app import create_app
+from app.config import ConfigError, load_settings
 from app.extensions import db
 from app.models import ConsentEvent, ContactImport, OutboxJob, Subscription, Suppression
 
-from .support import Service, free_port, subscribe_and_confirm
+from .support import PUBLIC_URL, REPO, Mailbox, Service, free_port, link_in, sign_up, subscribe_and_confirm
 from .test_dashboard import create_user, form_token, log_in
 
 MB = 1024 * 1024
@@ -286,3 +293,91 @@ class TestSignedMailchimpDeliveries:
         # The bytes that were signed, with the same header, are applied.
         answer = post_signed(client, signed_body, "application/x-www-form-urlencoded", header)
         assert answer.status_code == 200 and answer.json == {"status": "applied"}
+
+
+# --- 3. Keys long enough outside development; files readable by the service only -------------
+
+PRODUCTION = {"APP_ENV": "production", "PUBLIC_URL": "https://news.example.org"}
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "SUPPRESSION_PEPPER"])
+def test_production_refuses_a_key_shorter_than_32_bytes(tmp_path, name):
+    env = {**PRODUCTION, "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k" * 32, "SUPPRESSION_PEPPER": "p" * 32}
+    load_settings(env)  # 32 bytes are enough
+    env[name] = "x" * 31
+    with pytest.raises(ConfigError, match=rf"{name} must be at least 32 bytes in production \(it is 31\)"):
+        load_settings(env)
+    env[name] = "å" * 15  # 15 characters, 30 bytes
+    with pytest.raises(ConfigError, match=name):
+        load_settings(env)
+    # Development and tests keep working with whatever key a developer set.
+    load_settings({**env, "APP_ENV": "development"})
+
+
+def test_a_short_key_stops_the_service_with_a_clear_message(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    env.update(PRODUCTION, INSTANCE_PATH=str(tmp_path), SECRET_KEY="changeme", SUPPRESSION_PEPPER="p" * 40)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "status"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY must be at least 32 bytes in production (it is 8)" in result.stderr
+
+
+def test_a_short_fallback_key_is_accepted_with_a_warning(tmp_path, caplog):
+    """Refusing it would break every link it signed; the operator is told to drop it later."""
+    env = {**PRODUCTION, "INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k" * 40, "SUPPRESSION_PEPPER": "p" * 40}
+    with caplog.at_level(logging.WARNING, logger="app.config"):
+        settings = load_settings({**env, "SECRET_KEY_FALLBACKS": "o" * 40 + ",old-short-key"})
+    assert settings["SECRET_KEY_FALLBACKS"] == ["o" * 40, "old-short-key"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "SECRET_KEY_FALLBACKS entry 2 is shorter than 32 bytes: drop it once the links it signed have had their time"
+    ]
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The common default umask, under which a file made without a mode is readable by all."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_the_database_keys_and_mail_are_readable_by_the_service_only(tmp_path, loose_umask):
+    instance = tmp_path / "fresh" / "instance"  # not there yet: the service makes it
+    env = {"APP_ENV": "testing", "INSTANCE_PATH": str(instance), "PUBLIC_URL": PUBLIC_URL, "PATH": os.environ["PATH"]}
+    app = create_app(env=env)  # the embedded default: SQLite in the instance folder, mail to instance/mail
+    try:
+        client = app.test_client()
+        assert sign_up(client, "munkeby", "anna@example.com", "Anna").status_code == 303
+        database = instance / "consent.sqlite3"
+        assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"
+        [confirmation] = Mailbox(instance / "mail").messages()
+        assert confirmation["To"] == "anna@example.com" and link_in(confirmation, "confirm")
+        mails = sorted((instance / "mail").glob("*.eml"))
+        found = {
+            "instance": mode(instance),
+            "database": mode(database),
+            "database -wal": mode(Path(f"{database}-wal")),  # open while the pool holds a connection
+            "database -shm": mode(Path(f"{database}-shm")),
+            "secret_key": mode(instance / "secret_key"),
+            "suppression_pepper": mode(instance / "suppression_pepper"),
+            "mail folder": mode(instance / "mail"),
+            **{f"mail {p.name}": mode(p) for p in mails},
+        }
+        expected = {name: 0o700 if name in ("instance", "mail folder") else 0o600 for name in found}
+        assert found == expected
+    finally:
+        app.extensions["after_response"].wait_idle(timeout=60)
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
