@@ -371,6 +371,7 @@ _FORGET_FINISHED = Prepared(
         _JOBS.subscription_ref == bindparam("ref"),
         or_(_JOBS.state == "done", _JOBS.state == "discarded"),
         _JOBS.last_error.is_not(None),
+        _JOBS.last_error != "cancelled",
     )
     .values(last_error=None)
 )
