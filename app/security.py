@@ -130,9 +130,26 @@ def _may_hold_nul(raw: bytes) -> bool:
     return b"%00" in raw or b"\x00" in raw
 
 
+# Where answers hold personal data or carry a token in their URL: staff pages, the API,
+# the subscriber's own pages and the providers' webhooks. Matched on the path, not the
+# endpoint, so a 404, a refusal or a redirect under these prefixes is covered too.
+NO_STORE_PREFIXES = ("/dashboard", "/api/v1", "/manage", "/unsubscribe", "/confirm", "/webhooks")
+# The API's description is public and the same for everyone: caches may keep it.
+NO_STORE_EXEMPT = frozenset({"/api/v1/openapi.json"})
+
+
+def _holds_personal_data(path: str) -> bool:
+    if path in NO_STORE_EXEMPT:
+        return False
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in NO_STORE_PREFIXES)
+
+
 def register_security_headers(app: Flask) -> None:
     @app.after_request
     def _headers(response: Response) -> Response:
+        if _holds_personal_data(request.path):
+            # Whatever the view set: no browser or shared cache keeps these answers.
+            response.headers["Cache-Control"] = "no-store"
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

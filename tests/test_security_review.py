@@ -1,14 +1,17 @@
-"""What a stranger can send, what a webhook signature covers and what the files on disk let other
-users read: the large import body only after login, signatures over the bytes received, keys long
-enough and files private."""
+"""What a stranger can send, what a webhook signature covers, what the files on disk let other
+users read, and what a cache may keep: the large import body only after login, signatures over
+the bytes received, keys long enough and files private, and ``no-store`` on every answer that
+holds personal data."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import io
+import itertools
 import logging
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -21,6 +24,8 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import AnyConverter, IntegerConverter
 from werkzeug.test import encode_multipart
 
 from app import create_app
@@ -29,6 +34,7 @@ from app.extensions import db
 from app.models import ConsentEvent, ContactImport, OutboxJob, Subscription, Suppression
 
 from .support import PUBLIC_URL, REPO, Mailbox, Service, free_port, link_in, sign_up, subscribe_and_confirm
+from .test_api import make_token
 from .test_dashboard import create_user, form_token, log_in
 
 MB = 1024 * 1024
@@ -381,3 +387,72 @@ def test_the_database_keys_and_mail_are_readable_by_the_service_only(tmp_path, l
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+# --- 4. No cache keeps an answer that holds personal data --------------------------------------
+
+NO_STORE_PREFIXES = ("/dashboard", "/api/v1", "/manage/", "/unsubscribe/", "/confirm/", "/webhooks/")
+PUBLIC_DOCUMENT = "/api/v1/openapi.json"
+
+
+def example_paths(rule) -> list[str]:  # type: ignore[no-untyped-def]
+    """The rule's URLs with made-up values: a number for a number, each choice of a choice,
+    the webhook secret for a secret, and "x" for anything else."""
+    choices: dict[str, list[object]] = {}
+    for name, converter in rule._converters.items():
+        if name == "secret":
+            choices[name] = [WEBHOOK_SECRET]
+        elif isinstance(converter, IntegerConverter):
+            choices[name] = [1]
+        elif isinstance(converter, AnyConverter):
+            choices[name] = sorted(converter.items)
+        else:
+            choices[name] = ["x"]
+    return [
+        rule.build(dict(zip(choices, values, strict=True)), append_unknown=False)[1]
+        for values in itertools.product(*choices.values())
+    ]
+
+
+def routed_to(app, path: str, rule) -> bool:  # type: ignore[no-untyped-def]
+    adapter = app.url_map.bind("localhost")
+    for method in rule.methods or ():
+        try:
+            if adapter.match(path, method=method, return_rule=True)[0] is rule:
+                return True
+        except HTTPException:
+            continue
+    return False
+
+
+def test_every_answer_holding_personal_data_says_no_store(app, client, runner, mailbox):
+    """Every route under those prefixes, with every method it takes, as a stranger, as staff and
+    as the CRM, with made-up and with real links: a route added later is walked too."""
+    anonymous, staff, crm = client, app.test_client(), make_token(runner, "read", "subscribe", "opt_out", "contact")
+    create_user(runner, "boss@munkeby.se", "admin")
+    assert log_in(staff, "boss@munkeby.se").status_code == 302
+    sign_up(anonymous, "munkeby", "waiting@example.com", "Wera")
+    welcome = subscribe_and_confirm(anonymous, mailbox, "mysoft", "reader@example.com")
+    assert anonymous.post(f"{link_in(welcome, 'manage')}/request", data={"kind": "export"}).status_code == 303
+    real = {
+        url[len(PUBLIC_URL) :]
+        for message in mailbox.messages()
+        for url in re.findall(r"https?://[^\s<>\"')]+", message.get_body(("plain",)).get_content())
+    }
+    rules = [r for r in app.url_map.iter_rules() if r.rule.startswith(NO_STORE_PREFIXES) and r.rule != PUBLIC_DOCUMENT]
+    assert {r.rule.split("/")[1] for r in rules} == {"dashboard", "api", "manage", "unsubscribe", "confirm", "webhooks"}
+    answered = []
+    for rule in rules:
+        for path in [*example_paths(rule), *sorted(p for p in real if routed_to(app, p, rule))]:
+            for method in sorted(rule.methods or ()):
+                for who, browser, headers in (("stranger", anonymous, {}), ("staff", staff, {}), ("crm", client, crm)):
+                    answer = browser.open(path, method=method, headers=headers)
+                    answered.append(answer.status_code)
+                    where = (method, path, who, answer.status_code)
+                    assert answer.headers.get("Cache-Control") == "no-store", where
+    assert {status // 100 for status in answered} == {2, 3, 4}  # pages, redirects and refusals alike
+    assert sum(routed_to(app, p, r) for p in real for r in rules) >= 4  # confirm, unsubscribe, manage, data
+    for path in ("/dashboard/no-such-page", "/api/v1/no-such-thing", "/webhooks/no-such-provider/x", "/manage/"):
+        assert anonymous.get(path).headers.get("Cache-Control") == "no-store", path
+    # The API's public description is the same for everyone: a cache may keep it.
+    assert anonymous.get(PUBLIC_DOCUMENT).headers.get("Cache-Control") != "no-store"
