@@ -34,10 +34,10 @@ def _may_send_large_body(app: Flask) -> bool:
         return False
     from flask_login import current_user
 
-    from .dashboard.auth import ROLE_RANK
+    from .dashboard.auth import ROLE_RANK, session_is_live
 
     required = getattr(app.view_functions[request.endpoint], "required_role", None)
-    if required is None or not current_user.is_authenticated:
+    if required is None or not session_is_live():  # an idle or expired session is a stranger's
         return False
     return ROLE_RANK.get(current_user.role, -1) >= ROLE_RANK[required]
 

@@ -109,7 +109,9 @@ def run(database: str, rows: int, count: int) -> list[str]:
         try:
             service.wait_until_healthy()
             both = ("--notice", "munkeby", "--notice", "mysoft")
-            created = service.flask("users", "create", "bench@munkeby.se", "--role", "viewer", "--password", PASSWORD, *both)
+            created = service.flask(
+                "users", "create", "bench@munkeby.se", "--role", "viewer", "--password", PASSWORD, *both
+            )
             assert created.returncode == 0, created.stderr
             session = log_in(service.url)
             pages = {

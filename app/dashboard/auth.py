@@ -45,25 +45,33 @@ def scope() -> frozenset[str]:
     return accounts.notices_of(current_user)
 
 
+def session_is_live() -> bool:
+    """Whether the logged-in user's session is within its idle and absolute limits (reads only)."""
+    if not current_user.is_authenticated:
+        return False
+    now = int(time.time())
+    logged_in_at, seen_at = session.get(_LOGGED_IN_AT), session.get(_SEEN_AT)
+    idle = current_app.config.get("SESSION_IDLE_SECONDS", IDLE_SECONDS)
+    longest = current_app.config.get("SESSION_MAX_SECONDS", MAX_SECONDS)
+    return (
+        isinstance(logged_in_at, int)
+        and isinstance(seen_at, int)
+        and now - seen_at <= idle
+        and now - logged_in_at <= longest
+    )
+
+
 @bp.before_request
 def _session_limits():  # type: ignore[no-untyped-def]
     """End a session that has been idle too long or lived too long; otherwise note this request."""
     if request.endpoint == "dashboard.login" or not current_user.is_authenticated:
         return None
-    now = int(time.time())
-    logged_in_at, seen_at = session.get(_LOGGED_IN_AT), session.get(_SEEN_AT)
-    idle = current_app.config.get("SESSION_IDLE_SECONDS", IDLE_SECONDS)
-    longest = current_app.config.get("SESSION_MAX_SECONDS", MAX_SECONDS)
-    if (
-        not isinstance(logged_in_at, int)
-        or not isinstance(seen_at, int)
-        or now - seen_at > idle
-        or now - logged_in_at > longest
-    ):
+    if not session_is_live():
         logout_user()
         _fresh_session()
         return _unauthorized()
-    if now - seen_at >= 30:  # the cookie is rewritten at most twice a minute
+    now = int(time.time())
+    if now - session[_SEEN_AT] >= 30:  # the cookie is rewritten at most twice a minute
         session[_SEEN_AT] = now
     return None
 
