@@ -113,7 +113,7 @@ def txt_record(selector: str, domain: str, tags: str) -> str:
 
 def write_private_key(path: Path, pem: bytes) -> None:
     """Create the key file readable by its owner only; never overwrite an existing key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: for the service only
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)

@@ -259,7 +259,7 @@ REQUIRED_SIGNED = {
 @pytest.fixture(params=["rsa", "ed25519"])
 def dkim_key(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
     """A key made by the command an operator runs, and the TXT record it printed."""
-    key = tmp_path / "dkim.pem"
+    key = tmp_path / "keys" / "dkim.pem"
     env = base_env(tmp_path / "keygen", f"sqlite:///{tmp_path / 'keygen.sqlite3'}")
     options = ["--selector", SELECTOR, "--domain", SENDER_DOMAIN, "--type", request.param, "--out", str(key)]
     made = subprocess.run(
@@ -272,6 +272,7 @@ def dkim_key(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]
     )
     assert made.returncode == 0, made.stderr
     assert key.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert key.parent.stat().st_mode & 0o077 == 0  # in a folder it made for its owner only
     record = made.stdout.strip()
     assert record.startswith(f"{SELECTOR}._domainkey.{SENDER_DOMAIN}. IN TXT (")
     return key, "".join(re.findall(r'"([^"]*)"', record))
