@@ -218,7 +218,7 @@ def export(ref: str):  # type: ignore[no-untyped-def]
 @requires("viewer")
 def certificate(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
-    check = ledger.verify(db.session)
+    check = ledger.check(db.session)  # the chain, the head's signature and the checkpoint, as `ledger verify`
     return _no_store(
         make_response(
             render_template(
