@@ -543,17 +543,27 @@ def check(session: Session, processes: int | None = None, parallel_from: int = P
     result = verify(session, processes, parallel_from)
     if not result.ok:
         return result
+    checkpoint, problem = _held_checkpoint(session)
+    if problem:
+        return replace(result, ok=False, reason=problem)
+    if checkpoint is None and result.count:
+        return replace(result, ok=False, reason=_no_checkpoint(checkpoint_path(), result.count))
+    if checkpoint is None:
+        return result
+    return replace(result, checkpoint_seq=checkpoint.seq, checkpoint_at=checkpoint.at)
+
+
+def _held_checkpoint(session: Session) -> tuple[Checkpoint | None, str | None]:
+    """The checkpoint (None if there is no file), or why it does not hold: unreadable, not signed
+    with this service's key, or naming an event the chain no longer holds."""
     path = checkpoint_path()
     try:
         checkpoint = _read_checkpoint(path)
     except AnchorError as exc:
-        return replace(result, ok=False, reason=str(exc))
+        return None, str(exc)
     if checkpoint is None:
-        return replace(result, ok=False, reason=_no_checkpoint(path, result.count)) if result.count else result
-    problem = _checkpoint_problem(session, path, checkpoint)
-    if problem:
-        return replace(result, ok=False, reason=problem)
-    return replace(result, checkpoint_seq=checkpoint.seq, checkpoint_at=checkpoint.at)
+        return None, None
+    return checkpoint, _checkpoint_problem(session, path, checkpoint)
 
 
 def sign_head(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
@@ -564,12 +574,7 @@ def sign_head(session: Session, processes: int | None = None, parallel_from: int
     result = _verify_chain(session, _recorded_head(session), processes, parallel_from)
     if not result.ok:
         return result
-    path = checkpoint_path()
-    try:
-        checkpoint = _read_checkpoint(path)
-    except AnchorError as exc:
-        return replace(result, ok=False, reason=str(exc))
-    problem = _checkpoint_problem(session, path, checkpoint) if checkpoint is not None else None
+    checkpoint, problem = _held_checkpoint(session)
     if problem:
         return replace(result, ok=False, reason=problem)
     key = anchor_key()

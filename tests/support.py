@@ -50,6 +50,18 @@ class SettledClient(FlaskClient):
         return response
 
 
+def run_flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``flask --app wsgi ARGS`` in a process of its own, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def notices_with_rule(folder: Path, slug: str, rule: str) -> Path:
     """A copy of the shipped notice files in which ``slug``'s opt-out rule is ``rule``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,14 +303,7 @@ class Service:
             self.process.wait()
 
     def flask(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_flask(self.env, *args)
 
     def status_of(self, address: str) -> str | None:
         """The subscription's status per `subjects export`, None when nothing is held."""

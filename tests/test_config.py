@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from app import create_app
 from app.config import ConfigError, load_settings
+
+from .support import run_flask
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,14 +42,7 @@ def test_production_refuses_to_start_without_its_secrets(tmp_path, missing):
 def test_production_start_up_fails_with_a_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "PUBLIC_URL", "SUPPRESSION_PEPPER")}
     env.update(APP_ENV="production", INSTANCE_PATH=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "status"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask(env, "outbox", "status")
     assert result.returncode != 0
     assert "APP_ENV=production needs SECRET_KEY, PUBLIC_URL" in result.stderr
 

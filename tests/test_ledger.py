@@ -412,31 +412,32 @@ def test_events_past_the_recorded_head_are_found(app, client, mailbox, runner):
     assert result.exit_code == 1 and "the chain goes on past the recorded head (event 9)" in result.stderr
 
 
-def test_the_certificate_says_when_the_head_is_not_signed(app, client, mailbox, runner):
+@pytest.fixture
+def certificate(app, client, mailbox, runner):  # type: ignore[no-untyped-def]
+    """Anna's consent certificate as a marketer sees it (read again on each call)."""
     subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com", "Anna Berg")
     ref = subscription_ref(app, "anna@example.com")
     create_user(runner, "maria@munkeby.se", "marketer")
     marketer = app.test_client()
     assert log_in(marketer, "maria@munkeby.se").status_code == 302
-    page = marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+    return lambda: marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+
+
+def test_the_certificate_says_when_the_head_is_not_signed(app, certificate):
+    page = certificate()
     assert 'data-figure="anchor"' in page and "signed with this service's key" in page
     rewrite(app, 2, channel="forged")
-    page = marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+    page = certificate()
     assert 'class="warn" data-figure="chain"' in page and "Chain check FAILED:" in page
     assert "not signed with this service&#39;s key" in page
     assert 'data-figure="anchor"' not in page
 
 
-def test_the_certificate_checks_the_same_anchor_as_ledger_verify(app, client, mailbox, runner):
-    subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com", "Anna Berg")
-    ref = subscription_ref(app, "anna@example.com")
-    create_user(runner, "maria@munkeby.se", "marketer")
-    marketer = app.test_client()
-    assert log_in(marketer, "maria@munkeby.se").status_code == 302
-    page = marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+def test_the_certificate_checks_the_same_anchor_as_ledger_verify(app, runner, certificate):
+    page = certificate()
     assert 'data-figure="anchor"' in page and "recorded outside the database" in page
     assert "is still in the chain" in page
     checkpoint_file(app).unlink()  # what `ledger verify` fails on, the certificate fails on too
-    page = marketer.get(f"/dashboard/subscribers/{ref}/certificate?lang=en").get_data(as_text=True)
+    page = certificate()
     assert 'class="warn" data-figure="chain"' in page and "there is no checkpoint file" in page
     assert runner.invoke(args=["ledger", "verify"]).exit_code == 1

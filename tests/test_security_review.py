@@ -14,8 +14,6 @@ import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,7 +33,7 @@ from app.config import ConfigError, load_settings
 from app.extensions import db
 from app.models import ConsentEvent, ContactImport, OutboxJob, Subscription, Suppression
 
-from .support import PUBLIC_URL, REPO, Mailbox, Service, free_port, link_in, sign_up, subscribe_and_confirm
+from .support import PUBLIC_URL, Mailbox, Service, free_port, link_in, run_flask, sign_up, subscribe_and_confirm
 from .test_api import make_token
 from .test_dashboard import create_user, form_token, log_in
 
@@ -330,14 +328,7 @@ def test_production_refuses_a_key_shorter_than_32_bytes(tmp_path, name):
 def test_a_short_key_stops_the_service_with_a_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     env.update(PRODUCTION, INSTANCE_PATH=str(tmp_path), SECRET_KEY="changeme", SUPPRESSION_PEPPER="p" * 40)
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "outbox", "status"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask(env, "outbox", "status")
     assert result.returncode != 0
     assert "SECRET_KEY must be at least 32 bytes in production (it is 8)" in result.stderr
 
