@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +40,7 @@ def _migration_lock() -> Iterator[None]:
                 conn.commit()
         return
     lock_path = Path(current_app.config["INSTANCE_PATH"]) / ".migrate.lock"
-    with open(lock_path, "w") as fh:
+    with os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:  # like every file there
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

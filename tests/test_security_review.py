@@ -367,18 +367,20 @@ def test_the_database_keys_and_mail_are_readable_by_the_service_only(tmp_path, l
         assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"
         [confirmation] = Mailbox(instance / "mail").messages()
         assert confirmation["To"] == "anna@example.com" and link_in(confirmation, "confirm")
-        mails = sorted((instance / "mail").glob("*.eml"))
-        found = {
-            "instance": mode(instance),
-            "database": mode(database),
-            "database -wal": mode(Path(f"{database}-wal")),  # open while the pool holds a connection
-            "database -shm": mode(Path(f"{database}-shm")),
-            "secret_key": mode(instance / "secret_key"),
-            "suppression_pepper": mode(instance / "suppression_pepper"),
-            "mail folder": mode(instance / "mail"),
-            **{f"mail {p.name}": mode(p) for p in mails},
+        named = {
+            "instance": instance,
+            "database": database,
+            "database -wal": Path(f"{database}-wal"),  # open while the pool holds a connection
+            "database -shm": Path(f"{database}-shm"),
+            "secret_key": instance / "secret_key",
+            "suppression_pepper": instance / "suppression_pepper",
+            "ledger checkpoint": instance / "ledger-checkpoint.json",
+            "mail folder": instance / "mail",
         }
-        expected = {name: 0o700 if name in ("instance", "mail folder") else 0o600 for name in found}
+        assert all(path.exists() for path in named.values()), [n for n, p in named.items() if not p.exists()]
+        # Whatever else the service wrote there too (a lock file, each mail): nothing for anyone else.
+        found = {str(path.relative_to(tmp_path)): mode(path) for path in [instance, *instance.rglob("*")]}
+        expected = {name: 0o700 if (tmp_path / name).is_dir() else 0o600 for name in found}
         assert found == expected
     finally:
         app.extensions["after_response"].wait_idle(timeout=60)
