@@ -25,13 +25,14 @@ from uuid import uuid4
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import current_app
 from sqlalchemy import select, update
 
 from . import ledger
+from .addresses import InvalidInput, normalise_email
 from .database import unit_of_work
 from .extensions import db
 from .models import ApiToken, User, utcnow
+from .notices import notices
 
 ROLES = ("admin", "marketer", "viewer")
 SCOPES = ("read", "subscribe", "opt_out", "contact")
@@ -47,8 +48,6 @@ class AccountError(ValueError):
 
 
 def _normal_email(raw: str) -> str:
-    from .consent import InvalidInput, normalise_email
-
     try:
         return normalise_email(raw)
     except InvalidInput:
@@ -56,7 +55,7 @@ def _normal_email(raw: str) -> str:
 
 
 def known_notices() -> frozenset[str]:
-    return frozenset(current_app.extensions["notices"])
+    return frozenset(notices())
 
 
 def check_notices(slugs: list[str] | tuple[str, ...], allowed: frozenset[str] | None = None) -> tuple[str, ...]:

@@ -8,19 +8,15 @@ together, and mail goes out only after the commit.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import re
 import secrets
-import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_babel import force_locale, gettext
 from sqlalchemy import bindparam, delete, func, select, update
@@ -29,26 +25,30 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import ledger, mail, outbox, provider_sync
+from .addresses import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, InvalidInput, clean_name, email_hash, normalise_email
 from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
 from .models import ConsentEvent, EventDetail, OutboxJob, ProviderDelivery, Subscription, Suppression, utcnow
-from .notices import Notice
+from .notices import Notice, get_notice, notice_for_provider, notices
 
 log = logging.getLogger(__name__)
 
-MAX_EMAIL_LENGTH = 254
-MAX_NAME_LENGTH = 100
+# Re-exported: callers that take addresses or notices from here keep working.
+__all__ = [
+    "MAX_EMAIL_LENGTH",
+    "MAX_NAME_LENGTH",
+    "InvalidInput",
+    "clean_name",
+    "email_hash",
+    "get_notice",
+    "normalise_email",
+    "notice_for_provider",
+    "notices",
+]
+
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 CONFIRMATION_EVENTS = ("signup_requested", "confirmation_resent")
-
-
-class InvalidInput(ValueError):
-    """User input that cannot be accepted; ``field`` names the form field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -64,60 +64,6 @@ class Facts:
     def details(self, **extra: Any) -> dict[str, Any]:
         found = {"ip": self.ip, "user_agent": (self.user_agent or "")[:300] or None, **extra}
         return {k: v for k, v in found.items() if v}
-
-
-# --- notices and addresses -------------------------------------------------
-
-
-def notices() -> dict[str, Notice]:
-    return current_app.extensions["notices"]
-
-
-def get_notice(slug: object) -> Notice | None:
-    return notices().get(slug) if isinstance(slug, str) else None
-
-
-def _has_control_chars(value: str) -> bool:
-    # A printable string holds no character of category C: the quick answer for nearly every value.
-    return not value.isprintable() and any(unicodedata.category(ch).startswith("C") for ch in value)
-
-
-def normalise_email(raw: str | None) -> str:
-    """The address as stored and hashed: validated, IDNA domain, lower case."""
-    value = (raw or "").strip()
-    if not value:
-        raise InvalidInput("email", "required")
-    if len(value) > MAX_EMAIL_LENGTH or _has_control_chars(value):
-        raise InvalidInput("email", "invalid")
-    try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError:
-        raise InvalidInput("email", "invalid") from None
-    # Always the IDNA (ASCII) domain, so one mailbox has one hash however written.
-    normalised = f"{checked.local_part}@{checked.ascii_domain}".lower()
-    if len(normalised) > MAX_EMAIL_LENGTH:
-        raise InvalidInput("email", "invalid")
-    return normalised
-
-
-def clean_name(raw: str | None) -> str | None:
-    raw = raw or ""
-    # Reject line breaks and other control characters outright (header
-    # injection attempts), rather than folding them into spaces.
-    if _has_control_chars(raw):
-        raise InvalidInput("name", "invalid")
-    value = " ".join(raw.split())
-    if not value:
-        return None
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidInput("name", "invalid")
-    return value
-
-
-def email_hash(normalised_email: str) -> str:
-    """Keyed hash of an address: the suppression key, stable across key rotation."""
-    pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
-    return hmac.new(pepper, normalised_email.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 # --- helpers inside a unit of work ------------------------------------------
@@ -624,14 +570,6 @@ class ProviderEvent:
     name: str | None = None
     new_email: str | None = None
     occurred_at: datetime | None = None
-
-
-def notice_for_provider(kind: str, **ids: str) -> Notice | None:
-    """The notice whose provider settings match, e.g. ``list_id`` for Mailchimp."""
-    for notice in notices().values():
-        if notice.provider["kind"] == kind and all(notice.provider.get(k) == v for k, v in ids.items()):
-            return notice
-    return None
 
 
 def apply_provider_event(event: ProviderEvent) -> str:

@@ -23,11 +23,11 @@ from flask import current_app
 from sqlalchemy import delete, update
 
 from . import outbox
-from .consent import get_notice
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
 from .importer import ImportError_, ImportResult, ImportSpec, TextLines, check_file, run_import
 from .models import ContactImport, OutboxJob, utcnow
+from .notices import get_notice
 
 log = logging.getLogger(__name__)
 

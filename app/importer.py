@@ -36,7 +36,8 @@ from typing import IO, Any, NamedTuple
 from sqlalchemy import insert, select
 
 from . import ledger, outbox, provider_sync
-from .consent import EARLIEST_CONTACT, InvalidInput, clean_name, email_hash, normalise_email
+from .addresses import InvalidInput, clean_name, email_hash, normalise_email
+from .consent import EARLIEST_CONTACT
 from .database import Prepared, unit_of_work
 from .ledger import Evidence
 from .models import Subscription, Suppression, new_ref, utcnow

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flask import current_app
+
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
 LANGUAGES = ("sv", "en")
 FIELDS = ("email", "name")
@@ -230,3 +232,22 @@ def load_notices(directory: str | Path, env: Mapping[str, str]) -> dict[str, Not
         notice = parse_notice(path, env)
         notices[notice.slug] = notice
     return notices
+
+
+# --- the notices this service runs with (loaded once at start-up) -------------
+
+
+def notices() -> dict[str, Notice]:
+    return current_app.extensions["notices"]
+
+
+def get_notice(slug: object) -> Notice | None:
+    return notices().get(slug) if isinstance(slug, str) else None
+
+
+def notice_for_provider(kind: str, **ids: str) -> Notice | None:
+    """The notice whose provider settings match, e.g. ``list_id`` for Mailchimp."""
+    for notice in notices().values():
+        if notice.provider["kind"] == kind and all(notice.provider.get(k) == v for k, v in ids.items()):
+            return notice
+    return None

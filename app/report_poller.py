@@ -35,7 +35,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from . import consent
+from . import addresses, consent
 from .database import unit_of_work
 from .extensions import db
 from .models import ProviderCursor, utcnow
@@ -79,8 +79,8 @@ def _event(notice: Notice, row: dict[str, str]) -> consent.ProviderEvent | str:
     if not correlation:
         return "invalid_row"
     try:
-        email = consent.normalise_email(str(row.get("address") or ""))
-    except consent.InvalidInput:
+        email = addresses.normalise_email(str(row.get("address") or ""))
+    except addresses.InvalidInput:
         return "invalid_address"
     return consent.ProviderEvent(
         provider="apsis",

@@ -37,7 +37,6 @@ from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import ledger, outbox, provider_sync
-from .consent import notices
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
 from .ledger import Evidence
@@ -51,7 +50,7 @@ from .models import (
     Subscription,
     utcnow,
 )
-from .notices import Notice
+from .notices import Notice, notices
 
 log = logging.getLogger(__name__)
 

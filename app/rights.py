@@ -22,12 +22,12 @@ from flask import current_app
 from sqlalchemy import func, or_, select
 
 from . import consent, ledger, outbox
-from .consent import Facts, get_notice
+from .consent import Facts
 from .database import unit_of_work
 from .extensions import db
 from .ledger import Evidence
 from .models import DataRequest, Subscription, utcnow
-from .notices import Notice
+from .notices import Notice, get_notice
 
 DATA_KINDS = ("export", "erase")
 # However many links ask, no address gets more data-request mails than this a day.

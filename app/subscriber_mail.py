@@ -13,12 +13,11 @@ from flask import current_app
 from sqlalchemy import select
 
 from . import ledger, mail, outbox, tokens
-from .consent import get_notice
 from .database import unit_of_work
 from .extensions import db
 from .ledger import Evidence
 from .models import OutboxJob, Subscription, utcnow
-from .notices import Notice
+from .notices import Notice, get_notice
 
 # Which status a subscription must still have for each mail to make sense (None: any).
 STATUS_FOR = {

@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 from flask.testing import FlaskClient
 from sqlalchemy import insert
 
-from app.consent import email_hash
+from app.addresses import email_hash
 from app.extensions import db
 from app.models import OutboxJob, Subscription, utcnow
 

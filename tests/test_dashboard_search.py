@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy import delete, insert
 
-from app.consent import email_hash
+from app.addresses import email_hash
 from app.extensions import db
 from app.models import Subscription, utcnow
 

@@ -21,7 +21,7 @@ import requests
 from sqlalchemy import insert
 from werkzeug.serving import make_server
 
-from app.consent import email_hash
+from app.addresses import email_hash
 from app.extensions import db
 from app.models import Subscription, utcnow
 

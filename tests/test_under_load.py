@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import func, insert, select
 
 from app import ledger
-from app.consent import email_hash
+from app.addresses import email_hash
 from app.extensions import db
 from app.mail import unsubscribe_link
 from app.models import ConsentEvent, OutboxJob, Subscription, utcnow

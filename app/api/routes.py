@@ -17,7 +17,7 @@ from typing import Any
 from flask import Response, g, jsonify, request
 from sqlalchemy import select
 
-from .. import accounts, consent
+from .. import accounts, addresses, consent
 from ..database import MAX_ID, id_param
 from ..extensions import db, limiter
 from ..models import ConsentEvent, EventDetail, Subscription, utc_naive, utcnow
@@ -99,8 +99,8 @@ def _string(source: dict[str, Any], name: str, required: bool = True) -> str | N
 
 def _email(raw: str | None) -> str:
     try:
-        return consent.normalise_email(raw)
-    except consent.InvalidInput:
+        return addresses.normalise_email(raw)
+    except addresses.InvalidInput:
         raise ApiError(422, "invalid_field", "email is not a valid e-mail address") from None
 
 
@@ -138,7 +138,7 @@ def subscribe() -> Response:
     facts = consent.Facts(channel="api", actor=g.api_actor, lang=lang)
     try:
         consent.request_subscription(notice, _string(body, "email"), name, facts)
-    except consent.InvalidInput as exc:
+    except addresses.InvalidInput as exc:
         raise ApiError(
             422, "invalid_field", f"{exc.field} is {'missing' if str(exc) == 'required' else 'invalid'}"
         ) from None
@@ -175,7 +175,7 @@ def events() -> Response:
         query = query.where(ConsentEvent.notice.in_(sorted(g.api_notices)))
     with_details = False
     if args.get("email"):
-        ehash = consent.email_hash(_email(args["email"]))
+        ehash = addresses.email_hash(_email(args["email"]))
         refs = select(Subscription.ref).where(
             Subscription.email_hash == ehash, Subscription.notice.in_(sorted(g.api_notices))
         )
@@ -219,7 +219,7 @@ def record_contact() -> Response:
         raise ApiError(422, "invalid_field", "give last_contact_at, relationship, or both")
     try:
         sub = consent.record_contact(notice, email, at, relationship, _facts())
-    except consent.InvalidInput as exc:
+    except addresses.InvalidInput as exc:
         what = "in the future" if str(exc) == "future" else "invalid"
         raise ApiError(422, "invalid_field", f"{exc.field} is {what}") from None
     if sub is None:

@@ -15,9 +15,10 @@ from urllib.parse import urlencode
 
 from flask import Response, abort, current_app, jsonify, request
 
-from .. import consent
+from .. import addresses, consent
 from ..extensions import csrf
 from ..models import utc_naive
+from ..notices import notice_for_provider
 from . import bp
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ def _field(form: Any, name: str) -> str:
 
 def _address(raw: str, what: str) -> str:
     try:
-        return consent.normalise_email(raw)
-    except consent.InvalidInput:
+        return addresses.normalise_email(raw)
+    except addresses.InvalidInput:
         raise BadDelivery(f"{what} is missing or not an e-mail address") from None
 
 
@@ -159,7 +160,7 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
         if not _field(form, "type"):
             raise BadDelivery("type is missing")
         return "ignored"  # e.g. "campaign": nothing to do with consent
-    notice = consent.notice_for_provider("mailchimp", list_id=_field(form, "data[list_id]"))
+    notice = notice_for_provider("mailchimp", list_id=_field(form, "data[list_id]"))
     if notice is None:
         log.warning("Mailchimp webhook for a list no notice names; acknowledged and ignored")
         return "unknown_list"
@@ -184,10 +185,10 @@ def _mailchimp_event(form: Any) -> consent.ProviderEvent | str:
     name = None
     if kind in ("subscribe", "profile"):  # a bad name must never stand in the way of an opt-out
         try:
-            name = consent.clean_name(
+            name = addresses.clean_name(
                 " ".join(filter(None, (_field(form, "data[merges][FNAME]"), _field(form, "data[merges][LNAME]"))))
             )
-        except consent.InvalidInput:
+        except addresses.InvalidInput:
             raise BadDelivery("data[merges][FNAME] or [LNAME] is not a valid name") from None
     # Identical re-deliveries carry identical fields; that is the delivery's identity.
     identity = urlencode(sorted((k, v) for k, v in form.items(multi=True)))
@@ -268,7 +269,7 @@ def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
         if notice is None or notice.provider["kind"] != "apsis":
             return "unknown_list"
     elif fields.get("section"):
-        notice = consent.notice_for_provider("apsis", section=fields["section"])
+        notice = notice_for_provider("apsis", section=fields["section"])
         if notice is None:
             return "unknown_list"
     else:
