@@ -57,6 +57,15 @@ def base_env(instance: Path, database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every property-based test is a ``fuzz`` test: thousands of generated cases each, worth
+    running in CI and before a change lands, not in the edit-test loop. A test decorated with
+    ``@given`` is found here; one that runs hypothesis inside its body carries the mark itself."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (faster than migrating each time)."""

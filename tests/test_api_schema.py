@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -31,6 +32,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+
+pytestmark = pytest.mark.fuzz  # hypothesis runs inside the test, which the conftest cannot see
 
 
 def test_every_operation_keeps_to_its_schema(app, runner):

@@ -108,6 +108,7 @@ def app(app, app_env):  # type: ignore[no-untyped-def]
     limiter.enabled = True
 
 
+@pytest.mark.fuzz  # hypothesis runs inside the test
 def test_no_hostile_input_gets_a_5xx_or_into_a_mail_header(app, client, runner, mailbox):
     welcome = subscribe_and_confirm(client, mailbox, "munkeby", "held@example.com", "Held")
     manage = link_in(welcome, "manage")

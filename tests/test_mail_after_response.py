@@ -87,6 +87,7 @@ def subscribed(app, addresses: list[str]) -> None:  # type: ignore[no-untyped-de
         db.session.commit()
 
 
+@pytest.mark.e2e  # real HTTP against a threaded server, real SMTP: 25 timed rounds
 def test_sign_up_answers_in_the_same_time_for_new_pending_and_subscribed_addresses(app, served, slow_smtp):
     form = requests.Session()
     page = form.get(f"{served}/munkeby/subscribe", timeout=10).text

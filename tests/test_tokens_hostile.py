@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+import pytest
 import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -75,6 +76,7 @@ def answers(client, purpose: str, token: str) -> list[int]:  # type: ignore[no-u
     ]
 
 
+@pytest.mark.fuzz  # hypothesis runs inside the test
 def test_changed_tokens_are_refused_with_4xx_and_change_nothing(app, client, mailbox):
     valid = people(client, mailbox)
     before = state(app)
