@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -218,19 +218,26 @@ def _wipe_after_commit(uow: UnitOfWork) -> None:
 
 
 def _apply_opt_out(
-    uow: UnitOfWork, notice: Notice, sub: Held, facts: Facts, reason: str, provider_knows: bool = False
+    uow: UnitOfWork,
+    notice: Notice,
+    sub: Held,
+    facts: Facts,
+    reason: str,
+    provider_knows: bool = False,
+    extra_facts: dict[str, Any] | None = None,
 ) -> list[Evidence]:
     """The notice's opt-out rule, applied in one place.
 
     ``provider_knows``: the opt-out came from the provider itself, so under the
     rule ``unsubscribe`` there is nothing to tell it (a delete is still sent).
+    ``extra_facts`` join the opt-out's own (where a provider's report came from).
     """
     opted_out = Evidence.under(
         "opted_out",
         notice,
         sub.ref,
         facts.channel,
-        facts={"rule": notice.opt_out_rule, "previous_status": sub.status, "reason": reason},
+        facts={"rule": notice.opt_out_rule, "previous_status": sub.status, "reason": reason, **(extra_facts or {})},
         # Under the delete rule the details would be deleted at once; record none.
         details=None if notice.deletes_on_opt_out else facts.details(),
     )
@@ -608,106 +615,153 @@ _DELIVERY_OUTCOME = Prepared(
 )
 
 
-def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, list[Evidence]]:
+Effect = tuple[str, list[Evidence]]
+
+
+@dataclass
+class _Reported:
+    """A provider's event with what it is about, as every effect below reads it."""
+
+    uow: UnitOfWork
+    event: ProviderEvent
+    notice: Notice
+    ehash: str
+    sub: Held | None
+    facts: Facts
+    source: dict[str, Any]
+
+    def evidence(self, kind: str, ref: str | None, facts: dict[str, Any], details: Any = None) -> Evidence:
+        return Evidence.under(kind, self.notice, ref, self.event.channel, facts, details=details)
+
+
+def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> Effect:
     notice = event.notice
     ehash = email_hash(event.email)
     # An opt-out only reads the subscription and writes by id: its plain row will do.
-    opting_out = event.kind in OPT_OUT_EVENTS
-    if opting_out:
+    if event.kind in OPT_OUT_EVENTS:
         sub = _subscription_row(uow, Target(notice, email_hash=ehash))
     else:
         sub = _subscription(uow, notice.slug, ehash)
-    facts = Facts(channel=event.channel, actor=event.provider)
     source = {"provider": event.provider, "event": event.kind, "provider_reason": event.reason}
-    if event.kind == "provider_delete":
-        if sub is None:
-            return "unknown_address", []
-        return "applied", [Evidence.under("provider_contact_deleted", notice, sub.ref, event.channel, source)]
-    if event.kind in OPT_OUT_EVENTS:
-        # An opt-out is honoured however late it arrives, unless the person has
-        # confirmed a new sign-up here since it happened (a report row read after
-        # the webhook, or a delayed echo, must not undo that newer consent).
-        if (
-            sub is not None
-            and sub.status == "subscribed"
-            and sub.confirmed_at is not None
-            and event.occurred_at is not None
-            and event.occurred_at < sub.confirmed_at
-        ):
-            return "stale", []
-        reason = "complaint" if event.reason == "abuse" else OPT_OUT_EVENTS[event.kind]
-        if sub is None or sub.status == "unsubscribed":
-            if not _suppress(uow, notice.slug, ehash, reason):
-                return "no_change", []
-            # Someone we do not hold (or hold as unsubscribed) opted out at the
-            # provider: keep them out, and under "delete" make the provider forget them.
-            if sub is None and notice.deletes_on_opt_out:
-                provider_sync.enqueue_delete_address(uow, notice.slug, event.email, ehash)
-            anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": reason, **source}
-            return ("applied" if sub else "unknown_address"), [
-                Evidence.under("opted_out", notice, sub.ref if sub else None, event.channel, anonymous)
-            ]
-        if notice.deletes_on_opt_out and sub.confirmed_at is None:
-            # Never confirmed here, yet the provider holds them: it must forget them too.
-            provider_sync.enqueue_delete(uow, sub)
-        evidence = _apply_opt_out(uow, notice, sub, facts, reason, provider_knows=True)
-        first = evidence[0]
-        evidence[0] = Evidence.under(
-            first.type, notice, first.subscription_ref, first.channel, {**first.facts, **source}, first.details
-        )
-        return "applied", evidence
+    facts = Facts(channel=event.channel, actor=event.provider)
+    return _EFFECTS[event.kind](_Reported(uow, event, notice, ehash, sub, facts, source))
 
-    if sub is not None and (event.occurred_at is None or event.occurred_at < sub.updated_at):
-        # e.g. a delayed "subscribe" from before an opt-out made here; with no
-        # time at all, the change made here stands.
-        if not (event.kind == "subscribe" and sub.status == "subscribed"):
-            return "stale", []
+
+def _contact_deleted(seen: _Reported) -> Effect:
+    if seen.sub is None:
+        return "unknown_address", []
+    return "applied", [seen.evidence("provider_contact_deleted", seen.sub.ref, seen.source)]
+
+
+def _opted_out(seen: _Reported) -> Effect:
+    """An opt-out is honoured however late it arrives, unless the person has confirmed a new
+    sign-up here since it happened (a report row read after the webhook, or a delayed echo,
+    must not undo that newer consent)."""
+    sub, event, notice = seen.sub, seen.event, seen.notice
+    if sub is not None and sub.status == "subscribed" and _before(event.occurred_at, sub.confirmed_at):
+        return "stale", []
+    reason = "complaint" if event.reason == "abuse" else OPT_OUT_EVENTS[event.kind]
+    if sub is None or sub.status == "unsubscribed":
+        return _kept_out(seen, reason)
+    if notice.deletes_on_opt_out and sub.confirmed_at is None:
+        # Never confirmed here, yet the provider holds them: it must forget them too.
+        provider_sync.enqueue_delete(seen.uow, sub)
+    return "applied", _apply_opt_out(
+        seen.uow, notice, sub, seen.facts, reason, provider_knows=True, extra_facts=seen.source
+    )
+
+
+def _before(occurred_at: datetime | None, then: datetime | None) -> bool:
+    return occurred_at is not None and then is not None and occurred_at < then
+
+
+def _kept_out(seen: _Reported, reason: str) -> Effect:
+    """Someone we do not hold (or hold as unsubscribed) opted out at the provider: keep them
+    out, and under "delete" make the provider forget them."""
+    sub, notice = seen.sub, seen.notice
+    if not _suppress(seen.uow, notice.slug, seen.ehash, reason):
+        return "no_change", []
+    if sub is None and notice.deletes_on_opt_out:
+        provider_sync.enqueue_delete_address(seen.uow, notice.slug, seen.event.email, seen.ehash)
+    anonymous = {"rule": notice.opt_out_rule, "previous_status": None, "reason": reason, **seen.source}
+    return ("applied" if sub else "unknown_address"), [
+        seen.evidence("opted_out", sub.ref if sub else None, anonymous)
+    ]
+
+
+def _stale_change(seen: _Reported) -> bool:
+    """A change older than ours (e.g. a delayed "subscribe" from before an opt-out made here);
+    with no time at all, the change made here stands. A repeated sign-up is never stale."""
+    sub, event = seen.sub, seen.event
+    if sub is None or (event.occurred_at is not None and event.occurred_at >= sub.updated_at):
+        return False
+    return not (event.kind == "subscribe" and sub.status == "subscribed")
+
+
+def _subscribed(seen: _Reported) -> Effect:
+    if _stale_change(seen):
+        return "stale", []
+    uow, notice, event = seen.uow, seen.notice, seen.event
+    sub = seen.sub
     if sub is None:
-        if event.kind != "subscribe":
-            return "unknown_address", []
         suppressed_at = uow.session.execute(
-            select(Suppression.created_at).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
+            select(Suppression.created_at).where(
+                Suppression.notice == notice.slug, Suppression.email_hash == seen.ehash
+            )
         ).scalar_one_or_none()
         if suppressed_at is not None and (event.occurred_at is None or event.occurred_at <= suppressed_at):
             return "stale", []  # a sign-up from before this person opted out and was deleted
-        sub = Subscription(
-            notice=notice.slug,
-            email=event.email,
-            email_hash=ehash,
-            name=event.name if "name" in notice.fields else None,
-            status="pending",
-            source=f"{event.provider} sign-up form (not double opt-in by this service)",
-            lawful_basis="consent",
-            notice_version=notice.version,
-        )
-        uow.session.add(sub)
-        uow.session.flush()
+        sub = _new_from_provider(seen)
+    if sub.status == "subscribed":
+        return "no_change", []
+    sub.status, sub.confirmed_at, sub.unsubscribed_at, sub.confirm_nonce = "subscribed", utcnow(), None, None
+    uow.session.execute(
+        delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == seen.ehash)
+    )
+    provider_sync.enqueue_sync(uow, sub, opt_out=False)  # carries our unsubscribe link to the provider
+    return "applied", [seen.evidence("provider_subscribed", sub.ref, {**seen.source, "double_opt_in_by_us": False})]
 
-    if event.kind == "subscribe":
-        if sub.status == "subscribed":
-            return "no_change", []
-        sub.status, sub.confirmed_at, sub.unsubscribed_at, sub.confirm_nonce = "subscribed", utcnow(), None, None
-        uow.session.execute(
-            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == ehash)
-        )
-        provider_sync.enqueue_sync(uow, sub, opt_out=False)  # carries our unsubscribe link to the provider
-        subscribed = {**source, "double_opt_in_by_us": False}
-        return "applied", [Evidence.under("provider_subscribed", notice, sub.ref, event.channel, subscribed)]
 
-    if event.kind == "profile":
-        name = event.name if "name" in notice.fields else None
-        if not name or name == sub.name:
-            return "no_change", []
-        sub.name = name
-        rectified = {**source, "field": "name"}
-        return "applied", [
-            Evidence.under("rectified", notice, sub.ref, event.channel, rectified, details={"name": name})
-        ]
+def _new_from_provider(seen: _Reported) -> Subscription:
+    notice, event = seen.notice, seen.event
+    sub = Subscription(
+        notice=notice.slug,
+        email=event.email,
+        email_hash=seen.ehash,
+        name=event.name if "name" in notice.fields else None,
+        status="pending",
+        source=f"{event.provider} sign-up form (not double opt-in by this service)",
+        lawful_basis="consent",
+        notice_version=notice.version,
+    )
+    seen.uow.session.add(sub)
+    seen.uow.session.flush()
+    return sub
 
-    # address_change
+
+def _profile_changed(seen: _Reported) -> Effect:
+    if seen.sub is None:
+        return "unknown_address", []
+    if _stale_change(seen):
+        return "stale", []
+    sub = seen.sub
+    name = seen.event.name if "name" in seen.notice.fields else None
+    if not name or name == sub.name:
+        return "no_change", []
+    sub.name = name
+    rectified = {**seen.source, "field": "name"}
+    return "applied", [seen.evidence("rectified", sub.ref, rectified, details={"name": name})]
+
+
+def _address_changed(seen: _Reported) -> Effect:
+    if seen.sub is None:
+        return "unknown_address", []
+    if _stale_change(seen):
+        return "stale", []
+    uow, notice, event, sub = seen.uow, seen.notice, seen.event, seen.sub
     new_email = event.new_email or ""
     new_hash = email_hash(new_email)
-    if new_hash == ehash:
+    if new_hash == seen.ehash:
         return "no_change", []
     held = _subscription(uow, notice.slug, new_hash)
     if held is not None:
@@ -718,16 +772,25 @@ def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> tuple[str, 
             provider_sync.enqueue_sync(uow, held, opt_out=held.status != "subscribed")
         return "conflict", []
     sub.email, sub.email_hash = new_email, new_hash
-    changed = {**source, "field": "email"}
     details = {"old_email": event.email, "new_email": new_email}
-    evidence = [Evidence.under("rectified", notice, sub.ref, event.channel, changed, details=details)]
+    evidence = [seen.evidence("rectified", sub.ref, {**seen.source, "field": "email"}, details=details)]
     new_suppressed = uow.session.execute(
         select(Suppression.id).where(Suppression.notice == notice.slug, Suppression.email_hash == new_hash)
     ).first()
     if new_suppressed and sub.status != "unsubscribed":
         # Whoever holds the new address opted out earlier: that stands.
-        evidence += _apply_opt_out(uow, notice, sub, facts, "suppressed_address")
+        evidence += _apply_opt_out(uow, notice, sub, seen.facts, "suppressed_address")
     return "applied", evidence
+
+
+# What each kind of provider event does: one function each.
+_EFFECTS: dict[str, Callable[[_Reported], Effect]] = {
+    "provider_delete": _contact_deleted,
+    **{kind: _opted_out for kind in OPT_OUT_EVENTS},
+    "subscribe": _subscribed,
+    "profile": _profile_changed,
+    "address_change": _address_changed,
+}
 
 
 # --- the CRM's questions and requests (API) ----------------------------------
