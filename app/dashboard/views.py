@@ -3,7 +3,8 @@
 A user sees and acts on the people of their own notices only (``scope()``).
 Anything outside them (a subscription, a job, an import, a token, a notice)
 answers 404, exactly as something that does not exist: a page never confirms
-that another controller holds someone.
+that another controller holds someone. Every answer here is sent with
+``Cache-Control: no-store`` (app/security.py, by path).
 """
 
 from __future__ import annotations
@@ -50,11 +51,6 @@ def _my_notice_or_404(slug: str | None) -> Notice:
     if notice is None or notice.slug not in scope():
         abort(404)
     return notice
-
-
-def _no_store(response):  # type: ignore[no-untyped-def]
-    response.headers["Cache-Control"] = "no-store"  # personal data: never in a shared cache
-    return response
 
 
 @bp.get("/")
@@ -123,17 +119,13 @@ def subscribers():  # type: ignore[no-untyped-def]
         version=version,
         review_due_for=consent.get_notice(notice) if review else None,
     )
-    return _no_store(
-        make_response(
-            render_template(
-                "dashboard/subscribers.html",
-                rows=rows,
-                next_after=next_after,
-                notices=_my_notices(),
-                statuses=STATUSES,
-                chosen={"notice": notice, "status": status, "q": search or "", "version": version, "review": review},
-            )
-        )
+    return render_template(
+        "dashboard/subscribers.html",
+        rows=rows,
+        next_after=next_after,
+        notices=_my_notices(),
+        statuses=STATUSES,
+        chosen={"notice": notice, "status": status, "q": search or "", "version": version, "review": review},
     )
 
 
@@ -143,19 +135,15 @@ def subject(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
     notice = consent.get_notice(sub.notice)
     form = RectifyForm(data={"name": sub.name or "", "email": sub.email})
-    return _no_store(
-        make_response(
-            render_template(
-                "dashboard/subject.html",
-                sub=sub,
-                notice=notice,
-                events=queries.timeline(sub.ref),
-                form=form,
-                action=ActionForm(),
-                relationships=consent.RELATIONSHIPS,
-                review_due=_review_due(sub, notice),
-            )
-        )
+    return render_template(
+        "dashboard/subject.html",
+        sub=sub,
+        notice=notice,
+        events=queries.timeline(sub.ref),
+        form=form,
+        action=ActionForm(),
+        relationships=consent.RELATIONSHIPS,
+        review_due=_review_due(sub, notice),
     )
 
 
@@ -211,7 +199,7 @@ def export(ref: str):  # type: ignore[no-untyped-def]
     response = make_response(json.dumps(data, indent=2, ensure_ascii=False))
     response.headers["Content-Type"] = "application/json; charset=utf-8"
     response.headers["Content-Disposition"] = f'attachment; filename="subject-{sub.ref}.json"'
-    return _no_store(response)
+    return response
 
 
 @bp.get("/subscribers/<ref>/certificate")
@@ -219,16 +207,12 @@ def export(ref: str):  # type: ignore[no-untyped-def]
 def certificate(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
     check = ledger.check(db.session)  # the chain, the head's signature and the checkpoint, as `ledger verify`
-    return _no_store(
-        make_response(
-            render_template(
-                "dashboard/certificate.html",
-                sub=sub,
-                notice=consent.get_notice(sub.notice),
-                events=queries.timeline(sub.ref),
-                check=check,
-            )
-        )
+    return render_template(
+        "dashboard/certificate.html",
+        sub=sub,
+        notice=consent.get_notice(sub.notice),
+        events=queries.timeline(sub.ref),
+        check=check,
     )
 
 
@@ -266,7 +250,7 @@ def erase(ref: str):  # type: ignore[no-untyped-def]
         consent.erase_subscription(sub.ref, _facts())
         flash(_("The subscription was erased. A suppression entry and anonymous evidence remain."), "info")
         return redirect(url_for("dashboard.subscribers"))
-    return _no_store(make_response(render_template("dashboard/erase.html", sub=sub, form=form)))
+    return render_template("dashboard/erase.html", sub=sub, form=form)
 
 
 @bp.route("/tokens", methods=["GET", "POST"])
@@ -287,18 +271,14 @@ def api_tokens():  # type: ignore[no-untyped-def]
             )
         except accounts.AccountError as exc:
             flash(str(exc), "error")
-    return _no_store(
-        make_response(
-            render_template(
-                "dashboard/tokens.html",
-                form=form,
-                scopes=accounts.SCOPES,
-                notices=_my_notices(),
-                tokens=accounts.list_tokens(within=scope()),
-                created=created,
-                action=ActionForm(),
-            )
-        )
+    return render_template(
+        "dashboard/tokens.html",
+        form=form,
+        scopes=accounts.SCOPES,
+        notices=_my_notices(),
+        tokens=accounts.list_tokens(within=scope()),
+        created=created,
+        action=ActionForm(),
     )
 
 
@@ -383,7 +363,7 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
     response = make_response(render_template("dashboard/import_status.html", record=record, form=form))
     if record.state in ("queued", "running"):
         response.headers["Refresh"] = "2"  # progress without a script
-    return _no_store(response)
+    return response
 
 
 @bp.route("/users", methods=["GET", "POST"])
@@ -418,7 +398,7 @@ def users():  # type: ignore[no-untyped-def]
         users=accounts.list_users(within=scope()),
         action=ActionForm(),
     )
-    return _no_store(make_response(page, status))
+    return page, status
 
 
 @bp.post("/users/<int(max=2147483647):user_id>/deactivate")

@@ -38,10 +38,8 @@ def _notice_or_404(slug: str):  # type: ignore[no-untyped-def]
 
 
 def _token_page(template: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
-    response = make_response(render_template(template, **context), status)
-    # Token URLs must not be cached or leak through Referer.
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    # Not cached (``no-store`` on every token route, app/security.py), nor leaked through Referer.
+    return make_response(render_template(template, **context), status)
 
 
 @bp.get("/")
@@ -196,9 +194,7 @@ def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     if acts and not from_page:
         # A mail client's one-click request: the short answer, nothing per person in it.
         consent.unsubscribe(payload, _facts("one-click"))
-        response = make_response(_one_click_page(notice, lang, text))
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _one_click_page(notice, lang, text)
     manage = url_for("public.manage", token=_manage_token(payload))
     if request.method != "POST":  # GET and HEAD only read
         return _token_page("public/unsubscribe.html", notice=notice, text=text, token=token, manage=manage)
