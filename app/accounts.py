@@ -107,16 +107,17 @@ def _user_by_email(email: str) -> User:
     return user
 
 
-def end_sessions(user_id: int) -> None:
-    """End every live session of the user: each request checks the key its session was made with."""
-    _write_row(User, user_id, {"session_key": uuid4().hex})
+def end_sessions(user_id: int, **changes: Any) -> None:
+    """Change the user's row (if asked) and end every live session of theirs: each request
+    checks the key its session was made with, and this gives the user a new one."""
+    _write_row(User, user_id, {**changes, "session_key": uuid4().hex})
 
 
 def set_password(email: str, password: str) -> User:
     """A new password for the user; every session made with the old one ends."""
     check_password_rules(password)
     user = _user_by_email(email)
-    _write_row(User, user.id, {"password_hash": _hasher.hash(password), "session_key": uuid4().hex})
+    end_sessions(user.id, password_hash=_hasher.hash(password))
     return user
 
 
@@ -124,7 +125,7 @@ def set_notices(email: str, notices: list[str] | tuple[str, ...]) -> User:
     """The notices a user works for, replaced; their live sessions end so the change holds at once."""
     slugs = check_notices(notices)
     user = _user_by_email(email)
-    _write_row(User, user.id, {"notices": " ".join(slugs), "session_key": uuid4().hex})
+    end_sessions(user.id, notices=" ".join(slugs))
     db.session.refresh(user)
     return user
 
@@ -132,21 +133,27 @@ def set_notices(email: str, notices: list[str] | tuple[str, ...]) -> User:
 def deactivate_user(email: str) -> User:
     """The user can no longer log in, and every live session ends. The row stays: evidence names it."""
     user = _user_by_email(email)
-    _write_row(User, user.id, {"active": False, "session_key": uuid4().hex})
+    end_sessions(user.id, active=False)
     return user
 
 
+def _within(account: User | ApiToken, within: frozenset[str] | None) -> bool:
+    """Whether every notice of the account lies ``within`` these (always, when None): an admin
+    sees and acts on only the accounts of their own controllers."""
+    return within is None or (bool(account.notices) and set(account.notices.split()) <= within)
+
+
 def list_users(within: frozenset[str]) -> list[User]:
-    """The users whose notices all lie ``within`` these: an admin sees only their own controllers' staff."""
+    """The users whose notices all lie ``within`` these."""
     users = db.session.execute(select(User).order_by(User.id)).scalars()
-    return [user for user in users if user.notices and set(user.notices.split()) <= within]
+    return [user for user in users if _within(user, within)]
 
 
 def deactivate_user_within(user_id: int, within: frozenset[str]) -> bool:
     user = db.session.get(User, user_id)
-    if user is None or not user.notices or not set(user.notices.split()) <= within:
+    if user is None or not _within(user, within):
         return False
-    _write_row(User, user.id, {"active": False, "session_key": uuid4().hex})
+    end_sessions(user.id, active=False)
     return True
 
 
@@ -244,10 +251,6 @@ def token_for(secret: str) -> ApiToken | None:
         select(ApiToken).where(ApiToken.token_hash == _digest(secret), ApiToken.revoked_at.is_(None))
     ).scalar_one_or_none()
     return token
-
-
-def _within(token: ApiToken, within: frozenset[str] | None) -> bool:
-    return within is None or (bool(token.notices) and set(token.notices.split()) <= within)
 
 
 def revoke_token(token_id: int, revoked_by: str, within: frozenset[str] | None = None) -> bool:

@@ -14,7 +14,7 @@ held about the address, each controller named separately.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -54,9 +54,7 @@ def link_digest(token: str) -> str:
 
 def person_of(payload: dict[str, Any], token: str | None = None) -> Person | None:
     found = _person_of(payload)
-    if found is None or token is None:
-        return found
-    return Person(found.email_hash, found.origin, link_digest(token))
+    return replace(found, link=link_digest(token)) if found is not None and token is not None else found
 
 
 def _person_of(payload: dict[str, Any]) -> Person | None:
@@ -117,9 +115,9 @@ def change_name(person: Person, notice_slug: str, name: str | None, facts: Facts
     return True
 
 
-def withdraw(person: Person, notice_slug: str, facts: Facts) -> list[str]:
+def withdraw(person: Person, facts: Facts) -> list[str]:
     """Opt out under the link's notice (the only one it may act on)."""
-    slugs = [s.notice for s in held(person) if s.status != "unsubscribed" and s.notice == notice_slug]
+    slugs = [s.notice for s in held(person) if s.status != "unsubscribed"]
     for slug in slugs:
         consent.unsubscribe({"n": slug, "h": person.email_hash}, facts)
     return slugs

@@ -82,7 +82,7 @@ def manage_unsubscribe(token: str):  # type: ignore[no-untyped-def]
     # The link acts on its own notice only; the field is checked, not trusted.
     if request.form.get("notice", "") != person.origin.slug:
         return _page(person, token, 400, error=_("Please check this value."))
-    rights.withdraw(person, person.origin.slug, _facts("manage"))
+    rights.withdraw(person, _facts("manage"))
     return _back(token, "unsubscribed")
 
 
@@ -126,5 +126,4 @@ def data_link(token: str):  # type: ignore[no-untyped-def]
     response = make_response(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     response.mimetype = "application/json"
     response.headers["Content-Disposition"] = 'attachment; filename="my-data.json"'
-    response.headers["Cache-Control"] = "no-store"
     return response

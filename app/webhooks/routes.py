@@ -85,9 +85,9 @@ def _answer(outcome: str, status: int = 200) -> Response:
     return response
 
 
-def _bad(message: str) -> Response:
-    response = jsonify({"error": "bad_request", "message": message})
-    response.status_code = 400
+def _bad(message: str, status: int = 400, error: str = "bad_request") -> Response:
+    response = jsonify({"error": error, "message": message})
+    response.status_code = status
     return response
 
 
@@ -101,15 +101,12 @@ def _refuse_multipart() -> Response | None:
     (app/security.py) leaves these bodies unparsed so this answer comes first.
     """
     if request.mimetype.startswith("multipart/"):
-        response = jsonify(
-            {
-                "error": "unsupported_media_type",
-                "message": "multipart bodies are not accepted here: send application/x-www-form-urlencoded "
-                "(or, for APSIS, JSON or query parameters)",
-            }
+        return _bad(
+            "multipart bodies are not accepted here: send application/x-www-form-urlencoded "
+            "(or, for APSIS, JSON or query parameters)",
+            415,
+            "unsupported_media_type",
         )
-        response.status_code = 415
-        return response
     return None
 
 
