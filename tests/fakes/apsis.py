@@ -40,7 +40,8 @@ Test-side API (all thread-safe):
   ``report_events``, ``report_interval`` (60 s), ``report_calls``, ``status_calls``, ``download_calls``,
   ``download_url_lifetime``, ``report_max_window``
 - limits and faults: ``rate_limit`` (100), ``profile_rate_limit`` (10), ``latency``, ``enqueue_failure()``
-- recording: ``requests`` as ``(method, raw path, json body or None, time.monotonic())``, ``max_per_second``,
+- recording: ``requests`` as ``(method, raw path, json body or None, time.monotonic())``, ``max_per_second``
+  (the most requests under the account limit in any one second, refused ones included),
   ``count_429``, ``statuses`` (a Counter of every status answered)
 
 OPEN QUESTIONS (the pages do not say; the fake's choice is the stricter one):
@@ -442,13 +443,8 @@ class FakeApsis:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        now = time.monotonic()
         with self.lock:
-            self.requests.append((method, path, parsed, now))
-            self._arrivals.append(now)
-            while self._arrivals and self._arrivals[0] <= now - 1.0:
-                self._arrivals.popleft()
-            self.max_per_second = max(self.max_per_second, len(self._arrivals))
+            self.requests.append((method, path, parsed, time.monotonic()))
 
     def _next_failure(self) -> _Response | None:
         with self.lock:
@@ -487,8 +483,15 @@ class FakeApsis:
 
     def _account_limit(self) -> None:
         # developer.apsis.com/reference/limits: most endpoints allow 100 requests per second per account.
+        # ``max_per_second`` counts what this limit counts, refused requests included: the token endpoint
+        # has a limit of its own (``token_calls_per_minute``) and is not in it.
         with self.lock:
-            if not self._window(self._account_window, time.monotonic(), 1.0, self.rate_limit):
+            now = time.monotonic()
+            self._arrivals.append(now)
+            while self._arrivals and self._arrivals[0] <= now - 1.0:
+                self._arrivals.popleft()
+            self.max_per_second = max(self.max_per_second, len(self._arrivals))
+            if not self._window(self._account_window, now, 1.0, self.rate_limit):
                 raise _problem(429, "Too many requests for this account (100 per second).")
 
     def _profile_limit(self, ident: tuple[str, str]) -> None:
