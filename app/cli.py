@@ -22,8 +22,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import accounts, consent, importer, ledger, outbox, report_poller, retention
+from .addresses import InvalidInput, normalise_email
 from .extensions import db
-from .notices import LAWFUL_BASES
+from .notices import LAWFUL_BASES, get_notice
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
 ledger_cli = AppGroup("ledger", help="The evidence chain.")
@@ -180,8 +181,8 @@ def ledger_checkpoint() -> None:
 
 def _address(email: str) -> str:
     try:
-        return consent.normalise_email(email)
-    except consent.InvalidInput:
+        return normalise_email(email)
+    except InvalidInput:
         raise click.BadParameter("not a valid e-mail address", param_hint="EMAIL") from None
 
 
@@ -390,7 +391,7 @@ def contacts_import(  # type: ignore[no-untyped-def]
     The whole file is checked before anything is written: a file that is not
     UTF-8 CSV is refused and changes nothing.
     """
-    notice = consent.get_notice(slug)
+    notice = get_notice(slug)
     if notice is None:
         raise click.BadParameter(f"no notice {slug!r}", param_hint="--notice")
     spec = importer.ImportSpec(

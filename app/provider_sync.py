@@ -3,7 +3,7 @@
 A sync job names a subscription; the handler reads its state *now* and pushes
 that: subscribed -> upsert, unsubscribed -> unsubscribe, gone -> delete (the
 job then carries the address, wiped once the job is done). Jobs are written by
-``app/consent.py`` in the same transaction as the change; only the worker
+``app/consent/`` in the same transaction as the change; only the worker
 (``outbox run``) runs them, so no request ever waits on a provider.
 """
 

@@ -40,6 +40,7 @@ from .database import unit_of_work
 from .extensions import db
 from .models import ProviderCursor, utcnow
 from .notices import Notice
+from .notices import notices as registered_notices
 from .providers import ProviderNotConfigured, ProviderPermanent, ProviderRetry
 from .providers.apsis import ApsisProvider, ExportExpired
 
@@ -133,7 +134,7 @@ def _store_state(state: dict[str, Any]) -> None:
 
 
 def _the_notice(slugs: list[str] | None) -> Notice:
-    apsis = [n for n in consent.notices().values() if n.provider["kind"] == "apsis"]
+    apsis = [n for n in registered_notices().values() if n.provider["kind"] == "apsis"]
     if slugs:
         unknown = set(slugs) - {n.slug for n in apsis}
         if unknown:

@@ -27,7 +27,7 @@ from harness import empty_database, label, report, service_env, settle_statistic
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.consent import email_hash  # noqa: E402
+from app.addresses import email_hash  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.models import Subscription, Suppression, utcnow  # noqa: E402
 

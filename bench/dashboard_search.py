@@ -30,7 +30,7 @@ from harness import empty_database, label, percentile, report, service_env, subs
 from sqlalchemy import insert, text  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.consent import email_hash  # noqa: E402
+from app.addresses import email_hash  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.models import Subscription, utcnow  # noqa: E402
 from tests.support import Service, free_port  # noqa: E402

@@ -44,7 +44,7 @@ from harness import (  # noqa: E402  (bench/ is on the path)
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app, ledger  # noqa: E402
-from app.consent import email_hash  # noqa: E402
+from app.addresses import email_hash  # noqa: E402
 from app.database import unit_of_work  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.ledger import Evidence  # noqa: E402

@@ -11,7 +11,7 @@ import re
 from sqlalchemy import select
 
 from app import tokens
-from app.consent import email_hash
+from app.addresses import email_hash
 from app.extensions import db
 from app.models import Subscription
 

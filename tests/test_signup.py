@@ -142,7 +142,7 @@ def test_sign_up_without_csrf_token_is_refused(app, client, mailbox):
 
 
 def test_an_address_has_one_identity_however_its_domain_is_written(app):
-    from app.consent import normalise_email
+    from app.addresses import normalise_email
 
     with app.app_context():
         assert normalise_email("Åsa@Exämple.SE") == normalise_email("åsa@xn--exmple-cua.se") == "åsa@xn--exmple-cua.se"

@@ -63,7 +63,7 @@ def events(app, kind: str) -> list[ConsentEvent]:  # type: ignore[no-untyped-def
 
 
 def subscription(app, email: str) -> Subscription | None:  # type: ignore[no-untyped-def]
-    from app.consent import email_hash
+    from app.addresses import email_hash
 
     with app.app_context():
         return db.session.execute(

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import current_app
 
-from .. import consent
+from ..notices import notices as registered_notices
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 EMAIL = {"type": "string", "format": "email", "maxLength": 254, "examples": ["anna@example.com"]}
@@ -32,7 +32,7 @@ def _error_responses(*codes: int) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    slugs = sorted(consent.notices())
+    slugs = sorted(registered_notices())
     notice_slug = {"type": "string", "enum": slugs}
     return {
         "openapi": "3.1.0",

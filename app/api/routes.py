@@ -21,6 +21,7 @@ from .. import accounts, addresses, consent
 from ..database import MAX_ID, id_param
 from ..extensions import db, limiter
 from ..models import ConsentEvent, EventDetail, Subscription, utc_naive, utcnow
+from ..notices import get_notice
 from . import bp
 from .openapi import document
 
@@ -105,7 +106,7 @@ def _email(raw: str | None) -> str:
 
 
 def _notice(slug: str | None) -> Any:
-    notice = consent.get_notice(slug)
+    notice = get_notice(slug)
     if notice is None or notice.slug not in g.api_notices:
         known = ", ".join(sorted(g.api_notices)) or "(this token reaches no notice)"
         raise ApiError(422, "invalid_field", f"notice must be one of: {known}")

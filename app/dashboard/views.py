@@ -17,10 +17,12 @@ from flask_babel import gettext as _
 from flask_login import current_user
 
 from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
+from ..addresses import InvalidInput
 from ..database import id_param
 from ..extensions import db
 from ..models import ContactImport, OutboxJob, Subscription
-from ..notices import Notice
+from ..notices import Notice, get_notice
+from ..notices import notices as registered_notices
 from . import bp, queries
 from .auth import requires, scope
 from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm, UserForm
@@ -43,11 +45,11 @@ def _subscription_or_404(ref: str) -> Subscription:
 
 def _my_notices() -> list[Notice]:
     mine = scope()
-    return [notice for notice in consent.notices().values() if notice.slug in mine]
+    return [notice for notice in registered_notices().values() if notice.slug in mine]
 
 
 def _my_notice_or_404(slug: str | None) -> Notice:
-    notice = consent.get_notice(slug)
+    notice = get_notice(slug)
     if notice is None or notice.slug not in scope():
         abort(404)
     return notice
@@ -117,7 +119,7 @@ def subscribers():  # type: ignore[no-untyped-def]
         search=search,
         after=id_param(after),
         version=version,
-        review_due_for=consent.get_notice(notice) if review else None,
+        review_due_for=get_notice(notice) if review else None,
     )
     return render_template(
         "dashboard/subscribers.html",
@@ -133,7 +135,7 @@ def subscribers():  # type: ignore[no-untyped-def]
 @requires("viewer")
 def subject(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
-    notice = consent.get_notice(sub.notice)
+    notice = get_notice(sub.notice)
     form = RectifyForm(data={"name": sub.name or "", "email": sub.email})
     return render_template(
         "dashboard/subject.html",
@@ -158,7 +160,7 @@ def _review_due(sub: Subscription, notice) -> bool:  # type: ignore[no-untyped-d
 @requires("marketer")
 def record_contact(ref: str):  # type: ignore[no-untyped-def]
     sub = _subscription_or_404(ref)
-    notice = consent.get_notice(sub.notice)
+    notice = get_notice(sub.notice)
     form = ContactForm()
     if notice is None or not form.validate_on_submit():
         flash(_("Please check the values."), "error")
@@ -168,7 +170,7 @@ def record_contact(ref: str):  # type: ignore[no-untyped-def]
     relationship = form.relationship.data or None
     try:
         consent.record_contact(notice, sub.email, at, relationship, _facts())
-    except consent.InvalidInput:
+    except InvalidInput:
         flash(_("Please check the values."), "error")
     else:
         flash(_("Saved."), "info")
@@ -210,7 +212,7 @@ def certificate(ref: str):  # type: ignore[no-untyped-def]
     return render_template(
         "dashboard/certificate.html",
         sub=sub,
-        notice=consent.get_notice(sub.notice),
+        notice=get_notice(sub.notice),
         events=queries.timeline(sub.ref),
         check=check,
     )
@@ -229,7 +231,7 @@ def rectify(ref: str):  # type: ignore[no-untyped-def]
     }
     try:
         changed = consent.rectify(sub.ref, form.name.data, form.email.data, _facts())
-    except consent.InvalidInput as exc:
+    except InvalidInput as exc:
         flash(messages.get(str(exc), _("Please check the values.")), "error")
         return redirect(url_for("dashboard.subject", ref=ref))
     labels = {"name": _("Name"), "email": _("E-mail address")}

@@ -13,8 +13,10 @@ from flask import current_app, make_response, redirect, request, url_for
 from flask_babel import gettext as _
 
 from .. import consent, rights
+from ..addresses import InvalidInput
 from ..extensions import csrf
 from ..i18n import current_language
+from ..notices import get_notice
 from . import bp
 from .routes import _facts, _invalid_link, _read, _token_page
 
@@ -29,7 +31,7 @@ def _person(token: str) -> rights.Person | None:
 def _page(person: rights.Person, token: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
     notice = person.origin
     subs = rights.held(person)
-    rows = [(sub, consent.get_notice(sub.notice)) for sub in subs]
+    rows = [(sub, get_notice(sub.notice)) for sub in subs]
     return _token_page(
         "public/manage.html",
         status,
@@ -63,12 +65,12 @@ def manage_name(token: str):  # type: ignore[no-untyped-def]
     if person is None:
         return _invalid_link()
     slug = request.form.get("notice", "")
-    notice = consent.get_notice(slug)
+    notice = get_notice(slug)
     if notice is None or notice.slug != person.origin.slug or "name" not in notice.fields:
         return _page(person, token, 400, error=_("Please check this value."))
     try:
         changed = rights.change_name(person, slug, request.form.get("name", ""), _facts("manage"))
-    except consent.InvalidInput as exc:
+    except InvalidInput as exc:
         return _page(person, token, 400, error=NAME_ERRORS.get(str(exc), NAME_ERRORS["invalid"])())
     return _back(token, "name" if changed else "nothing")
 

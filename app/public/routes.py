@@ -5,9 +5,12 @@ from flask_babel import gettext as _
 from sqlalchemy import text
 
 from .. import consent, tokens
+from ..addresses import InvalidInput
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
 from ..models import NoticeVersion
+from ..notices import get_notice
+from ..notices import notices as registered_notices
 from . import bp
 from .forms import SubscribeForm
 
@@ -31,7 +34,7 @@ def _facts(channel: str) -> consent.Facts:
 
 
 def _notice_or_404(slug: str):  # type: ignore[no-untyped-def]
-    notice = consent.get_notice(slug)
+    notice = get_notice(slug)
     if notice is None:
         abort(404)
     return notice
@@ -44,7 +47,7 @@ def _token_page(template: str, status: int = 200, **context):  # type: ignore[no
 
 @bp.get("/")
 def index():  # type: ignore[no-untyped-def]
-    return render_template("public/index.html", notices=consent.notices().values())
+    return render_template("public/index.html", notices=registered_notices().values())
 
 
 @bp.get("/healthz")
@@ -94,7 +97,7 @@ def subscribe(slug: str):  # type: ignore[no-untyped-def]
             return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
         try:
             consent.request_subscription(notice, form.email.data, form.name.data, _facts("form"))
-        except consent.InvalidInput as exc:
+        except InvalidInput as exc:
             table = EMAIL_ERROR_TEXT if exc.field == "email" else ERROR_TEXT
             getattr(form, exc.field).errors = [table[str(exc)]()]
         else:
@@ -143,7 +146,7 @@ def confirm(token: str):  # type: ignore[no-untyped-def]
     payload, problem = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
     if problem == "invalid":
         return _invalid_link()
-    notice = consent.get_notice(payload.get("n"))
+    notice = get_notice(payload.get("n"))
     if notice is None:
         return _invalid_link()
     text = notice.text(current_language(notice))
@@ -163,7 +166,7 @@ def resend(token: str):  # type: ignore[no-untyped-def]
     # A resend is allowed from an expired link too; the signature still proves
     # the link was ours, and the per-address limit bounds the mail sent.
     payload, _expired = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
-    notice = consent.get_notice(payload.get("n")) if payload else None
+    notice = get_notice(payload.get("n")) if payload else None
     if notice is None:
         return _invalid_link()
     consent.resend_confirmation(payload, _facts("page"))
@@ -182,7 +185,7 @@ def _manage_token(unsubscribe_payload) -> str:  # type: ignore[no-untyped-def]
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
 def unsubscribe(token: str):  # type: ignore[no-untyped-def]
     payload, problem = _read("unsubscribe", token)
-    notice = consent.get_notice(payload.get("n")) if payload else None
+    notice = get_notice(payload.get("n")) if payload else None
     if problem or notice is None:
         return _invalid_link()
     lang = current_language(notice)

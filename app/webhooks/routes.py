@@ -18,7 +18,8 @@ from flask import Response, abort, current_app, jsonify, request
 from .. import addresses, consent
 from ..extensions import csrf
 from ..models import utc_naive
-from ..notices import notice_for_provider
+from ..notices import get_notice, notice_for_provider
+from ..notices import notices as registered_notices
 from . import bp
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
         raise BadDelivery(f"type must be one of: {', '.join(sorted(set(APSIS_KINDS)))}")
     email = _address(fields.get("email") or fields.get("email_address") or fields.get("address") or "", "email")
     if fields.get("notice"):
-        notice = consent.get_notice(fields["notice"])
+        notice = get_notice(fields["notice"])
         if notice is None or notice.provider["kind"] != "apsis":
             return "unknown_list"
     elif fields.get("section"):
@@ -270,7 +271,7 @@ def _apsis_event(fields: dict[str, str]) -> consent.ProviderEvent | str:
         if notice is None:
             return "unknown_list"
     else:
-        candidates = [n for n in consent.notices().values() if n.provider["kind"] == "apsis"]
+        candidates = [n for n in registered_notices().values() if n.provider["kind"] == "apsis"]
         if len(candidates) != 1:
             raise BadDelivery("several notices use APSIS: name one with notice or section")
         notice = candidates[0]

@@ -1,0 +1,217 @@
+"""Double opt-in: the sign-up request, its confirmation mail and the confirmation."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import delete, func, select
+
+from .. import ledger, outbox, provider_sync
+from ..addresses import InvalidInput, clean_name, email_hash, normalise_email
+from ..database import UnitOfWork, unit_of_work
+from ..extensions import db
+from ..ledger import Evidence
+from ..models import ConsentEvent, OutboxJob, Subscription, Suppression, utcnow
+from ..notices import Notice, get_notice
+from .records import (
+    Facts,
+    Target,
+    find_subscription,
+    queue_mail,
+    retry_on_insert_race,
+    target_subscription,
+    token_target,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIRMATION_EVENTS = ("signup_requested", "confirmation_resent")
+
+SIGNUP_JOB = "signup"
+
+
+def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | None, facts: Facts) -> None:
+    """Start double opt-in. Says nothing about whether the address was known, not even by
+    the time it takes: only the input is checked here, and the same one write (a ``signup``
+    outbox job) is made for every address. What the address's state calls for, a new
+    pending subscription, a fresh confirmation mail or nothing, is done by that job, which
+    runs right after the answer (or, if this process dies first, in the outbox worker).
+    """
+    email = normalise_email(email_raw)
+    name = clean_name(name_raw) if "name" in notice.fields else None
+    if "name" in notice.required and not name:
+        raise InvalidInput("name", "required")
+    payload = {
+        "channel": facts.channel,
+        "lang": facts.lang,
+        "actor": facts.actor,
+        # Wiped by the outbox once the job is done (the subscription then holds what it keeps).
+        "personal_email": email,
+        "personal_name": name,
+        "personal_ip": facts.ip,
+        "personal_user_agent": facts.user_agent,
+    }
+    with unit_of_work() as uow:
+        outbox.run_after_commit(uow, SIGNUP_JOB, notice=notice.slug, subscription_ref=None, payload=payload)
+
+
+@outbox.handler(SIGNUP_JOB, personal_copy=True)
+def _signup_job(job: Any) -> None:
+    notice = get_notice(job.notice)
+    payload = job.payload
+    email = payload.get("personal_email")
+    if notice is None or not isinstance(email, str):
+        raise outbox.PermanentJobError("sign-up job without its notice or address")
+    facts = Facts(
+        channel=str(payload.get("channel") or "form"),
+        ip=payload.get("personal_ip"),
+        user_agent=payload.get("personal_user_agent"),
+        lang=str(payload.get("lang") or notice.languages[0]),
+        actor=payload.get("actor"),
+    )
+    db.session.rollback()  # the job's own read ends here; the sign-up is a unit of work of its own
+    retry_on_insert_race(_request_subscription, notice, email, payload.get("personal_name"), facts)
+
+
+def _request_subscription(notice: Notice, email: str, name: str | None, facts: Facts) -> None:
+    ehash = email_hash(email)
+    with unit_of_work() as uow:
+        sub = find_subscription(uow, notice.slug, ehash)
+        if sub is not None and sub.status == "subscribed":
+            return  # nothing to do; the response is the same either way
+        if sub is None:
+            sub = Subscription(
+                notice=notice.slug,
+                email=email,
+                email_hash=ehash,
+                name=name,
+                status="pending",
+                lang=facts.lang,
+                source=f"sign-up form {current_app.config['PUBLIC_URL']}/{notice.slug}/subscribe",
+                lawful_basis=notice.lawful_basis,
+                notice_version=notice.version,
+                confirm_nonce=secrets.token_hex(8),
+            )
+            uow.session.add(sub)
+            uow.session.flush()
+        else:
+            if sub.status == "unsubscribed":
+                sub.status = "pending"
+                sub.confirm_nonce = secrets.token_hex(8)
+                sub.unsubscribed_at = None
+            elif name:
+                sub.name = name  # still unconfirmed: the latest request wins
+            sub.lang = facts.lang
+            sub.notice_version = notice.version
+        if not _under_confirmation_limit(uow, sub):
+            log.info("confirmation limit reached for one address; no mail sent")
+            return
+        signup_facts = {"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis}
+        ledger.append(
+            uow,
+            [
+                Evidence.under(
+                    "signup_requested",
+                    notice,
+                    sub.ref,
+                    facts.channel,
+                    signup_facts,
+                    details=facts.details(email=email, name=name),
+                )
+            ],
+        )
+        queue_mail(uow, sub, "confirmation")
+
+
+def _under_confirmation_limit(uow: UnitOfWork, sub: Subscription) -> bool:
+    since = utcnow() - timedelta(hours=24)
+    sent = uow.session.execute(
+        select(func.count())
+        .select_from(ConsentEvent)
+        .where(
+            ConsentEvent.subscription_ref == sub.ref,
+            ConsentEvent.type.in_(CONFIRMATION_EVENTS),
+            ConsentEvent.at > since,
+        )
+    ).scalar_one()
+    return sent < current_app.config["CONFIRMATIONS_PER_ADDRESS"]
+
+def _pending_for(uow: UnitOfWork, target: Target, payload: dict[str, Any]) -> Subscription | None:
+    """The subscription a confirmation token still speaks for, if any."""
+    sub = target_subscription(uow, target)
+    if sub is None or sub.status != "pending" or sub.confirm_nonce != payload.get("r"):
+        return None
+    return sub
+
+
+def confirm(payload: dict[str, Any], facts: Facts) -> str:
+    """Confirm a sign-up: 'confirmed', 'already' (harmless repeat) or 'stale'."""
+    target = token_target(payload)
+    if target is None:
+        return "stale"
+    notice = target.notice
+    with unit_of_work() as uow:
+        sub = target_subscription(uow, target)
+        if sub is not None and sub.status == "subscribed":
+            return "already"
+        sub = _pending_for(uow, target, payload)
+        if sub is None:
+            return "stale"
+        now = utcnow()
+        seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
+        window = current_app.config["SCANNER_WINDOW_SECONDS"]
+        lifted = uow.session.execute(
+            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
+        ).rowcount
+        sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
+        sub.notice_version = notice.version
+        confirm_facts = {
+            "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
+            "likely_scanner": seconds is not None and seconds < window,
+            "suppression_lifted": bool(lifted),
+        }
+        ledger.append(
+            uow,
+            [
+                Evidence.under(
+                    "consent_confirmed", notice, sub.ref, facts.channel, confirm_facts, details=facts.details()
+                )
+            ],
+        )
+        provider_sync.enqueue_sync(uow, sub, opt_out=False)
+        queue_mail(uow, sub, "welcome")
+    return "confirmed"
+
+
+def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
+    """From an expired link's page: send a fresh confirmation if still pending."""
+    target = token_target(payload)
+    if target is None:
+        return
+    with unit_of_work() as uow:
+        sub = _pending_for(uow, target, payload)
+        if sub is None or not _under_confirmation_limit(uow, sub):
+            return
+        ledger.append(
+            uow,
+            [Evidence.under("confirmation_resent", target.notice, sub.ref, facts.channel, details=facts.details())],
+        )
+        queue_mail(uow, sub, "confirmation")
+
+def cancel_queued_signups(uow: UnitOfWork, ehash: str) -> bool:
+    """A sign-up of the address still waiting in the outbox goes with the erasure: it would
+    otherwise hold the address and, once run, mail the person who just asked to be erased."""
+    waiting = uow.session.execute(
+        select(OutboxJob).where(OutboxJob.kind == SIGNUP_JOB, OutboxJob.state == "pending")
+    ).scalars()
+    cancelled = False
+    for job in waiting:
+        address = job.payload.get("personal_email")
+        if isinstance(address, str) and email_hash(address) == ehash:
+            job.state, job.finished_at, job.last_error, job.payload = "done", utcnow(), "cancelled", {}
+            cancelled = True
+    return cancelled
