@@ -33,9 +33,10 @@ from .database import unit_of_work
 from .extensions import db
 from .models import ApiToken, User, utcnow
 from .notices import notices
+from .vocabulary import Role, Scope, values
 
-ROLES = ("admin", "marketer", "viewer")
-SCOPES = ("read", "subscribe", "opt_out", "contact")
+ROLES = values(Role)
+SCOPES = values(Scope)
 MIN_PASSWORD_LENGTH = 12
 TOKEN_PREFIX = "cst_"  # noqa: S105 - a public prefix that makes leaked tokens easy to spot
 

@@ -20,11 +20,13 @@ from typing import Any
 
 from flask import current_app
 
+from .vocabulary import Language, LawfulBasis, OptOutRule, values
+
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
-LANGUAGES = ("sv", "en")
+LANGUAGES = values(Language)
 FIELDS = ("email", "name")
-OPT_OUT_RULES = ("unsubscribe", "delete")
-LAWFUL_BASES = ("consent", "legitimate_interest")
+OPT_OUT_RULES = values(OptOutRule)
+LAWFUL_BASES = values(LawfulBasis)
 PROVIDER_KEYS = {"mailchimp": ("list_id",), "apsis": ("section", "topic", "keyspace")}
 # Optional provider settings, also overridable as <SLUG>_<KEY>: Mailchimp's
 # GDPR marketing permission ids (comma-separated) and the APSIS attribute

@@ -19,6 +19,7 @@ from ..extensions import db
 from ..ledger import Evidence
 from ..models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice, notices
+from ..vocabulary import Relationship, values
 from .records import (
     Facts,
     delete_personal_data,
@@ -162,7 +163,7 @@ def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts)
     return fields
 
 
-RELATIONSHIPS = ("subscriber", "prospect", "customer")
+RELATIONSHIPS = values(Relationship)
 EARLIEST_CONTACT = datetime(2000, 1, 1)
 
 

@@ -23,10 +23,11 @@ from ..database import id_param
 from ..extensions import db, limiter, login_manager
 from ..i18n import SESSION_KEY, remembered_language
 from ..models import User
+from ..vocabulary import Role, values
 from . import bp
 from .forms import LoginForm
 
-ROLE_RANK = {"viewer": 0, "marketer": 1, "admin": 2}
+ROLE_RANK = {role: rank for rank, role in enumerate(reversed(values(Role)))}  # viewer 0 .. admin 2
 LOGIN_RATE_LIMIT = "10 per minute;50 per hour"
 IDLE_SECONDS = 30 * 60
 MAX_SECONDS = 12 * 3600

@@ -6,6 +6,8 @@ from flask_wtf import FlaskForm
 from wtforms import DateField, EmailField, PasswordField, StringField
 from wtforms.validators import AnyOf, DataRequired, Length, Optional
 
+from ..vocabulary import Relationship, Role, values
+
 
 class LoginForm(FlaskForm):
     email = EmailField(validators=[DataRequired(), Length(max=254)])
@@ -25,7 +27,7 @@ class UserForm(FlaskForm):
     """The notices are checkboxes read with ``request.form.getlist``."""
 
     email = EmailField(validators=[DataRequired(), Length(max=254)])
-    role = StringField(validators=[DataRequired(), AnyOf(("admin", "marketer", "viewer"))])
+    role = StringField(validators=[DataRequired(), AnyOf(values(Role))])
     password = PasswordField(validators=[DataRequired(), Length(max=1024)])
 
 
@@ -39,7 +41,7 @@ class ContactForm(FlaskForm):
     """A dialog with the contact on a day, and/or their relationship (retention facts)."""
 
     last_contact = DateField(validators=[Optional()])
-    relationship = StringField(validators=[Optional(), AnyOf(("subscriber", "prospect", "customer"))])
+    relationship = StringField(validators=[Optional(), AnyOf(values(Relationship))])
 
 
 class ImportForm(FlaskForm):

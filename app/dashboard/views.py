@@ -23,11 +23,12 @@ from ..extensions import db
 from ..models import ContactImport, OutboxJob, Subscription
 from ..notices import Notice, get_notice
 from ..notices import notices as registered_notices
+from ..vocabulary import Status, values
 from . import bp, queries
 from .auth import requires, scope
 from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm, UserForm
 
-STATUSES = ("pending", "subscribed", "unsubscribed")
+STATUSES = values(Status)
 
 
 def _facts() -> consent.Facts:
