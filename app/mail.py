@@ -30,16 +30,17 @@ from flask import current_app, render_template
 from flask_babel import force_locale, gettext
 
 from . import tokens
+from .failures import Permanent, RetryLater
 from .notices import Notice
 
 log = logging.getLogger(__name__)
 
 
-class PermanentMailError(Exception):
+class PermanentMailError(Permanent):
     """The message can never be delivered as it is (e.g. recipient refused)."""
 
 
-class TransientMailError(Exception):
+class TransientMailError(RetryLater):
     """Delivery may succeed later (server down, timeout, 4xx)."""
 
 

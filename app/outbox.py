@@ -27,32 +27,13 @@ from sqlalchemy.orm import Session
 from . import after_response, ledger
 from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
+from .failures import Failure, Permanent, RetryLater, WaitForConfiguration
 from .models import OutboxJob, utcnow
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 3600.0
-
-
-class PermanentJobError(Exception):
-    """Retrying cannot help; the job becomes a dead letter with this reason."""
-
-
-class RetryJob(Exception):
-    """Try again later; ``retry_after`` (seconds) overrides the backoff."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class WaitForConfiguration(Exception):
-    """The job cannot run until an operator configures something (credentials).
-
-    It stays pending, visibly, and does not use up attempts: a notice whose
-    provider is not configured must not turn its opt-outs into dead letters.
-    """
 
 
 WAIT_FOR_CONFIGURATION_SECONDS = 60
@@ -183,18 +164,13 @@ def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
     ]
 
 
-# The exceptions whose text this service writes itself (provider and mail errors are
-# reduced to codes and fixed phrases where they are raised). Any other exception's text
-# is never stored: it may quote a provider's answer, and that may name the person.
-_OWN_TEXT = ("PermanentJobError", "RetryJob", "WaitForConfiguration", "ProviderRetry", "ProviderPermanent",
-             "ProviderNotConfigured", "PermanentMailError", "TransientMailError", "ExportExpired")
 _ADDRESS = re.compile(r"[^\s<>()\[\]{}'\",;:]+@[^\s<>()\[\]{}'\",;:]+")
 
 
 def describe(error: Exception) -> str:
     """What a dead letter or a retry shows as its reason: never an address, never a provider's free text."""
     kind = type(error).__name__
-    if kind not in _OWN_TEXT:
+    if not isinstance(error, Failure):  # see app/failures.py: only the service's own words are kept
         return kind
     text = _ADDRESS.sub("(address)", str(error))
     return f"{kind}: {text}"[:1000] if text else kind
@@ -234,7 +210,7 @@ def _finish(job_id: int, error: Exception | None) -> None:
             job.state, job.attempts = "pending", max(job.attempts - 1, 0)
             job.next_attempt_at = now + timedelta(seconds=WAIT_FOR_CONFIGURATION_SECONDS)
             return
-        if isinstance(error, PermanentJobError) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
+        if isinstance(error, Permanent) or job.attempts >= current_app.config["OUTBOX_MAX_ATTEMPTS"]:
             job.state, job.finished_at = "dead", now
             kept = _without_personal(job.payload)
             if job.kind in PERSONAL_COPY_KINDS and kept != job.payload:
@@ -243,7 +219,7 @@ def _finish(job_id: int, error: Exception | None) -> None:
             log.warning("outbox job %s (%s) is a dead letter: %s", job.id, job.kind, job.last_error)
             return
         delay = (
-            error.retry_after if isinstance(error, RetryJob) and error.retry_after else backoff_seconds(job.attempts)
+            error.retry_after if isinstance(error, RetryLater) and error.retry_after else backoff_seconds(job.attempts)
         )
         job.state, job.next_attempt_at = "pending", now + timedelta(seconds=delay)
 
@@ -256,10 +232,10 @@ def _process(job_id: int) -> None:
     error: Exception | None
     try:
         if fn is None:
-            raise PermanentJobError(f"no handler for job kind {job.kind!r}")
+            raise Permanent(f"no handler for job kind {job.kind!r}")
         fn(job)
         error = None
-    except (PermanentJobError, RetryJob, WaitForConfiguration) as exc:
+    except Failure as exc:
         error = exc
     except Exception as exc:  # unknown failures are retried, never dropped
         log.exception("outbox job %s (%s) failed", job_id, job.kind)
@@ -303,7 +279,7 @@ def _process_batch(fn: BatchHandler, jobs: list[ClaimedJob]) -> None:
         log.exception("outbox batch of %d jobs failed", len(jobs))
         results = {job.id: exc for job in jobs}
     db.session.rollback()
-    _finish_many({job.id: results.get(job.id, RetryJob("no outcome reported")) for job in jobs}, personal)
+    _finish_many({job.id: results.get(job.id, RetryLater("no outcome reported")) for job in jobs}, personal)
 
 
 def run_due(limit: int | None = None) -> int:

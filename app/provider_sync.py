@@ -18,6 +18,7 @@ from sqlalchemy import select
 from . import ledger, mail, outbox
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
+from .failures import Permanent, WaitForConfiguration
 from .ledger import Evidence
 from .models import ConsentEvent, EventDetail, Subscription
 from .notices import Notice
@@ -26,8 +27,6 @@ from .providers import (
     Operation,
     Outcome,
     ProviderNotConfigured,
-    ProviderPermanent,
-    ProviderRetry,
     provider_for,
 )
 
@@ -146,24 +145,18 @@ def _record_pending(notice: Notice, refs: list[str]) -> None:
 
 
 def _as_job_error(outcome: Outcome) -> Exception | None:
-    if isinstance(outcome, ProviderRetry):
-        return outbox.RetryJob(str(outcome), outcome.retry_after)
-    if isinstance(outcome, ProviderPermanent):
-        return outbox.PermanentJobError(str(outcome))
-    if isinstance(outcome, Exception):
-        return outcome
-    return None
+    return outcome if isinstance(outcome, Exception) else None
 
 
 def _sync_notice(slug: str | None, jobs: list[outbox.ClaimedJob]) -> dict[int, Exception | None]:
     notice = current_app.extensions["notices"].get(slug)
     if notice is None:
-        return {job.id: outbox.PermanentJobError(f"notice {slug!r} no longer exists") for job in jobs}
+        return {job.id: Permanent(f"notice {slug!r} no longer exists") for job in jobs}
     try:
         provider = provider_for(notice, current_app.config)
     except ProviderNotConfigured as exc:
         wait = f"{notice.provider['kind']} not configured: {exc}"
-        return {job.id: outbox.WaitForConfiguration(wait) for job in jobs}
+        return {job.id: WaitForConfiguration(wait) for job in jobs}
     plan = _plan(notice, jobs)
     db.session.rollback()  # no transaction stays open across network I/O
     work = [(job_id, ref, op) for job_id, ref, op in plan if op is not None]

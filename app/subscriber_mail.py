@@ -15,6 +15,7 @@ from sqlalchemy import select
 from . import ledger, mail, outbox, tokens
 from .database import unit_of_work
 from .extensions import db
+from .failures import Permanent
 from .ledger import Evidence
 from .models import OutboxJob, Subscription, utcnow
 from .notices import Notice, get_notice
@@ -33,10 +34,10 @@ STATUS_FOR = {
 def send_subscriber_mail(job: OutboxJob) -> None:
     template = job.payload.get("template")
     if template == "erased":
-        _send(_last_mail(job))
+        mail.transport().send(_last_mail(job))
         return
     if template not in STATUS_FOR:
-        raise outbox.PermanentJobError(f"unknown mail template {template!r}")
+        raise Permanent(f"unknown mail template {template!r}")
     sub = db.session.execute(select(Subscription).where(Subscription.ref == job.subscription_ref)).scalar_one_or_none()
     notice = get_notice(sub.notice) if sub else None
     wanted = STATUS_FOR[template]
@@ -67,18 +68,9 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     # End the read transaction before network I/O: an open SQLite snapshot
     # would hold back the WAL checkpoint that completes an erasure.
     db.session.rollback()
-    _send(composed)
+    mail.transport().send(composed)
     if template == "confirmation":
         _record_sent(ref, notice)
-
-
-def _send(composed: mail.Composed) -> None:
-    try:
-        mail.transport().send(composed)
-    except mail.PermanentMailError as exc:
-        raise outbox.PermanentJobError(str(exc)) from None
-    except mail.TransientMailError as exc:
-        raise outbox.RetryJob(str(exc)) from None
 
 
 def _last_mail(job: OutboxJob) -> mail.Composed:
@@ -86,7 +78,7 @@ def _last_mail(job: OutboxJob) -> mail.Composed:
     notice = get_notice(job.notice)
     to, ehash = job.payload.get("personal_email"), job.payload.get("email_hash")
     if notice is None or not isinstance(to, str) or not isinstance(ehash, str):
-        raise outbox.PermanentJobError("erasure mail without its notice or address")
+        raise Permanent("erasure mail without its notice or address")
     controllers = [str(c) for c in job.payload.get("controllers") or []]
     return mail.compose(
         "erased",

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app import outbox
 from app.extensions import db
+from app.failures import RetryLater
 from app.models import ConsentEvent, OutboxJob
 
 from .fakes.mailchimp import FakeMailchimp
@@ -51,7 +52,7 @@ def test_a_refusal_naming_the_member_leaves_no_trace_of_its_words_in_the_chain(
         ).scalars().all()
     assert len(facts) == 1  # the discard (a retry from the CLI names no actor and is not evidence)
     for recorded in map(json.loads, facts):
-        assert recorded["reason"] == "PermanentJobError"  # the kind of error, in the service's own word
+        assert recorded["reason"] == "ProviderPermanent"  # the kind of error, in the service's own word
     assert "Forgotten" not in json.dumps(facts) and GONE not in _everything_stored(app)
 
 
@@ -73,8 +74,8 @@ def test_an_unexpected_error_is_stored_by_its_kind_only(app):
 
 
 def test_even_the_services_own_errors_never_store_an_address():
-    error = outbox.RetryJob(f"the server refused <{GONE}>: try later")
-    assert GONE not in outbox.describe(error) and outbox.describe(error).startswith("RetryJob: ")
+    error = RetryLater(f"the server refused <{GONE}>: try later")
+    assert GONE not in outbox.describe(error) and outbox.describe(error).startswith("RetryLater: ")
 
 
 def test_erasure_leaves_the_persons_finished_jobs_without_reasons(app, client, mailbox, runner, mailchimp):

@@ -14,6 +14,7 @@ from .. import ledger, outbox, provider_sync
 from ..addresses import InvalidInput, clean_name, email_hash, normalise_email
 from ..database import UnitOfWork, unit_of_work
 from ..extensions import db
+from ..failures import Permanent
 from ..ledger import Evidence
 from ..models import ConsentEvent, OutboxJob, Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice
@@ -65,7 +66,7 @@ def _signup_job(job: Any) -> None:
     payload = job.payload
     email = payload.get("personal_email")
     if notice is None or not isinstance(email, str):
-        raise outbox.PermanentJobError("sign-up job without its notice or address")
+        raise Permanent("sign-up job without its notice or address")
     facts = Facts(
         channel=str(payload.get("channel") or "form"),
         ip=payload.get("personal_ip"),

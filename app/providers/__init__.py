@@ -16,20 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..failures import Permanent, RetryLater, WaitForConfiguration
 from ..notices import Notice
 
 
-class ProviderNotConfigured(Exception):
+class ProviderNotConfigured(WaitForConfiguration):
     """Credentials for this provider are not set; jobs stay pending until they are."""
 
 
-class ProviderRetry(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+class ProviderRetry(RetryLater):
+    """The provider may accept the same call later (timeout, 429, 5xx)."""
 
 
-class ProviderPermanent(Exception):
+class ProviderPermanent(Permanent):
     """The provider refused in a way retrying cannot change."""
 
 
