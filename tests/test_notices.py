@@ -120,3 +120,16 @@ def test_the_bases_an_import_may_use_are_part_of_the_version(tmp_path):
         encoding="utf-8",
     )
     assert load_notices(directory, {})["munkeby"].version != before
+
+
+# The versions of the shipped notices, as recorded with every consent given under them.
+# Reading the same file must give the same version, whatever the code that reads it.
+SHIPPED_VERSIONS = {
+    "munkeby": "b66e621c1a36ff4f50b100b9d9e55c371108eefde9f2269561838a9245137a31",
+    "mysoft": "104b724a7e1d345e41bf179dad9a763b25add164beef1be38edfafd05212982a",
+}
+
+
+def test_the_shipped_notices_keep_their_versions():
+    notices = load_notices(NOTICES, {})
+    assert {slug: notice.version for slug, notice in notices.items()} == SHIPPED_VERSIONS
