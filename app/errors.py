@@ -1,11 +1,17 @@
-"""Error pages: every failure answers with a clear page in the visitor's language."""
+"""Error answers: a clear page in the visitor's language, or one JSON shape for programs.
+
+Pages are for people; under ``/api/`` and ``/webhooks/`` every error, whether a route
+raises it or the framework does, is ``json_error``'s ``{"error", "detail", "status"}``.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, render_template, request
+from collections.abc import Mapping
+
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 from .extensions import db
 
@@ -40,36 +46,49 @@ API_ERRORS = {
     429: ("rate_limited", "too many requests in a short time; wait a while and try again"),
     500: ("internal_error", "something went wrong on our side; nothing was changed"),
 }
+# Answered as JSON: read by programs, not people.
+JSON_PREFIXES = ("/api/", "/webhooks/")
 
 
-def _api_error(code: int):  # type: ignore[no-untyped-def]
-    error, detail = API_ERRORS.get(code) or API_ERRORS[500 if code >= 500 else 400]
-    return {"error": error, "detail": detail, "status": code}, code
+def json_error(status: int, error: str, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The one JSON error answer of the service, under every prefix.
+
+    ``{"error": <code>, "detail": <text>, "status": <int>}``: ``error`` is a stable
+    English code to branch on (``invalid_field``, ``not_found`` ...), ``detail`` says
+    what was wrong in English for a person, ``status`` repeats the HTTP status. The
+    API's schema documents it as ``Error`` (app/api/schemas.py).
+    """
+    response = jsonify({"error": error, "detail": detail, "status": status})
+    response.status_code = status
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
-def render_error(code: int, detail: str | None = None):  # type: ignore[no-untyped-def]
-    if request.path.startswith(("/api/", "/webhooks/")):  # read by programs, not people
-        return _api_error(code)
+def render_error(code: int, detail: str | None = None) -> Response:
+    if request.path.startswith(JSON_PREFIXES):
+        error, text = API_ERRORS.get(code) or API_ERRORS[500 if code >= 500 else 400]
+        return json_error(code, error, text)
     title, message = _messages().get(code, _messages()[400])
-    return render_template("errors/error.html", code=code, title=title, message=detail or message), code
+    page = render_template("errors/error.html", code=code, title=title, message=detail or message)
+    return make_response(page, code)
 
 
 def register_errorhandlers(app: Flask) -> None:
     @app.errorhandler(CSRFError)
-    def _csrf(exc: CSRFError):  # type: ignore[no-untyped-def]
+    def _csrf(exc: CSRFError) -> Response:
         return render_error(400, _("The form had expired. Please reload the page and submit it again."))
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http(exc: HTTPException) -> Response | HTTPException:
         if exc.code is None or exc.code < 400:
             return exc
         response = render_error(exc.code)
-        if exc.code == 405 and exc.valid_methods:
-            body, code = response
-            return body, code, {"Allow": ", ".join(exc.valid_methods)}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(InternalServerError)
-    def _internal(exc: InternalServerError):  # type: ignore[no-untyped-def]
+    def _internal(exc: InternalServerError) -> Response:
         db.session.rollback()
         return render_error(500)

@@ -73,7 +73,8 @@ def test_wrong_secret_bad_fields_and_get_change_nothing(app, client, mailbox, ru
     assert wrong.status_code == 404 and wrong.json["error"] == "not_found"  # a code, whatever the language
     for body in ({}, {"type": "unsubscribe"}, {"type": "party", "email": "bo@example.com"}, ["unsubscribe"]):
         answer = client.post(HOOK, json=body)
-        assert answer.status_code == 400 and answer.json["message"], body
+        assert answer.status_code == 400 and answer.json["detail"], body
+        assert set(answer.json) == {"error", "detail", "status"} and answer.json["status"] == 400
     answer = client.post(HOOK, data="{not json", content_type="application/json")
     assert answer.status_code == 400
     got = client.get(HOOK, query_string={"type": "unsubscribe", "email": "bo@example.com"})
@@ -101,7 +102,7 @@ def test_hostile_fields_get_a_clear_400(app, client, mailbox, runner, body):
     subscribe_and_confirm(client, mailbox, "mysoft", "bo@example.com")
     raw = json.dumps(body)  # keeps a lone surrogate as its escape, as a hostile sender would
     answer = client.post(HOOK, data=raw, content_type="application/json")
-    assert answer.status_code == 400 and answer.json["message"]
+    assert answer.status_code == 400 and answer.json["error"] == "bad_request" and answer.json["detail"]
     assert held(runner, "bo@example.com")
 
 

@@ -229,7 +229,8 @@ def test_unknown_list_and_address_are_acknowledged(app, client, rule):
 )
 def test_malformed_deliveries_are_refused_clearly_and_change_nothing(app, client, fields, rule):
     answer = post(client, fields)
-    assert answer.status_code == 400 and answer.json["message"]
+    assert answer.status_code == 400 and answer.json["error"] == "bad_request" and answer.json["detail"]
+    assert answer.json["status"] == 400 and "message" not in answer.json  # the service's one error shape
     assert counts(app) == (0, 0, 0)
 
 
@@ -264,7 +265,10 @@ class TestSignature:
         def send(**headers: str):  # type: ignore[no-untyped-def]
             return client.post(HOOK, data=body, content_type="application/x-www-form-urlencoded", headers=headers)
 
-        assert send().status_code == 401
+        refused = send()
+        assert refused.status_code == 401
+        problem = "missing or malformed X-Mailchimp-Signature"
+        assert refused.json == {"error": "unauthorized", "detail": problem, "status": 401}
         assert send(**{"X-Mailchimp-Signature": self.signed(body, now, key="x" * 32)}).status_code == 401
         assert send(**{"X-Mailchimp-Signature": self.signed(body, now - 301)}).status_code == 401
         assert send(**{"X-Mailchimp-Signature": "t=abc,v1="}).status_code == 401

@@ -1,4 +1,8 @@
-"""Webhook endpoints: thin; parsing here, the rules in ``app/consent.py``."""
+"""Webhook endpoints: thin; parsing here, the rules in ``app/consent.py``.
+
+A delivery is answered ``{"status": <outcome>}``; a refused one with the service's one
+JSON error shape (``app.errors.json_error``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from urllib.parse import urlencode
 from flask import Response, abort, current_app, jsonify, request
 
 from .. import addresses, consent
+from ..errors import json_error
 from ..extensions import csrf
 from ..models import utc_naive
 from ..notices import get_notice, notice_for_provider
@@ -67,7 +72,7 @@ APSIS_KINDS = {
 
 
 class BadDelivery(ValueError):
-    """The delivery is malformed; answered 400 with this message, nothing changes."""
+    """The delivery is malformed; answered 400 (``bad_request``) with this as the detail, nothing changes."""
 
 
 def _secret_matches(setting: str, given: str) -> bool:
@@ -86,12 +91,6 @@ def _answer(outcome: str, status: int = 200) -> Response:
     return response
 
 
-def _bad(message: str, status: int = 400, error: str = "bad_request") -> Response:
-    response = jsonify({"error": error, "message": message})
-    response.status_code = status
-    return response
-
-
 @bp.before_request
 def _refuse_multipart() -> Response | None:
     """A multipart body is refused before anything parses it.
@@ -102,11 +101,11 @@ def _refuse_multipart() -> Response | None:
     (app/security.py) leaves these bodies unparsed so this answer comes first.
     """
     if request.mimetype.startswith("multipart/"):
-        return _bad(
-            "multipart bodies are not accepted here: send application/x-www-form-urlencoded "
-            "(or, for APSIS, JSON or query parameters)",
+        return json_error(
             415,
             "unsupported_media_type",
+            "multipart bodies are not accepted here: send application/x-www-form-urlencoded "
+            "(or, for APSIS, JSON or query parameters)",
         )
     return None
 
@@ -214,13 +213,11 @@ def mailchimp(secret: str) -> Response:
     problem = _verify_mailchimp_signature()
     if problem:
         log.warning("Mailchimp webhook refused: %s", problem)
-        response = jsonify({"error": "unauthorized", "message": problem})
-        response.status_code = 401
-        return response
+        return json_error(401, "unauthorized", problem)
     try:
         event = _mailchimp_event(request.form)
     except BadDelivery as exc:
-        return _bad(str(exc))
+        return json_error(400, "bad_request", str(exc))
     if isinstance(event, str):
         return _answer(event)
     return _answer(consent.apply_provider_event(event))
@@ -303,7 +300,7 @@ def apsis(secret: str) -> Response:
     try:
         event = _apsis_event(_apsis_fields())
     except BadDelivery as exc:
-        return _bad(str(exc))
+        return json_error(400, "bad_request", str(exc))
     if isinstance(event, str):
         return _answer(event)
     return _answer(consent.apply_provider_event(event))
