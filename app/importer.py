@@ -38,7 +38,8 @@ from sqlalchemy import insert, select
 from . import ledger, outbox, provider_sync
 from .addresses import InvalidInput, clean_name, email_hash, normalise_email
 from .consent import EARLIEST_CONTACT
-from .database import Prepared, unit_of_work
+from .database import unit_of_work
+from .fastpath import Prepared
 from .ledger import Evidence
 from .models import Subscription, Suppression, new_ref, utcnow
 from .notices import LAWFUL_BASES, Notice

@@ -30,7 +30,8 @@ from sqlalchemy import Connection, bindparam, create_engine, func, insert, selec
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from .database import Prepared, UnitOfWork, unit_of_work
+from .database import UnitOfWork, unit_of_work
+from .fastpath import Prepared
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     return seq
 
 
-# Every evidence write runs these, prepared once (see bench/README.md).
+# Every evidence write runs these, prepared once (see bench/README.md and app/fastpath.py).
 _HEAD = LedgerHead.__table__
 _READ_HEAD = Prepared(
     select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID).with_for_update()

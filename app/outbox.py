@@ -25,9 +25,10 @@ from sqlalchemy import bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import after_response, ledger
-from .database import Prepared, UnitOfWork, unit_of_work, wipe_free_space
+from .database import UnitOfWork, unit_of_work, wipe_free_space
 from .extensions import db
 from .failures import Failure, Permanent, RetryLater, WaitForConfiguration
+from .fastpath import Prepared
 from .models import OutboxJob, utcnow
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Statements prepared for the driver (the opt-out paths) store and read what Core does."""
+"""Statements prepared for the driver (the opt-out paths, ``app/fastpath.py``) store and read what Core
+does: these tests guard the SQLAlchemy internals that module reads."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import datetime
 import pytest
 from sqlalchemy import bindparam, insert, select, update
 
-from app.database import Prepared, unit_of_work
+from app.database import unit_of_work
 from app.extensions import db
+from app.fastpath import Prepared
 from app.models import OutboxJob, Subscription, utcnow
 
 JOBS = OutboxJob.__table__

@@ -12,7 +12,8 @@ from sqlalchemy import bindparam, delete, select, update
 
 from .. import ledger, provider_sync
 from ..addresses import email_hash
-from ..database import Prepared, UnitOfWork, unit_of_work
+from ..database import UnitOfWork, unit_of_work
+from ..fastpath import Prepared
 from ..ledger import Evidence
 from ..models import ProviderDelivery, Subscription, Suppression, utcnow
 from ..notices import Notice
@@ -100,7 +101,9 @@ Effect = tuple[str, list[Evidence]]
 
 @dataclass
 class _Reported:
-    """A provider's event with what it is about, as every effect below reads it."""
+    """A provider's event with what it is about, as every effect below reads it. ``sub`` is
+    the plain row for an opt-out (it reads the row and writes by id, on the fast path) and
+    the ORM object for every other kind, whose effect changes its attributes."""
 
     uow: UnitOfWork
     event: ProviderEvent

@@ -1,5 +1,6 @@
 """What every consent path reads and writes: the facts of an action, the subscription a
-link speaks for, and the statements built once for the paths every opt-out takes."""
+link speaks for, and the statements built once for the paths every opt-out takes (prepared
+for the driver: ``app/fastpath.py`` says when that is used and what it does not do)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import mail, outbox, provider_sync
-from ..database import Prepared, UnitOfWork, wipe_free_space
+from ..database import UnitOfWork, wipe_free_space
+from ..fastpath import Prepared
 from ..ledger import Evidence
 from ..models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice

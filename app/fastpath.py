@@ -1,0 +1,258 @@
+"""The driver-level fast path: statements compiled once and run as the DB-API driver's own call.
+
+**What it is for.** The opt-out and webhook path only: the one-click unsubscribe
+(``consent.opt_out.unsubscribe``) and a provider's event (``consent.provider_events``:
+an unsubscribe, complaint or bounce from a webhook or a report), where SQLAlchemy's
+execution layer costs more than the database (``bench/README.md``). It covers the
+statements that path runs and the writes it needs elsewhere: the subscription row, its
+update and delete, the suppression and the delivery record (``consent/records.py``,
+``consent/provider_events.py``), the evidence (``ledger.append``) and the outbox jobs
+(``outbox.enqueue_many``, ``cancel_pending``, ``forget_finished``, and
+``provider_sync.enqueue_*`` through them). Those shared helpers are called from colder
+paths too (sign-up, erasure, import, purge), inside an ORM unit of work, and run the same
+statements there. Nothing else uses it: every other read and write is plain SQLAlchemy
+(``uow.session.execute(statement, params)`` or ORM objects), and a new ``Prepared``
+statement belongs here only with a benchmark that shows it pays.
+
+**Two kinds of unit of work.** ``database.unit_of_work()`` opens a session whose
+connection's DB-API connection is also the one ``run`` and ``send`` use: one
+transaction. ``unit_of_work(orm=False)`` (``on_driver`` here) takes a pooled DB-API
+connection and nothing else: no session and no Core connection (``uow.session`` and
+``uow.conn`` raise ``RuntimeError``), ``Prepared`` statements only. It first rolls back
+a transaction the request's session left open, so it waits on no lock of its own
+process; on SQLite it begins with ``BEGIN IMMEDIATE`` like the ORM unit of work; it
+commits when the block ends and rolls back on any exception.
+
+**Flush order when ORM objects and prepared statements are mixed** (an ORM unit of
+work). A prepared statement goes to the driver at once, under the session: the session
+neither sees it nor flushes before it. Objects added or changed through the session
+are written at its next flush: an explicit ``uow.flush()``, a query through the session
+(autoflush), or the commit, which therefore writes whatever is still pending *after*
+every prepared statement already run. So a prepared statement that must come after an
+ORM change (or see it) needs ``uow.flush()`` first; ``ledger.append`` and
+``outbox.cancel_pending`` start with one. The other way round, a loaded ORM object does
+not see a prepared write: ``records.write_columns`` sets the written values on the object
+as already committed, so the flush neither writes them again nor overwrites them, and
+``records.delete_personal_data`` deletes an ORM object through the session (the plain
+row by a prepared DELETE). In a unit of work without the ORM, ``flush()`` does nothing.
+
+**What it stores** is what a Core execution of the same statement stores: parameters
+go through the column types' bind processors (JSON is encoded, and so on) and answered
+rows through their result processors; a column left out of an INSERT gets its Python
+``default`` and one left out of an UPDATE its Python ``onupdate`` (a scalar, or a
+callable called without an execution context), made per call; values written into the
+statement (``.values(state="done")``) are sent as given; server defaults are the
+table's own. ``tests/test_prepared.py`` compares the rows with Core's.
+
+**What it does not do.** No ORM: no identity map, no mapper or session events, no
+``@validates``, no cascades, no autoflush. No Core events either (``before_execute``,
+``before_cursor_execute``, the engine's echo log): the call is the driver's own. No
+SQL-expression default or on-update value and no expanding ``IN`` (a ``TypeError`` when
+the statement is first planned). An INSERT does not answer the new row's key unless it
+says ``.returning(...)``; rows come back as named tuples of the returned columns; no
+rowcount. A driver error is raised as SQLAlchemy's (``IntegrityError`` and the rest), so
+callers handle it as any other statement's.
+
+**Where ``UnitOfWork`` lives.** Here: its ``run`` and ``send`` are the fast path, and
+the SQLAlchemy internals it reads (``Insert._returning``, a compiled statement's
+``positiontup``, ``bind_names``, ``insert_prefetch`` and ``update_prefetch``, a bind
+parameter's ``effective_value`` and ``required``, ``DBAPIError.instance``) stay in one
+module, guarded by ``tests/test_prepared.py``. ``app.database`` imports from this module
+(never the other way round) and re-exports ``UnitOfWork``, so code that only needs a
+transaction imports ``UnitOfWork`` and ``unit_of_work`` from ``app.database`` as before.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Executable
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
+
+from .extensions import db
+
+
+class Prepared:
+    """A Core statement compiled once per dialect, run as the driver's own call.
+
+    Every opt-out and every webhook delivery runs a handful of statements, and
+    SQLAlchemy's execution layer costs more than the database for each of them
+    (bench/README.md). A prepared statement keeps what that layer works out per
+    call: the SQL, the order of its parameters, the column types' bind and result
+    processors and the columns' Python defaults, so what is stored is what Core
+    stores. Only plain parameters (no expanding ``IN``) are supported.
+    """
+
+    def __init__(self, statement: Executable) -> None:
+        if isinstance(statement, Insert) and not statement._returning:
+            statement = statement.inline()  # no implicit RETURNING of the new key
+        self.statement = statement
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+
+    def plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
+        found = self._plans.get((dialect.name, keys))
+        if found is None:
+            found = self._plans[(dialect.name, keys)] = _Plan(self.statement, dialect, keys)
+        return found
+
+
+class _Plan:
+    def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if "POSTCOMPILE" in compiled.string:
+            raise TypeError("a prepared statement cannot expand a parameter list (IN)")
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names = list(compiled.positiontup or [])  # the parameters' order, for a positional driver
+        binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the name in the SQL
+        # Columns left out get their Python default (insert) or on-update value, made per call.
+        self.defaults: dict[str, Callable[[], Any]] = {}
+        for column, default in [
+            *((c, c.default) for c in compiled.insert_prefetch),
+            *((c, c.onupdate) for c in compiled.update_prefetch),
+        ]:
+            if default.is_callable:
+                self.defaults[column.key] = lambda fn=default.arg: fn(None)
+            elif default.is_scalar:
+                self.defaults[column.key] = lambda value=default.arg: value
+            else:
+                raise TypeError(f"{column.key}: only Python defaults can be prepared")
+        # Values written into the statement itself, such as state="done".
+        given = {*keys, *self.defaults}
+        self.fixed = {k: b.effective_value for k, b in binds.items() if k not in given and not b.required}
+        self.bind = {k: p for k, b in binds.items() if (p := b.type.dialect_impl(dialect).bind_processor(dialect))}
+        returned = list(statement.exported_columns) if hasattr(statement, "exported_columns") else []
+        self.row = namedtuple("Row", [c.key for c in returned]) if returned else None  # type: ignore[misc]
+        self.result = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returned]
+
+    def values(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        given = {**self.fixed, **params}
+        for key, make in self.defaults.items():
+            if key not in given:
+                given[key] = make()
+        for key, process in self.bind.items():
+            if key in given:
+                given[key] = process(given[key])
+        return tuple(given[name] for name in self.names) if self.positional else given
+
+    def rows(self, cursor: Any) -> list[Any]:
+        make, processors = self.row, self.result
+        return [
+            make(*(value if fn is None else fn(value) for fn, value in zip(processors, raw, strict=True)))
+            for raw in cursor.fetchall()
+        ]
+
+
+class UnitOfWork:
+    """One transaction: state change, evidence and outbox jobs commit together.
+
+    Work that must happen only once the transaction is durable (sending mail)
+    is registered with ``after_commit`` and runs after the commit succeeded.
+    ``run`` and ``send`` execute ``Prepared`` statements on the transaction's
+    DB-API connection (see the module's docstring for when, and for the order
+    against the session's flush). A unit of work opened with ``orm=False`` has
+    that connection alone: no session and no Core connection.
+    """
+
+    def __init__(
+        self, dialect: Dialect, driver: Any, session: Session | None = None, conn: Connection | None = None
+    ) -> None:
+        self.dialect = dialect
+        self._driver = driver  # the transaction's DB-API connection
+        self._session = session
+        self._conn = conn
+        self._cursor: Any = None
+        self._after_commit: list[Callable[[], None]] = []
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise RuntimeError("this unit of work was opened without the ORM (orm=False)")
+        return self._session
+
+    @property
+    def conn(self) -> Connection:
+        """The transaction's Core connection (not in a unit of work opened with ``orm=False``)."""
+        if self._conn is None:
+            raise RuntimeError("this unit of work was opened without the ORM (orm=False)")
+        return self._conn
+
+    def flush(self) -> None:
+        """Pending ORM changes first, so the order of writes stays the caller's."""
+        if self._session is not None:
+            self._session.flush()
+
+    def run(self, statement: Prepared, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run a prepared statement with one parameter set; answers the rows it returns."""
+        params = params or {}
+        plan = statement.plan(self.dialect, tuple(params))
+        with _as_sqlalchemy_errors(plan.sql, self.dialect):
+            cursor = self._driver_cursor()
+            cursor.execute(plan.sql, plan.values(params))
+            return plan.rows(cursor) if plan.row is not None else []
+
+    def send(self, statement: Prepared, params: dict[str, Any] | None = None) -> None:
+        """Run a prepared statement whose answer nobody reads. In a unit of work opened with
+        ``orm=False`` on PostgreSQL it goes out without waiting for the server (pipeline mode):
+        the writes between two reads share one round trip, and an error shows at the next read."""
+        self.send_many(statement, [params or {}])
+
+    def send_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
+        """``send`` once per parameter set (the same keys in each), in one driver call."""
+        if not rows:
+            return
+        plan = statement.plan(self.dialect, tuple(rows[0]))
+        with _as_sqlalchemy_errors(plan.sql, self.dialect):
+            if len(rows) == 1:  # executemany's own set-up costs more than one statement
+                self._driver_cursor().execute(plan.sql, plan.values(rows[0]))
+            else:
+                self._driver_cursor().executemany(plan.sql, [plan.values(row) for row in rows])
+
+    def _driver_cursor(self) -> Any:
+        if self._cursor is None:
+            self._cursor = self._driver.cursor()
+        return self._cursor
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+
+@contextmanager
+def _as_sqlalchemy_errors(sql: str, dialect: Dialect) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy raises them (``IntegrityError`` and the rest), so
+    callers handle a prepared statement's failure as they handle any other statement's."""
+    try:
+        yield
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+
+
+@contextmanager
+def on_driver() -> Iterator[UnitOfWork]:
+    """The transaction of ``unit_of_work(orm=False)``, on a pooled DB-API connection of its own."""
+    # No transaction of the request's session may hold a lock this one waits on.
+    # (No session is made just to ask: the opt-out paths often have none.)
+    if db.session.registry.has() and db.session().in_transaction():
+        db.session.rollback()
+    engine = db.engine
+    dialect = engine.dialect
+    driver = engine.raw_connection()  # from the pool, set up by its connect hook like any other
+    try:
+        with ExitStack() as stack, _as_sqlalchemy_errors("COMMIT", dialect):
+            if dialect.name == "sqlite":
+                # The connect hook leaves BEGIN to us (app/database.py).
+                driver.cursor().execute("BEGIN IMMEDIATE")
+            elif dialect.name == "postgresql":
+                stack.enter_context(driver.driver_connection.pipeline())
+            yield UnitOfWork(dialect, driver)
+            driver.commit()
+    except BaseException:
+        driver.rollback()
+        raise
+    finally:
+        driver.close()  # back to the pool
