@@ -39,7 +39,6 @@ from . import ledger, outbox, provider_sync
 from .addresses import InvalidInput, clean_name, email_hash, normalise_email
 from .consent import EARLIEST_CONTACT
 from .database import unit_of_work
-from .fastpath import Prepared
 from .ledger import Evidence
 from .models import Subscription, Suppression, new_ref, utcnow
 from .notices import LAWFUL_BASES, Notice
@@ -292,9 +291,6 @@ def _date(value: str, today: date, name: str) -> datetime | None:
     return datetime(day.year, day.month, day.day)
 
 
-_INSERT_SUBSCRIPTIONS = Prepared(insert(Subscription.__table__))
-
-
 def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> None:
     notice = spec.notice
     hashed = {email_hash(row.email): row for row in batch}
@@ -344,7 +340,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             }
             for h, row in fresh
         ]
-        uow.send_many(_INSERT_SUBSCRIPTIONS, subs)
+        uow.session.execute(insert(Subscription.__table__), subs)
         facts = {
             "lawful_basis": spec.lawful_basis,
             "source": spec.source,

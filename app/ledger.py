@@ -213,16 +213,14 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
 
 # Every evidence write runs these, prepared once (see bench/README.md and app/fastpath.py).
 _HEAD = LedgerHead.__table__
-_READ_HEAD = Prepared(
-    select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID).with_for_update()
-)
+_LOCKED_HEAD = select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID).with_for_update()
+_READ_HEAD = Prepared(_LOCKED_HEAD)
 _MOVE_HEAD = Prepared(
     update(_HEAD)
     .where(_HEAD.c.id == HEAD_ID)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), signature=bindparam("new_signature"))
 )
 _START_HEAD = Prepared(insert(_HEAD))
-_SIGN_HEAD = Prepared(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(signature=bindparam("new_signature")))
 _INSERT_EVENTS = Prepared(insert(ConsentEvent.__table__))
 _INSERT_DETAILS = Prepared(insert(EventDetail.__table__))
 
@@ -580,10 +578,9 @@ def sign_head(session: Session, processes: int | None = None, parallel_from: int
         return replace(result, ok=False, reason=problem)
     key = anchor_key()
     with unit_of_work() as uow:
-        found = uow.run(_READ_HEAD)  # locked: no append moves the head while it is signed
-        if not found:
+        head = uow.session.execute(_LOCKED_HEAD).one_or_none()  # locked: no append moves it while it is signed
+        if head is None:
             return result  # no head row and (the walk says) no events: nothing to sign
-        head = found[0]
         if head.seq != result.count:  # events appended during the walk: check them too
             result = _join([_walk(uow.conn, result.count + 1, head.seq)], result.count, result.head)
             if not result.ok:
@@ -592,7 +589,8 @@ def sign_head(session: Session, processes: int | None = None, parallel_from: int
             reason = f"the recorded head is event {head.seq}, but the chain ends at event {result.count}"
             return replace(result, ok=False, reason=reason)
         if not _head_is_signed(key, *head):
-            uow.send(_SIGN_HEAD, {"new_signature": _sign(key, _HEAD_SALT, head.seq, head.hash)})
+            signature = _sign(key, _HEAD_SALT, head.seq, head.hash)
+            uow.session.execute(update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(signature=signature))
             result = replace(result, signed_now=True)
     return replace(result, checkpoint_seq=checkpoint.seq if checkpoint else None)
 
