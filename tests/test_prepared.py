@@ -98,3 +98,13 @@ def test_a_failed_statement_that_nobody_waited_for_still_fails_the_unit_of_work(
         assert db.session.execute(select(JOBS)).first() is None
         assert len(db.session.execute(select(Suppression.id)).all()) == 1
         db.session.remove()
+
+
+def test_a_held_subscription_names_only_columns_both_kinds_carry():
+    """``Held`` is read from the ORM object and from the plain row (a named tuple of every column)."""
+    from app.consent.records import Held
+
+    named = [name for name, member in vars(Held).items() if isinstance(member, property)]
+    assert {"id", "ref", "notice", "email_hash", "status", "confirmed_at"} <= set(named)
+    for name in named:
+        assert name in Subscription.__table__.c and hasattr(Subscription, name)

@@ -8,7 +8,8 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,7 +64,7 @@ _SUBSCRIPTION_BY_REF = (
 )
 
 
-def subscription_row(uow: UnitOfWork, target: Target) -> Any:
+def subscription_row(uow: UnitOfWork, target: Target) -> Held | None:
     """The subscription as a plain row (locked), for paths that only read it and write by id."""
     slug = target.notice.slug
     if target.ref is None:
@@ -84,9 +85,30 @@ def target_subscription(uow: UnitOfWork, target: Target) -> Subscription | None:
     return find_subscription(uow, target.notice.slug, target.email_hash or "")
 
 
-# A loaded subscription: the ORM object, or its plain row (a named tuple of its columns)
-# where building the object costs more than the work.
-Held = Subscription | Any
+class Held(Protocol):
+    """A loaded subscription as the opt-out helpers read it: the ORM ``Subscription``, or its
+    plain row (``subscription_row``: a named tuple of every column) where building the object
+    costs more than the work. Read only: a write goes through ``write_columns`` (or, for
+    the ORM object alone, its attributes)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def notice(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def email_hash(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def confirmed_at(self) -> datetime | None: ...
+    @property
+    def updated_at(self) -> datetime: ...
 
 
 def write_columns(uow: UnitOfWork, sub: Held, **values: Any) -> None:
