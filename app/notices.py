@@ -19,32 +19,49 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from pydantic import ValidationError
 
-from .vocabulary import Language, LawfulBasis, OptOutRule, values
-
-SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
-LANGUAGES = values(Language)
-FIELDS = ("email", "name")
-OPT_OUT_RULES = values(OptOutRule)
-LAWFUL_BASES = values(LawfulBasis)
-PROVIDER_KEYS = {"mailchimp": ("list_id",), "apsis": ("section", "topic", "keyspace")}
-# Optional provider settings, also overridable as <SLUG>_<KEY>: Mailchimp's
-# GDPR marketing permission ids (comma-separated) and the APSIS attribute
-# version ids that hold the address, the name, and our unsubscribe and manage
-# links (for newsletters to carry) in the notice's section.
-OPTIONAL_PROVIDER_KEYS = {
-    "mailchimp": ("marketing_permissions",),
-    "apsis": ("email_attribute", "name_attribute", "unsubscribe_url_attribute", "manage_url_attribute"),
-}
-TEXT_KEYS = ("title", "summary", "consent_label", "body")
-RETENTION_KEYS = (
-    "unconfirmed_days",
-    "unsubscribed_days",
-    "prospect_without_dialog_days",
-    "prospect_with_dialog_days",
-    "customer_review_days",
-    "evidence_days",
+from .notice_schema import (
+    FIELDS,
+    LANGUAGES,
+    LAWFUL_BASES,
+    OPT_OUT_RULES,
+    PROVIDER_TABLES,
+    RETENTION_RULES,
+    SLUG_PATTERN,
+    TEXT_KEYS,
+    NoticeFile,
+    provider_keys,
+    refusals,
 )
+
+__all__ = [
+    "FIELDS",
+    "LANGUAGES",
+    "LAWFUL_BASES",
+    "OPT_OUT_RULES",
+    "TEXT_KEYS",
+    "Notice",
+    "NoticeError",
+    "get_notice",
+    "load_notices",
+    "notice_for_provider",
+    "notices",
+    "parse_notice",
+    "version_of",
+]
+
+SLUG_RE = re.compile(SLUG_PATTERN)
+RETENTION_KEYS = RETENTION_RULES
+# The ids each provider kind reads from its table, required ones first; each is
+# overridable from the environment as <SLUG>_<KEY> (see notice_schema.py).
+PROVIDER_KEYS = {
+    kind: tuple(key for key in provider_keys(kind) if table.model_fields[key].is_required())
+    for kind, table in PROVIDER_TABLES.items()
+}
+OPTIONAL_PROVIDER_KEYS = {
+    kind: tuple(key for key in provider_keys(kind) if key not in PROVIDER_KEYS[kind]) for kind in PROVIDER_TABLES
+}
 
 
 class NoticeError(ValueError):
@@ -86,152 +103,65 @@ def version_of(shown: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _require(cond: bool, where: str, message: str) -> None:
-    if not cond:
-        raise NoticeError(f"{where}: {message}")
+def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
+    """Read one notice file, check it against ``NoticeFile``, and build its ``Notice``.
 
-
-def parse_notice(path: Path, env: Mapping[str, str]) -> Notice:
+    ``overrides`` holds the ``<SLUG>_<KEY>`` provider ids set in the environment.
+    """
     where = path.name
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise NoticeError(f"{where}: not valid TOML ({exc})") from None
+    try:
+        checked = NoticeFile.model_validate(raw, context={"stem": path.stem, "overrides": overrides})
+    except ValidationError as exc:
+        raise NoticeError(f"{where}: " + "; ".join(refusals(exc))) from None
 
-    slug = raw.get("slug")
-    _require(
-        isinstance(slug, str) and bool(SLUG_RE.match(slug)), where, "slug must be lower-case letters, digits, dashes"
-    )
-    _require(slug == path.stem, where, f"slug {slug!r} must match the file name")
-
-    languages = tuple(raw.get("languages") or ())
-    _require(
-        bool(languages) and all(lang in LANGUAGES for lang in languages), where, f"languages must be from {LANGUAGES}"
-    )
-
-    controller = raw.get("controller") or {}
-    _require(isinstance(controller.get("name"), str) and bool(controller["name"]), where, "controller.name is required")
-    _require(
-        isinstance(controller.get("email"), str) and "@" in controller["email"], where, "controller.email is required"
-    )
-
-    collection = raw.get("collection") or {}
-    fields = tuple(collection.get("fields") or ())
-    required = tuple(collection.get("required") or ("email",))
-    _require(
-        "email" in fields and all(f in FIELDS for f in fields),
-        where,
-        f"collection.fields must include email and be from {FIELDS}",
-    )
-    _require(
-        "email" in required and set(required) <= set(fields),
-        where,
-        "collection.required must include email and be among the fields",
-    )
-    inform_imported = collection.get("inform_imported", False)
-    _require(isinstance(inform_imported, bool), where, "collection.inform_imported must be true or false")
-    basis = collection.get("lawful_basis", "consent")
-    _require(basis in LAWFUL_BASES, where, f"collection.lawful_basis must be one of {LAWFUL_BASES}")
-    # The bases an import may use: only those the notice tells people their
-    # addresses come in on. Absent, the one import_lawful_basis (itself by
-    # default the sign-up's basis); given, import_lawful_basis defaults to the first.
-    import_basis = collection.get("import_lawful_basis")
-    _require(
-        import_basis is None or import_basis in LAWFUL_BASES,
-        where,
-        f"collection.import_lawful_basis must be one of {LAWFUL_BASES}",
-    )
-    import_bases = collection.get("import_lawful_bases", [import_basis or basis])
-    _require(
-        isinstance(import_bases, list)
-        and bool(import_bases)
-        and all(b in LAWFUL_BASES for b in import_bases)
-        and len(set(import_bases)) == len(import_bases),
-        where,
-        f"collection.import_lawful_bases must be a list of different bases from {LAWFUL_BASES}",
-    )
-    import_basis = import_basis or import_bases[0]
-    _require(
-        import_basis in import_bases,
-        where,
-        "collection.import_lawful_basis must be one of collection.import_lawful_bases",
-    )
-
-    rule = (raw.get("opt_out") or {}).get("rule")
-    _require(rule in OPT_OUT_RULES, where, f"opt_out.rule must be one of {OPT_OUT_RULES}")
-
-    retention = raw.get("retention") or {}
-    unknown = sorted(set(retention) - set(RETENTION_KEYS))
-    _require(not unknown, where, f"retention: unknown rule(s) {unknown}; known: {RETENTION_KEYS}")
-    _require(
-        all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in retention.values()),
-        where,
-        "retention periods must be positive whole numbers of days",
-    )
-
-    texts = raw.get("text") or {}
-    for lang in languages:
-        block = texts.get(lang)
-        _require(isinstance(block, dict), where, f"text.{lang} is missing")
-        for key in TEXT_KEYS:
-            _require(
-                isinstance(block.get(key), str) and bool(block[key].strip()), where, f"text.{lang}.{key} is required"
-            )
-    texts = {lang: {k: texts[lang][k].strip() for k in TEXT_KEYS} for lang in languages}
-
-    provider = dict(raw.get("provider") or {})
-    kind = provider.get("kind")
-    _require(kind in PROVIDER_KEYS, where, f"provider.kind must be one of {tuple(PROVIDER_KEYS)}")
-    prefix = slug.upper().replace("-", "_")
-    for key in PROVIDER_KEYS[kind] + OPTIONAL_PROVIDER_KEYS[kind]:
-        override = env.get(f"{prefix}_{key.upper()}")
-        if override:
-            provider[key] = override
-        if key in PROVIDER_KEYS[kind] or key in provider:
-            _require(
-                isinstance(provider.get(key), str) and bool(provider[key]),
-                where,
-                f"provider.{key} must be a non-empty string" if key in provider else f"provider.{key} is required",
-            )
-
+    languages = tuple(lang.value for lang in checked.languages)
+    texts = {lang.value: checked.text[lang].model_dump() for lang in checked.languages}
     # What the person is shown or bound by: text, controller, rules, and who
-    # receives the data (the provider kind) - but not the provider's ids.
+    # receives the data (the provider kind) - but not the provider's ids. The
+    # tables are taken as the file writes them, not as the schema reads them
+    # (with its defaults), so a version depends on the file alone.
     shown = {
-        "slug": slug,
-        "controller": controller,
-        "collection": collection,
-        "opt_out": raw.get("opt_out"),
-        "retention": retention,
-        "provider_kind": kind,
+        "slug": checked.slug,
+        "controller": raw["controller"],
+        "collection": raw["collection"],
+        "opt_out": raw["opt_out"],
+        "retention": raw.get("retention") or {},
+        "provider_kind": checked.provider.kind,
         "site": raw.get("site") or {},
         "text": texts,
     }
+    collection = checked.collection
     return Notice(
-        slug=slug,
+        slug=checked.slug,
         languages=languages,
-        controller=controller,
-        fields=fields,
-        required=required,
-        lawful_basis=basis,
-        opt_out_rule=rule,
-        retention=retention,
+        controller=raw["controller"],
+        fields=tuple(collection.fields),
+        required=tuple(collection.required),
+        lawful_basis=collection.lawful_basis.value,
+        opt_out_rule=checked.opt_out.rule.value,
+        retention=shown["retention"],
         texts=texts,
-        provider=provider,
+        provider=checked.provider.model_dump(exclude_unset=True),
         shown=shown,
         version=version_of(shown),
-        inform_imported=inform_imported,
-        import_lawful_basis=import_basis,
-        import_lawful_bases=tuple(import_bases),
+        inform_imported=collection.inform_imported,
+        import_lawful_basis=collection.import_basis.value,
+        import_lawful_bases=tuple(basis.value for basis in collection.import_bases),
     )
 
 
-def load_notices(directory: str | Path, env: Mapping[str, str]) -> dict[str, Notice]:
+def load_notices(directory: str | Path, overrides: Mapping[str, str]) -> dict[str, Notice]:
+    """Every notice file in ``directory``, by slug; ``overrides`` as for ``parse_notice``."""
     paths = sorted(Path(directory).glob("*.toml"))
     if not paths:
         raise NoticeError(f"no notice files (*.toml) in {directory}")
     notices = {}
     for path in paths:
-        notice = parse_notice(path, env)
+        notice = parse_notice(path, overrides)
         notices[notice.slug] = notice
     return notices
 

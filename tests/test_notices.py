@@ -133,3 +133,34 @@ SHIPPED_VERSIONS = {
 def test_the_shipped_notices_keep_their_versions():
     notices = load_notices(NOTICES, {})
     assert {slug: notice.version for slug, notice in notices.items()} == SHIPPED_VERSIONS
+
+
+@pytest.mark.parametrize(
+    "old, new, messages",
+    [
+        ('kind = "apsis"', "kind = []", ["provider.kind must be one of"]),
+        ('languages = ["sv", "en"]', "languages = 7", ["languages must be from"]),
+        ('fields = ["email"]', "fields = true", ["collection.fields must include email"]),
+        ('name = "Mysoft AB"\nemail = "info@mysoft.se"', 'name = ""', ["controller.name", "controller.email"]),
+        ("evidence_days = 1095", "evidence_days = true", ["retention.evidence_days must be a positive whole number"]),
+        ('title = "Mysoft AB newsletter"', 'title = "  "', ["text.en.title is required"]),
+    ],
+)
+def test_every_problem_is_named_by_its_key_never_a_crash(tmp_path, old, new, messages):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    assert old in source
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source.replace(old, new), encoding="utf-8")
+    with pytest.raises(NoticeError) as refused:
+        parse_notice(path, {})
+    assert str(refused.value).startswith("mysoft.toml: ")
+    assert all(message in str(refused.value) for message in messages)
+
+
+def test_an_override_fills_an_empty_provider_id_and_an_empty_override_does_not_count(tmp_path):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source.replace('topic = "mysoft-newsletter"', 'topic = ""'), encoding="utf-8")
+    assert parse_notice(path, {"MYSOFT_TOPIC": "from-env"}).provider["topic"] == "from-env"
+    with pytest.raises(NoticeError, match=r"provider\.topic must be a non-empty string"):
+        parse_notice(path, {"MYSOFT_TOPIC": ""})

@@ -1,0 +1,336 @@
+"""The shape of a notice file, declared once as pydantic models.
+
+``NoticeFile`` is what a file in ``notices/`` must hold; the words it may use
+(languages, lawful bases, opt-out rules) are the enums of ``app.vocabulary``.
+Tables a file leaves out read as empty, as do keys given a false value where
+the file format allows a default (``collection.required``).
+
+Before the file is checked, two things the file does not say are applied to it:
+``<SLUG>_<KEY>`` overrides of the provider ids (given through the validation
+context as ``overrides``) and the choice of the text blocks to check (those of
+the declared languages only). The file name's stem comes in the context as
+``stem``: the slug must match it.
+
+Every refusal names the file's key it is about: ``refusals()`` turns pydantic's
+errors into sentences such as ``opt_out.rule must be one of ('unsubscribe',
+'delete')``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from .vocabulary import Language, LawfulBasis, OptOutRule, values
+
+# The error type of the rules written here; their message is the whole sentence.
+RULE = "notice_rule"
+
+SLUG_PATTERN = r"^[a-z][a-z0-9-]{1,30}$"
+LANGUAGES = values(Language)
+LAWFUL_BASES = values(LawfulBasis)
+OPT_OUT_RULES = values(OptOutRule)
+
+CollectedField = Literal["email", "name"]
+FIELDS: tuple[str, ...] = get_args(CollectedField)
+
+RetentionRule = Literal[
+    "unconfirmed_days",
+    "unsubscribed_days",
+    "prospect_without_dialog_days",
+    "prospect_with_dialog_days",
+    "customer_review_days",
+    "evidence_days",
+]
+RETENTION_RULES: tuple[str, ...] = get_args(RetentionRule)
+
+Slug = Annotated[StrictStr, StringConstraints(pattern=SLUG_PATTERN)]
+NonEmpty = Annotated[StrictStr, StringConstraints(min_length=1)]
+ShownText = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1)]
+Days = Annotated[StrictInt, Field(gt=0)]
+
+
+def _rule(message: str) -> PydanticCustomError:
+    return PydanticCustomError(RULE, message)
+
+
+# --- the tables of a notice file ------------------------------------------------
+
+
+class Controller(BaseModel):
+    """Who is responsible for the data; any further keys (city, phone ...) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: NonEmpty
+    email: Annotated[StrictStr, StringConstraints(pattern="@")]
+
+
+def _or_email_only(value: object) -> object:
+    return value or ["email"]
+
+
+def _with_email(value: list[str]) -> list[str]:
+    if "email" not in value:
+        raise _rule(f"collection.fields must include email and be from {FIELDS}")
+    return value
+
+
+def _different(value: list[LawfulBasis] | None) -> list[LawfulBasis] | None:
+    if value is not None and len(set(value)) != len(value):
+        raise _rule(f"collection.import_lawful_bases must be a list of different bases from {LAWFUL_BASES}")
+    return value
+
+
+class Collection(BaseModel):
+    """What the sign-up form asks for, on what basis, and what imports may rely on.
+
+    An import may use only the bases the notice lists (``import_lawful_bases``);
+    without the list, the one ``import_lawful_basis``, itself by default the
+    sign-up's basis. Given the list, ``import_lawful_basis`` defaults to its first.
+    Further keys (``purpose``) are kept.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    fields: Annotated[list[CollectedField], AfterValidator(_with_email)]
+    required: Annotated[list[CollectedField], BeforeValidator(_or_email_only)] = ["email"]
+    inform_imported: StrictBool = False
+    lawful_basis: LawfulBasis = LawfulBasis.CONSENT
+    import_lawful_basis: LawfulBasis | None = None
+    import_lawful_bases: Annotated[
+        Annotated[list[LawfulBasis], Field(min_length=1)] | None, AfterValidator(_different)
+    ] = None
+
+    @field_validator("required")
+    @classmethod
+    def _among_the_fields(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        fields = info.data.get("fields")
+        if "email" not in value or (fields is not None and not set(value) <= set(fields)):
+            raise _rule("collection.required must include email and be among the fields")
+        return value
+
+    @model_validator(mode="after")
+    def _import_basis_is_listed(self) -> Collection:
+        if self.import_basis not in self.import_bases:
+            raise _rule("collection.import_lawful_basis must be one of collection.import_lawful_bases")
+        return self
+
+    @property
+    def import_bases(self) -> tuple[LawfulBasis, ...]:
+        return tuple(self.import_lawful_bases or [self.import_lawful_basis or self.lawful_basis])
+
+    @property
+    def import_basis(self) -> LawfulBasis:
+        return self.import_lawful_basis or self.import_bases[0]
+
+
+class OptOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    rule: OptOutRule
+
+
+def _known_rules(value: object) -> object:
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(RETENTION_RULES))
+        if unknown:
+            raise _rule(f"retention: unknown rule(s) {unknown}; known: {RETENTION_RULES}")
+    return value
+
+
+Retention = Annotated[dict[RetentionRule, Days], BeforeValidator(_known_rules)]
+
+
+class Text(BaseModel):
+    """The text shown at sign-up in one language, without surrounding white space."""
+
+    title: ShownText
+    summary: ShownText
+    consent_label: ShownText
+    body: ShownText
+
+
+TEXT_KEYS: tuple[str, ...] = tuple(Text.model_fields)
+
+
+class MailchimpIds(BaseModel):
+    """The Mailchimp audience, and its GDPR marketing permission ids (comma-separated)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["mailchimp"]
+    list_id: NonEmpty
+    marketing_permissions: NonEmpty | None = None
+
+
+class ApsisIds(BaseModel):
+    """The APSIS section, topic and keyspace, and the attribute version ids that hold
+    the address, the name, and our unsubscribe and manage links in the section."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["apsis"]
+    section: NonEmpty
+    topic: NonEmpty
+    keyspace: NonEmpty
+    email_attribute: NonEmpty | None = None
+    name_attribute: NonEmpty | None = None
+    unsubscribe_url_attribute: NonEmpty | None = None
+    manage_url_attribute: NonEmpty | None = None
+
+
+PROVIDER_TABLES: dict[str, type[MailchimpIds] | type[ApsisIds]] = {"mailchimp": MailchimpIds, "apsis": ApsisIds}
+PROVIDER_KINDS = tuple(PROVIDER_TABLES)
+
+
+def provider_keys(kind: str) -> tuple[str, ...]:
+    """The ids a provider of this kind reads from the notice, each overridable as ``<SLUG>_<KEY>``."""
+    return tuple(name for name in PROVIDER_TABLES[kind].model_fields if name != "kind")
+
+
+def _kind(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, Mapping) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else None
+
+
+ProviderIds = Annotated[
+    Annotated[MailchimpIds, Tag("mailchimp")] | Annotated[ApsisIds, Tag("apsis")],
+    Discriminator(
+        _kind,
+        custom_error_type=RULE,
+        custom_error_message=f"provider.kind must be one of {PROVIDER_KINDS}",
+    ),
+]
+
+TABLES = ("controller", "collection", "opt_out", "retention", "text", "provider", "site")
+
+
+class NoticeFile(BaseModel):
+    """A whole notice file. Keys it does not name are ignored."""
+
+    slug: Slug
+    languages: Annotated[list[Language], Field(min_length=1)]
+    controller: Controller
+    collection: Collection
+    opt_out: OptOut
+    retention: Retention
+    text: dict[Language, Text]
+    provider: ProviderIds
+    site: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        prepared = {**data, **{table: data.get(table) or {} for table in TABLES}}
+        context = info.context or {}
+        prepared["provider"] = _overridden(prepared, context.get("overrides") or {})
+        prepared["text"] = _declared_texts(prepared)
+        return prepared
+
+    @field_validator("slug")
+    @classmethod
+    def _matches_the_file_name(cls, value: str, info: ValidationInfo) -> str:
+        stem = (info.context or {}).get("stem")
+        if stem is not None and value != stem:
+            raise _rule(f"slug {value!r} must match the file name")
+        return value
+
+
+def _overridden(data: Mapping[str, Any], overrides: Mapping[str, str]) -> Any:
+    """The provider table with the ids set in ``overrides`` as ``<SLUG>_<KEY>`` (empty ones
+    do not count)."""
+    provider, slug = data["provider"], data.get("slug")
+    if _kind(provider) not in PROVIDER_TABLES or not isinstance(slug, str):
+        return provider
+    prefix = slug.upper().replace("-", "_")
+    given = {key: overrides.get(f"{prefix}_{key.upper()}") for key in provider_keys(provider["kind"])}
+    return {**provider, **{key: value for key, value in given.items() if value}}
+
+
+def _declared_texts(data: Mapping[str, Any]) -> Any:
+    """The text blocks of the declared languages (a missing one as None); others are not read."""
+    texts, languages = data["text"], data.get("languages")
+    if not isinstance(texts, Mapping) or not isinstance(languages, list):
+        return texts
+    return {lang: texts.get(lang) for lang in languages if lang in LANGUAGES}
+
+
+# --- refusals, in the file's words ----------------------------------------------
+
+# What a value at a place in the file must be, for pydantic's own errors there
+# ("*" is any key). Longest places first; the rules above say their own sentence.
+MUST_BE: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("text", "*", "*"), "is required"),
+    (("text", "*"), "is missing"),
+    (("retention", "*"), "must be a positive whole number of days"),
+    (("controller", "name"), "is required"),
+    (("controller", "email"), "is required"),
+    (("collection", "fields"), f"must include email and be from {FIELDS}"),
+    (("collection", "required"), "must include email and be among the fields"),
+    (("collection", "inform_imported"), "must be true or false"),
+    (("collection", "lawful_basis"), f"must be one of {LAWFUL_BASES}"),
+    (("collection", "import_lawful_basis"), f"must be one of {LAWFUL_BASES}"),
+    (("collection", "import_lawful_bases"), f"must be a list of different bases from {LAWFUL_BASES}"),
+    (("opt_out", "rule"), f"must be one of {OPT_OUT_RULES}"),
+    (("provider", "*"), "must be a non-empty string"),
+    (("slug",), "must be lower-case letters, digits, dashes"),
+    (("languages",), f"must be from {LANGUAGES}"),
+)
+
+
+def _place(loc: tuple[str | int, ...]) -> tuple[str, ...]:
+    """An error's location as keys of the file: without the provider kind pydantic adds."""
+    place = tuple(str(part) for part in loc)
+    if place[:1] == ("provider",) and place[1:2] and place[1] in PROVIDER_KINDS:
+        place = place[:1] + place[2:]
+    return place
+
+
+def _matches(place: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    return len(place) >= len(pattern) and all(p in ("*", key) for p, key in zip(pattern, place, strict=False))
+
+
+def refusal(error: ErrorDetails) -> str:
+    """One error as a sentence naming the file's key."""
+    if error["type"] == RULE:
+        return error["msg"]
+    place = _place(error["loc"])
+    for pattern, must in MUST_BE:
+        if _matches(place, pattern):
+            where = ".".join(place[: len(pattern)])
+            if error["type"] == "missing" and pattern[0] == "provider":
+                return f"{where} is required"
+            return f"{where} {must}"
+    return f"{'.'.join(place) or 'the file'}: {error['msg']}"
+
+
+def refusals(exc: ValidationError) -> list[str]:
+    """Every refusal of a file, each once, in the file's order of keys."""
+    return list(dict.fromkeys(_sentences(exc)))
+
+
+def _sentences(exc: ValidationError) -> Iterator[str]:
+    for error in exc.errors(include_url=False):
+        yield refusal(error)
