@@ -13,9 +13,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import IO
+from types import FrameType
+from typing import IO, Any, TypeVar
 
 import click
 from flask import Flask, current_app
@@ -25,6 +27,8 @@ from . import accounts, consent, importer, ledger, outbox, report_poller, retent
 from .addresses import InvalidInput, normalise_email
 from .extensions import db
 from .notices import LAWFUL_BASES, get_notice
+
+FC = TypeVar("FC", bound=Callable[..., Any])  # a click command, as its decorators pass it on
 
 outbox_cli = AppGroup("outbox", help="The queue of mail sends and provider calls.")
 ledger_cli = AppGroup("ledger", help="The evidence chain.")
@@ -82,7 +86,7 @@ def outbox_run(once: bool) -> None:
         return
     stop = threading.Event()
 
-    def _stop(signum, _frame):  # type: ignore[no-untyped-def]
+    def _stop(signum: int, _frame: FrameType | None) -> None:
         # Straight to the descriptor: the signal may land while the main thread is inside a
         # buffered write to stderr, and a second buffered write there raises "reentrant call".
         os.write(2, f"signal {signum}: finishing the current job, then exiting\n".encode())
@@ -130,7 +134,7 @@ def outbox_discard(job_ids: tuple[int, ...], everything: bool, actor: str) -> No
     click.echo(json.dumps({"discarded": outbox.discard_dead(None if everything else list(job_ids), actor)}))
 
 
-def _checkpoint(create: bool = False) -> dict:  # type: ignore[type-arg]
+def _checkpoint(create: bool = False) -> dict[str, Any]:
     """Move the signed checkpoint to the ledger's head (see ``ledger.renew_checkpoint``)."""
     try:
         return ledger.renew_checkpoint(db.session, create=create)
@@ -232,7 +236,7 @@ def providers_poll_apsis(slugs: tuple[str, ...], since: datetime | None, wait: f
     click.echo(json.dumps(result, indent=2))
 
 
-def _notice_option(help_text: str):  # type: ignore[no-untyped-def]
+def _notice_option(help_text: str) -> Callable[[FC], FC]:
     return click.option("--notice", "notices", multiple=True, required=True, metavar="SLUG", help=help_text)
 
 
@@ -372,20 +376,20 @@ def tokens_revoke(token_id: int) -> None:
     help="The column holding the date the contact was first added (YYYY-MM-DD), if any; default: today.",
 )
 @click.option("--dry-run", is_flag=True, help="Check everything, write nothing.")
-def contacts_import(  # type: ignore[no-untyped-def]
-    file,
-    slug,
-    basis,
-    source,
-    source_date,
-    proof,
-    email_column,
-    name_column,
-    last_contact_column,
-    relationship_column,
-    added_column,
-    dry_run,
-):
+def contacts_import(
+    file: IO[bytes],
+    slug: str,
+    basis: str | None,
+    source: str,
+    source_date: datetime | None,
+    proof: str | None,
+    email_column: str,
+    name_column: str | None,
+    last_contact_column: str | None,
+    relationship_column: str | None,
+    added_column: str | None,
+    dry_run: bool,
+) -> None:
     """Import contacts from a CSV file in UTF-8 (FILE, or - for standard input).
 
     The whole file is checked before anything is written: a file that is not

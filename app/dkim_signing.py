@@ -86,6 +86,7 @@ class DkimSigner:
 
 def generate_key(kind: str = "rsa") -> tuple[bytes, str]:
     """A new private key (PEM, PKCS#8) and the ``p=`` and ``k=`` of its DNS record."""
+    private: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
     if kind == "ed25519":
         private = ed25519.Ed25519PrivateKey.generate()
         public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 from flask import request
 from flask_babel import Babel
 from flask_limiter import Limiter
@@ -9,11 +11,13 @@ from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import DeclarativeBase
 
 
 class Base(DeclarativeBase):
+    __table__: ClassVar[Table]  # every model here is mapped to one table (declarative types it as any FromClause)
+
     # Named constraints keep Alembic migrations deterministic on every backend.
     metadata = MetaData(
         naming_convention={
@@ -32,6 +36,14 @@ def client_ip() -> str:
 
 
 db = SQLAlchemy(model_class=Base)
+
+# The base of the stored models. At run time Flask-SQLAlchemy's ``db.Model`` (the
+# declarative ``Base`` plus its table naming and session binding); to the type checker,
+# which cannot see a class made at run time, the ``Base`` it derives from.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate()
 csrf = CSRFProtect()
 limiter = Limiter(key_func=client_ip)

@@ -15,7 +15,7 @@ from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .extensions import db
+from .extensions import Model
 
 
 def utcnow() -> datetime:
@@ -36,7 +36,7 @@ def new_ref() -> str:
     return uuid.uuid4().hex
 
 
-class NoticeVersion(db.Model):
+class NoticeVersion(Model):
     __tablename__ = "notice_versions"
 
     notice: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -45,7 +45,7 @@ class NoticeVersion(db.Model):
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Subscription(db.Model):
+class Subscription(Model):
     __tablename__ = "subscriptions"
     __table_args__ = (
         UniqueConstraint("notice", "email_hash", name="uq_subscriptions_notice_email_hash"),
@@ -86,7 +86,7 @@ class Subscription(db.Model):
     reviewed_at: Mapped[datetime | None]
 
 
-class ConsentEvent(db.Model):
+class ConsentEvent(Model):
     """One link of the evidence chain. Holds nothing personal but a digest.
 
     ``hash`` covers every other column, including ``seq`` and ``prev_hash``,
@@ -112,7 +112,7 @@ class ConsentEvent(db.Model):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-class EventDetail(db.Model):
+class EventDetail(Model):
     """Personal details of an event, outside the chain; erasure deletes the row."""
 
     __tablename__ = "event_details"
@@ -123,7 +123,7 @@ class EventDetail(db.Model):
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
 
 
-class LedgerHead(db.Model):
+class LedgerHead(Model):
     """The chain's tip, one row, locked by every append so the chain cannot fork."""
 
     __tablename__ = "ledger_head"
@@ -136,7 +136,7 @@ class LedgerHead(db.Model):
     signature: Mapped[str | None] = mapped_column(String(64))
 
 
-class Suppression(db.Model):
+class Suppression(Model):
     """A keyed hash of an address that must not be mailed or re-added."""
 
     __tablename__ = "suppressions"
@@ -149,7 +149,7 @@ class Suppression(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class OutboxJob(db.Model):
+class OutboxJob(Model):
     """Work to do after a commit: a mail to send, later a provider call."""
 
     __tablename__ = "outbox_jobs"
@@ -169,7 +169,7 @@ class OutboxJob(db.Model):
     finished_at: Mapped[datetime | None]
 
 
-class ProviderDelivery(db.Model):
+class ProviderDelivery(Model):
     """One inbound provider event we have handled (webhook or report row).
 
     Deliveries are at-least-once; the key (an HMAC of the delivery's content or
@@ -187,7 +187,7 @@ class ProviderDelivery(db.Model):
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-class ProviderCursor(db.Model):
+class ProviderCursor(Model):
     """Where a poller stopped reading a provider's report, and when it last asked."""
 
     __tablename__ = "provider_cursors"
@@ -198,7 +198,7 @@ class ProviderCursor(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     """A marketer's dashboard account. Kept (deactivated, not deleted) so that
     evidence naming ``user:<id>`` as the actor stays answerable."""
 
@@ -220,7 +220,7 @@ class User(UserMixin, db.Model):
         return f"{self.id}:{self.session_key}"
 
     @property
-    def is_active(self) -> bool:  # type: ignore[override]
+    def is_active(self) -> bool:
         return self.active
 
     @property
@@ -229,7 +229,7 @@ class User(UserMixin, db.Model):
         return f"user:{self.id}"
 
 
-class ApiToken(db.Model):
+class ApiToken(Model):
     """A bearer token for the CRM API; only its SHA-256 is stored."""
 
     __tablename__ = "api_tokens"
@@ -245,7 +245,7 @@ class ApiToken(db.Model):
     revoked_at: Mapped[datetime | None]
 
 
-class ContactImport(db.Model):
+class ContactImport(Model):
     """A CSV import started from the dashboard, run by the worker, with its progress.
 
     The uploaded file lies in the instance folder (mode 0600) until the import
@@ -269,7 +269,7 @@ class ContactImport(db.Model):
     finished_at: Mapped[datetime | None]
 
 
-class DataRequest(db.Model):
+class DataRequest(Model):
     """A self-service export or erasure asked for from the manage page.
 
     Its link is mailed to the address and works once, within its lifetime.

@@ -158,8 +158,7 @@ def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
         .execution_options(synchronize_session=False)
     )
     with unit_of_work() as uow:
-        rows = uow.session.execute(statement).all()
-    rows.sort(key=lambda row: (row.urgency, row.next_attempt_at, row.id))
+        rows = sorted(uow.session.execute(statement).all(), key=lambda row: (row.urgency, row.next_attempt_at, row.id))
     return [
         ClaimedJob(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts) for row in rows
     ]

@@ -77,7 +77,7 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
         )
         .order_by(ConsentEvent.seq.desc())
     ).all()
-    latest: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+    latest: dict[tuple[str | None, str], tuple[Any, dict[str, Any]]] = {}
     for ref, kind, at, details in rows:
         latest.setdefault((ref, kind), (at, json.loads(details)))
     members = {}

@@ -148,6 +148,8 @@ def _read_link(purpose: str, token: str, max_age: int | None) -> dict[str, Any]:
         else:
             value = signer.unsign(token)
     except SignatureExpired as exc:
+        if not isinstance(exc.payload, bytes):
+            raise TokenInvalid("bad signature") from None
         expired, value = True, exc.payload
     except BadSignature:
         raise TokenInvalid("bad signature") from None

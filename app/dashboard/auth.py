@@ -15,6 +15,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 
@@ -38,7 +39,7 @@ def init_login(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "dashboard.login"
     login_manager.session_protection = None  # see the module's docstring
-    login_manager.login_message = None  # type: ignore[assignment]
+    login_manager.login_message = None
 
 
 def scope() -> frozenset[str]:
@@ -63,7 +64,7 @@ def session_is_live() -> bool:
 
 
 @bp.before_request
-def _session_limits():  # type: ignore[no-untyped-def]
+def _session_limits() -> ResponseReturnValue | None:
     """End a session that has been idle too long or lived too long; otherwise note this request."""
     if request.endpoint == "dashboard.login" or not current_user.is_authenticated:
         return None
@@ -91,7 +92,7 @@ def _load(user_id: str) -> User | None:
 
 
 @login_manager.unauthorized_handler
-def _unauthorized():  # type: ignore[no-untyped-def]
+def _unauthorized() -> ResponseReturnValue:
     if request.method == "GET":
         return redirect(url_for("dashboard.login", next=request.path))
     abort(401)
@@ -138,7 +139,7 @@ def _fresh_session() -> None:
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit(LOGIN_RATE_LIMIT, methods=["POST"])
-def login():  # type: ignore[no-untyped-def]
+def login() -> ResponseReturnValue:
     form = LoginForm()
     if form.validate_on_submit():
         user = accounts.authenticate(form.email.data or "", form.password.data or "")
@@ -154,7 +155,7 @@ def login():  # type: ignore[no-untyped-def]
 
 @bp.post("/logout")
 @login_required
-def logout():  # type: ignore[no-untyped-def]
+def logout() -> ResponseReturnValue:
     accounts.end_sessions(current_user.id)  # every session of the user, on every device
     logout_user()
     _fresh_session()

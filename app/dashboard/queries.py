@@ -63,7 +63,7 @@ def suppression_counts(notices: Collection[str]) -> dict[str, int]:
         .where(Suppression.notice.in_(list(notices)))
         .group_by(Suppression.notice)
     ).all()
-    return dict(rows)  # type: ignore[arg-type]
+    return {notice: count for notice, count in rows}
 
 
 def chart(notice: Notice, days: int = CHART_DAYS) -> tuple[Chart, float | None]:

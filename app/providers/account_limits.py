@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -50,6 +50,7 @@ def _limiter(uri: str) -> tuple[Storage, MovingWindowRateLimiter]:
     with _lock:
         if uri not in _storages:
             storage = storage_from_string(uri)
+            assert isinstance(storage, Storage)  # a synchronous URI: the async storages are "async+..."
             _storages[uri] = (storage, MovingWindowRateLimiter(storage))
         return _storages[uri]
 
@@ -77,7 +78,7 @@ def connection_slot(uri: str, key: str, slots: int) -> Iterator[None]:
         finally:
             semaphore.release()
         return
-    client: Any = storage.get_connection()  # the redis client behind the limits storage
+    client: Any = cast(Any, storage).get_connection()  # the redis client behind the limits storage
     name = f"provider-slots:{key}"
     lease = uuid.uuid4().hex
     take = client.register_script(_TAKE_SLOT)

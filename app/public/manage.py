@@ -8,8 +8,10 @@ need the token itself. GET and HEAD never change anything.
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from flask import current_app, make_response, redirect, request, url_for
+from flask import Response, current_app, make_response, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 
 from .. import consent, rights
@@ -25,10 +27,10 @@ NAME_ERRORS = {"invalid": lambda: _("Please check this value."), "required": lam
 
 def _person(token: str) -> rights.Person | None:
     payload, problem = _read("manage", token)
-    return None if problem else rights.person_of(payload, token)
+    return None if problem or payload is None else rights.person_of(payload, token)
 
 
-def _page(person: rights.Person, token: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
+def _page(person: rights.Person, token: str, status: int = 200, **context: Any) -> Response:
     notice = person.origin
     subs = rights.held(person)
     rows = [(sub, get_notice(sub.notice)) for sub in subs]
@@ -46,21 +48,21 @@ def _page(person: rights.Person, token: str, status: int = 200, **context):  # t
 
 @csrf.exempt
 @bp.get("/manage/<token>")
-def manage(token: str):  # type: ignore[no-untyped-def]
+def manage(token: str) -> ResponseReturnValue:
     person = _person(token)
     if person is None:
         return _invalid_link()
     return _page(person, token, done=request.args.get("done"))
 
 
-def _back(token: str, done: str):  # type: ignore[no-untyped-def]
+def _back(token: str, done: str) -> ResponseReturnValue:
     # 303 to the page itself, so a reload does not post again.
     return redirect(url_for("public.manage", token=token, done=done, lang=current_language()), code=303)
 
 
 @csrf.exempt
 @bp.post("/manage/<token>/name")
-def manage_name(token: str):  # type: ignore[no-untyped-def]
+def manage_name(token: str) -> ResponseReturnValue:
     person = _person(token)
     if person is None:
         return _invalid_link()
@@ -77,7 +79,7 @@ def manage_name(token: str):  # type: ignore[no-untyped-def]
 
 @csrf.exempt
 @bp.post("/manage/<token>/unsubscribe")
-def manage_unsubscribe(token: str):  # type: ignore[no-untyped-def]
+def manage_unsubscribe(token: str) -> ResponseReturnValue:
     person = _person(token)
     if person is None:
         return _invalid_link()
@@ -90,7 +92,7 @@ def manage_unsubscribe(token: str):  # type: ignore[no-untyped-def]
 
 @csrf.exempt
 @bp.post("/manage/<token>/request")
-def manage_request(token: str):  # type: ignore[no-untyped-def]
+def manage_request(token: str) -> ResponseReturnValue:
     person = _person(token)
     if person is None:
         return _invalid_link()
@@ -103,7 +105,7 @@ def manage_request(token: str):  # type: ignore[no-untyped-def]
 
 @csrf.exempt
 @bp.route("/manage/data/<token>", methods=["GET", "POST"])
-def data_link(token: str):  # type: ignore[no-untyped-def]
+def data_link(token: str) -> ResponseReturnValue:
     payload, problem = _read("data", token, current_app.config["DATA_LINK_MAX_AGE"])
     if problem == "invalid" or not isinstance(payload, dict) or payload.get("k") not in rights.DATA_KINDS:
         return _invalid_link()

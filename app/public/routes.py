@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from flask import abort, current_app, make_response, redirect, render_template, request, url_for
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, abort, current_app, make_response, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from sqlalchemy import text
 
@@ -9,7 +13,7 @@ from ..addresses import InvalidInput
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
 from ..models import NoticeVersion
-from ..notices import get_notice
+from ..notices import Notice, get_notice
 from ..notices import notices as registered_notices
 from . import bp
 from .forms import SubscribeForm
@@ -33,32 +37,32 @@ def _facts(channel: str) -> consent.Facts:
     )
 
 
-def _notice_or_404(slug: str):  # type: ignore[no-untyped-def]
+def _notice_or_404(slug: str) -> Notice:
     notice = get_notice(slug)
     if notice is None:
         abort(404)
     return notice
 
 
-def _token_page(template: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
+def _token_page(template: str, status: int = 200, **context: Any) -> Response:
     # Not cached (``no-store`` on every token route, app/security.py), nor leaked through Referer.
     return make_response(render_template(template, **context), status)
 
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     return render_template("public/index.html", notices=registered_notices().values())
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz() -> ResponseReturnValue:
     db.session.execute(text("SELECT 1"))
     return {"status": "ok"}
 
 
 @bp.get("/<slug>/privacy")
 @bp.get("/<slug>/privacy/<version>")
-def privacy(slug: str, version: str | None = None):  # type: ignore[no-untyped-def]
+def privacy(slug: str, version: str | None = None) -> ResponseReturnValue:
     """The notice as shown now, or any earlier version by its hash (``?version=`` or in the path)."""
     notice = _notice_or_404(slug)
     version = version or request.args.get("version")
@@ -69,7 +73,7 @@ def privacy(slug: str, version: str | None = None):  # type: ignore[no-untyped-d
         abort(404)
     stored = db.session.get(NoticeVersion, (notice.slug, version))
     texts = stored.content.get("text") if stored is not None and isinstance(stored.content, dict) else None
-    if not isinstance(texts, dict) or not texts:
+    if stored is None or not isinstance(texts, dict) or not texts:
         abort(404)
     text = texts.get(lang) or next(iter(texts.values()))
     return render_template(
@@ -86,7 +90,7 @@ def _subscribe_limit() -> str:
 @csrf.exempt
 @bp.route("/<slug>/subscribe", methods=["GET", "POST"])
 @limiter.limit(_subscribe_limit, methods=["POST"])
-def subscribe(slug: str):  # type: ignore[no-untyped-def]
+def subscribe(slug: str) -> ResponseReturnValue:
     notice = _notice_or_404(slug)
     lang = current_language(notice)
     form = SubscribeForm()
@@ -109,12 +113,13 @@ def subscribe(slug: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<slug>/subscribe/sent")
-def check_inbox(slug: str):  # type: ignore[no-untyped-def]
+def check_inbox(slug: str) -> ResponseReturnValue:
     notice = _notice_or_404(slug)
     return render_template("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
 
 
-def _read(purpose: str, token: str, max_age: int | None = None):  # type: ignore[no-untyped-def]
+def _read(purpose: str, token: str, max_age: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The token's payload and its problem: (payload, None), (payload, "expired") or (None, "invalid")."""
     try:
         return tokens.read(purpose, token, max_age=max_age), None
     except tokens.TokenExpired as exc:
@@ -123,7 +128,7 @@ def _read(purpose: str, token: str, max_age: int | None = None):  # type: ignore
         return None, "invalid"
 
 
-def _one_click_page(notice, lang: str, text) -> str:  # type: ignore[no-untyped-def]
+def _one_click_page(notice: Notice, lang: str, text: Mapping[str, str]) -> str:
     """The one-click answer of a notice version in a language, rendered once per process.
 
     It holds nothing of the person, so one rendering serves every request; mail
@@ -136,15 +141,15 @@ def _one_click_page(notice, lang: str, text) -> str:  # type: ignore[no-untyped-
     return pages[key]
 
 
-def _invalid_link():  # type: ignore[no-untyped-def]
+def _invalid_link() -> Response:
     return _token_page("public/link_invalid.html", 400)
 
 
 @csrf.exempt
 @bp.route("/confirm/<token>", methods=["GET", "POST"])
-def confirm(token: str):  # type: ignore[no-untyped-def]
+def confirm(token: str) -> ResponseReturnValue:
     payload, problem = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
-    if problem == "invalid":
+    if payload is None:
         return _invalid_link()
     notice = get_notice(payload.get("n"))
     if notice is None:
@@ -162,18 +167,18 @@ def confirm(token: str):  # type: ignore[no-untyped-def]
 
 @csrf.exempt
 @bp.post("/confirm/<token>/resend")
-def resend(token: str):  # type: ignore[no-untyped-def]
+def resend(token: str) -> ResponseReturnValue:
     # A resend is allowed from an expired link too; the signature still proves
     # the link was ours, and the per-address limit bounds the mail sent.
     payload, _expired = _read("confirm", token, current_app.config["CONFIRM_MAX_AGE"])
     notice = get_notice(payload.get("n")) if payload else None
-    if notice is None:
+    if payload is None or notice is None:
         return _invalid_link()
     consent.resend_confirmation(payload, _facts("page"))
     return _token_page("public/check_inbox.html", notice=notice, text=notice.text(current_language(notice)))
 
 
-def _manage_token(unsubscribe_payload) -> str:  # type: ignore[no-untyped-def]
+def _manage_token(unsubscribe_payload: dict[str, Any]) -> str:
     """The manage link for the subscription an unsubscribe link names, in the same form."""
     slug = unsubscribe_payload["n"]
     if "s" in unsubscribe_payload:
@@ -183,10 +188,10 @@ def _manage_token(unsubscribe_payload) -> str:  # type: ignore[no-untyped-def]
 
 @csrf.exempt
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
-def unsubscribe(token: str):  # type: ignore[no-untyped-def]
+def unsubscribe(token: str) -> ResponseReturnValue:
     payload, problem = _read("unsubscribe", token)
     notice = get_notice(payload.get("n")) if payload else None
-    if problem or notice is None:
+    if problem or payload is None or notice is None:
         return _invalid_link()
     lang = current_language(notice)
     text = notice.text(lang)
