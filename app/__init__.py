@@ -57,7 +57,7 @@ def configure_logging(app: Flask) -> None:
 def load_notice_files(app: Flask) -> None:
     from .notices import load_notices
 
-    app.extensions["notices"] = load_notices(app.config["NOTICES_DIR"], app.config["ENV_SNAPSHOT"])
+    app.extensions["notices"] = load_notices(app.config["NOTICES_DIR"], app.config["NOTICE_PROVIDER_IDS"])
 
 
 def register_body_limit(app: Flask) -> None:

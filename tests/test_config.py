@@ -95,3 +95,59 @@ def test_app_builds_from_the_environment_alone(tmp_path, monkeypatch):
 
     with app.app_context():
         db.engine.dispose()
+
+
+def test_provider_settings_are_read_into_named_keys_and_nothing_else_of_the_environment(tmp_path):
+    env = {
+        "INSTANCE_PATH": str(tmp_path),
+        "MAILCHIMP_API_KEY": "0123abcd-us21",
+        "MAILCHIMP_API_URL": "http://127.0.0.1:8001/3.0",
+        "APSIS_CLIENT_ID": "client",
+        "APSIS_CLIENT_SECRET": "secret-value",
+        "MUNKEBY_LIST_ID": "list-from-env",
+        "MYSOFT_EMAIL_ATTRIBUTE": "attr-email",
+        "MYSOFT_TOPIC": "",  # empty: the notice file's value stands
+        "ACME_LIST_ID": "no-such-notice",
+        "UNRELATED_SETTING": "x",
+    }
+    settings = load_settings(env)
+    assert settings["MAILCHIMP_API_KEY"] == "0123abcd-us21"
+    assert settings["MAILCHIMP_API_URL"] == "http://127.0.0.1:8001/3.0"
+    assert (settings["APSIS_CLIENT_ID"], settings["APSIS_CLIENT_SECRET"]) == ("client", "secret-value")
+    assert settings["APSIS_API_URL"] == "https://api.apsis.one"
+    overrides = {"MUNKEBY_LIST_ID": "list-from-env", "MYSOFT_EMAIL_ATTRIBUTE": "attr-email"}
+    assert settings["NOTICE_PROVIDER_IDS"] == overrides
+    assert "ENV_SNAPSHOT" not in settings and "UNRELATED_SETTING" not in settings
+    unset = load_settings({"INSTANCE_PATH": str(tmp_path)})
+    assert unset["MAILCHIMP_API_KEY"] == unset["MAILCHIMP_API_URL"] == unset["APSIS_CLIENT_ID"] == ""
+
+
+def test_the_notices_take_their_provider_ids_from_the_settings(app_env):
+    app = create_app(env={**app_env, "MUNKEBY_LIST_ID": "list-from-env"})
+    try:
+        assert app.extensions["notices"]["munkeby"].provider["list_id"] == "list-from-env"
+    finally:
+        from app.extensions import db
+
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"MAILCHIMP_API_KEY": "hidden key-us1"}, "MAILCHIMP_API_KEY"),
+        ({"MAILCHIMP_API_KEY": "hiddenkey-us 1"}, "MAILCHIMP_API_KEY"),
+        ({"MAILCHIMP_API_KEY": "hiddenkey-"}, "MAILCHIMP_API_KEY"),
+        ({"MAILCHIMP_API_URL": "hidden.example/3.0"}, "MAILCHIMP_API_URL"),
+        ({"APSIS_API_URL": "ftp://hidden.example"}, "APSIS_API_URL"),
+        ({"APSIS_CLIENT_ID": "hidden-id"}, "APSIS_CLIENT_ID and APSIS_CLIENT_SECRET"),
+        ({"APSIS_CLIENT_SECRET": "hidden-secret"}, "APSIS_CLIENT_ID and APSIS_CLIENT_SECRET"),
+        ({"APSIS_CLIENT_ID": "id", "APSIS_CLIENT_SECRET": "hidden\tsecret"}, "APSIS_CLIENT_SECRET"),
+    ],
+)
+def test_malformed_provider_settings_are_refused_by_name_without_their_value(tmp_path, env, name):
+    with pytest.raises(ConfigError, match=name) as refused:
+        load_settings({"INSTANCE_PATH": str(tmp_path), **env})
+    assert "hidden" not in str(refused.value)

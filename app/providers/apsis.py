@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import requests
 
+from ..config import APSIS_DEFAULT_URL
 from ..notices import Notice
 from . import (
     Member,
@@ -155,15 +156,14 @@ class ApsisProvider:
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> ApsisProvider:
-        env = config["ENV_SNAPSHOT"]
-        assert isinstance(env, Mapping)
-        client_id, secret = env.get("APSIS_CLIENT_ID"), env.get("APSIS_CLIENT_SECRET")
+        client_id, secret = str(config.get("APSIS_CLIENT_ID") or ""), str(config.get("APSIS_CLIENT_SECRET") or "")
         if not client_id or not secret:
             raise ProviderNotConfigured("set APSIS_CLIENT_ID and APSIS_CLIENT_SECRET")
         timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
         assert isinstance(timeout, int)
         limits_uri = str(config.get("RATELIMIT_STORAGE_URI") or "memory://")
-        return cls(env.get("APSIS_API_URL") or "https://api.apsis.one", client_id, secret, timeout, limits_uri)
+        base_url = str(config.get("APSIS_API_URL") or APSIS_DEFAULT_URL)
+        return cls(base_url, client_id, secret, timeout, limits_uri)
 
     def close(self) -> None:
         self.session.close()

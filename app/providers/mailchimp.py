@@ -128,15 +128,13 @@ class MailchimpProvider:
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> MailchimpProvider:
-        env = config["ENV_SNAPSHOT"]
-        assert isinstance(env, Mapping)
-        api_key = env.get("MAILCHIMP_API_KEY")
+        api_key = str(config.get("MAILCHIMP_API_KEY") or "")
         if not api_key:
             raise ProviderNotConfigured("set MAILCHIMP_API_KEY")
         timeout = config.get("PROVIDER_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS)
         assert isinstance(timeout, int)
         limits_uri = str(config.get("RATELIMIT_STORAGE_URI") or "memory://")
-        return cls(api_key, env.get("MAILCHIMP_API_URL"), timeout, limits_uri)
+        return cls(api_key, str(config.get("MAILCHIMP_API_URL") or "") or None, timeout, limits_uri)
 
     def _call(self, fn: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
         """Run one client call, on one of the account's 10 connections; turn every failure
