@@ -8,26 +8,42 @@ an address.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Response, g, jsonify, request
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from .. import accounts, addresses, consent
-from ..database import MAX_ID, id_param
+from ..database import MAX_ID
+from ..errors import json_error
+from ..events import serialize_event, with_details
 from ..extensions import db, limiter
-from ..models import ConsentEvent, EventDetail, Subscription, utc_naive, utcnow
-from ..notices import get_notice
+from ..models import ConsentEvent, Subscription, utcnow
+from ..notices import Notice, get_notice
 from . import bp
 from .openapi import document
+from .schemas import (
+    ConsentAnswer,
+    ConsentQuery,
+    ContactRecorded,
+    ContactRequest,
+    EventPage,
+    EventsQuery,
+    OptOutDone,
+    OptOutRequest,
+    SignupAccepted,
+    SubscriptionRequest,
+    first_problem,
+)
 
 API_RATE_LIMIT = "600 per minute"
-MAX_PAGE = 500
 LAST_USED_PRECISION = timedelta(minutes=1)
+
+Payload = TypeVar("Payload", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -38,10 +54,7 @@ class ApiError(Exception):
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
-    response = jsonify({"error": exc.code, "detail": exc.message, "status": exc.status})
-    response.status_code = exc.status
-    response.headers.update(exc.headers)
-    return response
+    return json_error(exc.status, exc.code, exc.message, exc.headers)
 
 
 def needs(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -87,30 +100,29 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _string(source: dict[str, Any], name: str, required: bool = True) -> str | None:
-    value = source.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(422, "invalid_field", f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid_field", f"{name} must be a string")
-    return value
-
-
-def _email(raw: str | None) -> str:
+def _valid(model: type[Payload], data: Mapping[str, Any]) -> Payload:
+    """``data`` as ``model``, with notices limited to the token's; else a 422 naming the first problem."""
     try:
-        return addresses.normalise_email(raw)
-    except addresses.InvalidInput:
-        raise ApiError(422, "invalid_field", "email is not a valid e-mail address") from None
+        return model.model_validate(data, context={"notices": g.api_notices})
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_field", first_problem(exc)) from None
 
 
-def _notice(slug: str | None) -> Any:
+def _query(model: type[Payload]) -> Payload:
+    return _valid(model, request.args.to_dict())  # a repeated parameter counts once, its first value
+
+
+def _notice(slug: str) -> Notice:
     notice = get_notice(slug)
-    if notice is None or notice.slug not in g.api_notices:
-        known = ", ".join(sorted(g.api_notices)) or "(this token reaches no notice)"
-        raise ApiError(422, "invalid_field", f"notice must be one of: {known}")
+    if notice is None:  # validated as a loaded notice a moment ago; it cannot have gone since
+        raise ApiError(422, "invalid_field", "notice must be a loaded notice")
     return notice
+
+
+def _answer(payload: BaseModel, status: int = 200) -> Response:
+    response = jsonify(payload.model_dump(mode="json", exclude_unset=True))
+    response.status_code = status
+    return response
 
 
 @bp.get("/openapi.json")
@@ -122,85 +134,61 @@ def openapi() -> Response:
 @limiter.limit(API_RATE_LIMIT)
 @needs("read")
 def consent_status() -> Response:
-    email = _email(_string(dict(request.args), "email"))
-    return jsonify({"email": email, "notices": consent.consent_status(email, within=g.api_notices)})
+    email = _query(ConsentQuery).email
+    answers = consent.consent_status(email, within=g.api_notices)
+    return _answer(ConsentAnswer.model_validate({"email": email, "notices": answers}))
 
 
 @bp.post("/subscriptions")
 @limiter.limit(API_RATE_LIMIT)
 @needs("subscribe")
 def subscribe() -> Response:
-    body = _body()
-    notice = _notice(_string(body, "notice"))
-    lang = _string(body, "lang", required=False) or "sv"
-    if lang not in notice.languages:
-        raise ApiError(422, "invalid_field", f"lang must be one of: {', '.join(notice.languages)}")
-    name = _string(body, "name", required=False)
-    facts = consent.Facts(channel="api", actor=g.api_actor, lang=lang)
+    body = _valid(SubscriptionRequest, _body())
+    facts = consent.Facts(channel="api", actor=g.api_actor, lang=body.lang.value)
     try:
-        consent.request_subscription(notice, _string(body, "email"), name, facts)
+        consent.request_subscription(_notice(body.notice), body.email, body.name, facts)
     except addresses.InvalidInput as exc:
         raise ApiError(
             422, "invalid_field", f"{exc.field} is {'missing' if str(exc) == 'required' else 'invalid'}"
         ) from None
     # The same answer whether the address was known: the API reveals no more than the form.
-    response = jsonify({"status": "confirmation_requested"})
-    response.status_code = 202
-    return response
+    return _answer(SignupAccepted(status="confirmation_requested"), 202)
 
 
 @bp.post("/opt-outs")
 @limiter.limit(API_RATE_LIMIT)
 @needs("opt_out")
 def opt_out() -> Response:
-    body = _body()
-    notice = _notice(_string(body, "notice"))
-    email = _email(_string(body, "email"))
-    return jsonify({"status": consent.opt_out_address(notice, email, _facts()), "rule": notice.opt_out_rule})
+    body = _valid(OptOutRequest, _body())
+    notice = _notice(body.notice)
+    outcome = consent.opt_out_address(notice, body.email, _facts())
+    return _answer(OptOutDone.model_validate({"status": outcome, "rule": notice.opt_out_rule}))
 
 
 @bp.get("/events")
 @limiter.limit(API_RATE_LIMIT)
 @needs("read")
 def events() -> Response:
-    args = request.args
-    after_raw = args.get("after", "0")
-    after = MAX_ID if re.fullmatch(r"[0-9]{11,18}", after_raw) else id_param(after_raw)  # past every event
-    limit = id_param(args.get("limit", "100"))
-    if after is None or limit is None or not 1 <= limit <= MAX_PAGE:
-        raise ApiError(422, "invalid_field", f"after must be a whole number and limit between 1 and {MAX_PAGE}")
-    query = select(ConsentEvent, EventDetail).outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
-    if args.get("notice"):
-        query = query.where(ConsentEvent.notice == _notice(args["notice"]).slug)
+    asked = _query(EventsQuery)
+    query = with_details()
+    if asked.notice is not None:
+        query = query.where(ConsentEvent.notice == asked.notice)
     else:
         query = query.where(ConsentEvent.notice.in_(sorted(g.api_notices)))
-    with_details = False
-    if args.get("email"):
-        ehash = addresses.email_hash(_email(args["email"]))
+    if asked.email is not None:
         refs = select(Subscription.ref).where(
-            Subscription.email_hash == ehash, Subscription.notice.in_(sorted(g.api_notices))
+            Subscription.email_hash == addresses.email_hash(asked.email),
+            Subscription.notice.in_(sorted(g.api_notices)),
         )
         query = query.where(ConsentEvent.subscription_ref.in_(refs))
-        with_details = True  # one person's own events: their details belong with them
-    rows = db.session.execute(query.where(ConsentEvent.seq > after).order_by(ConsentEvent.seq).limit(limit + 1)).all()
-    page = rows[:limit]
-    items = []
-    for event, detail in page:
-        item = {
-            "seq": event.seq,
-            "type": event.type,
-            "at": event.at.isoformat(timespec="microseconds") + "Z",
-            "notice": event.notice,
-            "notice_version": event.notice_version,
-            "subscription_ref": event.subscription_ref,
-            "channel": event.channel,
-            "facts": json.loads(event.facts or "{}"),
-        }
-        if with_details and detail is not None:
-            item["details"] = json.loads(detail.details)
-        items.append(item)
-    next_after = page[-1][0].seq if len(rows) > limit else None
-    return jsonify({"events": items, "next_after": next_after})
+    after = min(asked.after, MAX_ID)  # past every event: no seq is larger
+    query = query.where(ConsentEvent.seq > after).order_by(ConsentEvent.seq).limit(asked.limit + 1)
+    rows = db.session.execute(query).all()
+    page = rows[: asked.limit]
+    # One person's own events carry their details; a page of many people's never does.
+    items = [serialize_event(event, detail if asked.email else None, with_ref=True) for event, detail in page]
+    next_after = page[-1][0].seq if len(rows) > asked.limit else None
+    return _answer(EventPage.model_validate({"events": items, "next_after": next_after}))
 
 
 @bp.post("/contacts")
@@ -208,27 +196,23 @@ def events() -> Response:
 @needs("contact")
 def record_contact() -> Response:
     """A dialog with a contact (starts the prospect-with-dialog retention period), or their relationship."""
-    body = _body()
-    notice = _notice(_string(body, "notice"))
-    email = _email(_string(body, "email"))
-    at_raw = _string(body, "last_contact_at", required=False)
-    at = utc_naive(at_raw) if at_raw else None
-    if at_raw and at is None:
-        raise ApiError(422, "invalid_field", "last_contact_at must be an ISO 8601 date-time")
-    relationship = _string(body, "relationship", required=False)
-    if at is None and relationship is None:
-        raise ApiError(422, "invalid_field", "give last_contact_at, relationship, or both")
+    body = _valid(ContactRequest, _body())
+    notice = _notice(body.notice)
+    relationship = body.relationship.value if body.relationship is not None else None
     try:
-        sub = consent.record_contact(notice, email, at, relationship, _facts())
+        sub = consent.record_contact(notice, body.email, body.last_contact_at, relationship, _facts())
     except addresses.InvalidInput as exc:
         what = "in the future" if str(exc) == "future" else "invalid"
         raise ApiError(422, "invalid_field", f"{exc.field} is {what}") from None
     if sub is None:
         raise ApiError(404, "not_found", "that address is not held under this notice")
-    return jsonify(
-        {
-            "notice": notice.slug,
-            "relationship": sub.relationship,
-            "last_contact_at": sub.last_contact_at.isoformat(timespec="seconds") + "Z" if sub.last_contact_at else None,
-        }
+    at = sub.last_contact_at
+    return _answer(
+        ContactRecorded.model_validate(
+            {
+                "notice": notice.slug,
+                "relationship": sub.relationship,
+                "last_contact_at": at.isoformat(timespec="seconds") + "Z" if at else None,
+            }
+        )
     )
