@@ -15,9 +15,10 @@ from sqlalchemy import select
 from .. import ledger, provider_sync
 from ..addresses import InvalidInput, clean_name, email_hash, normalise_email
 from ..database import UnitOfWork, unit_of_work
+from ..events import events_of, serialize_event
 from ..extensions import db
 from ..ledger import Evidence
-from ..models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
+from ..models import Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice, notices
 from ..vocabulary import Relationship, values
 from .records import (
@@ -25,8 +26,6 @@ from .records import (
     delete_personal_data,
     find_subscription,
     iso,
-    ledger_details,
-    ledger_facts,
     wipe_after_commit,
 )
 from .signup import cancel_queued_signups
@@ -284,28 +283,11 @@ def export_by_hash(ehash: str, notices: Collection[str] | None = None) -> dict[s
     subs = db.session.execute(query.order_by(Subscription.id)).scalars().all()
     if not subs:
         return None
-    refs = [sub.ref for sub in subs]
-    rows = db.session.execute(
-        select(ConsentEvent, EventDetail)
-        .outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
-        .where(ConsentEvent.subscription_ref.in_(refs))
-        .order_by(ConsentEvent.seq)
-    ).all()
     notice_of = {sub.ref: sub.notice for sub in subs}
-    events = []
-    for event, detail in rows:
-        item: dict[str, Any] = {
-            "type": event.type,
-            "at": event.at.isoformat(timespec="microseconds") + "Z",
-            "notice": notice_of.get(event.subscription_ref, event.notice),
-            "notice_version": event.notice_version,
-            "channel": event.channel,
-            "seq": event.seq,
-            "facts": ledger_facts(event),
-        }
-        if detail is not None:
-            item["details"] = ledger_details(detail)
-        events.append(item)
+    events = [
+        serialize_event(event, detail, notice=notice_of.get(event.subscription_ref or ""))
+        for event, detail in events_of(list(notice_of))
+    ]
     with force_locale("en"):  # the document is in English, whatever the page's language
         summaries = {sub.ref: retention_summary(n, sub) for sub in subs if (n := get_notice(sub.notice)) is not None}
     public_url = current_app.config["PUBLIC_URL"]
