@@ -19,6 +19,7 @@ from flask_login import current_user
 from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
 from ..addresses import InvalidInput
 from ..database import id_param
+from ..events import events_of, serialize_event
 from ..extensions import db
 from ..models import ContactImport, OutboxJob, Subscription
 from ..notices import Notice, get_notice
@@ -142,7 +143,7 @@ def subject(ref: str):  # type: ignore[no-untyped-def]
         "dashboard/subject.html",
         sub=sub,
         notice=notice,
-        events=queries.timeline(sub.ref),
+        events=[serialize_event(event, detail) for event, detail in events_of([sub.ref])],  # as the export shows them
         form=form,
         action=ActionForm(),
         relationships=consent.RELATIONSHIPS,
