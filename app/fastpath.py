@@ -40,18 +40,21 @@ row by a prepared DELETE). In a unit of work without the ORM, ``flush()`` does n
 go through the column types' bind processors (JSON is encoded, and so on) and answered
 rows through their result processors; a column left out of an INSERT gets its Python
 ``default`` and one left out of an UPDATE its Python ``onupdate`` (a scalar, or a
-callable called without an execution context), made per call; values written into the
-statement (``.values(state="done")``) are sent as given; server defaults are the
-table's own. ``tests/test_prepared.py`` compares the rows with Core's.
+callable called without an execution context), made per call, or its SQL-expression
+default, which is written into the statement's text as Core writes it; values written
+into the statement (``.values(state="done")``) are sent as given; server defaults are
+the table's own. ``tests/test_prepared.py`` compares the rows with Core's.
 
 **What it does not do.** No ORM: no identity map, no mapper or session events, no
 ``@validates``, no cascades, no autoflush. No Core events either (``before_execute``,
 ``before_cursor_execute``, the engine's echo log): the call is the driver's own. No
-SQL-expression default or on-update value and no expanding ``IN`` (a ``TypeError`` when
+expanding ``IN``, and no default of a kind other than those above (a ``TypeError`` when
 the statement is first planned). An INSERT does not answer the new row's key unless it
 says ``.returning(...)``; rows come back as named tuples of the returned columns; no
 rowcount. A driver error is raised as SQLAlchemy's (``IntegrityError`` and the rest), so
-callers handle it as any other statement's.
+callers handle it as any other statement's. Every statement waits for the server's answer:
+psycopg's pipeline mode (answer-less writes sent without waiting) was measured side by side
+under ``wrk`` and did not move the PostgreSQL figure (``bench/README.md``), so it is not used.
 
 **Where ``UnitOfWork`` lives.** Here: its ``run`` and ``send`` are the fast path, and
 the SQLAlchemy internals it reads (``Insert._returning``, a compiled statement's
@@ -66,7 +69,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Executable
@@ -197,9 +200,7 @@ class UnitOfWork:
             return plan.rows(cursor) if plan.row is not None else []
 
     def send(self, statement: Prepared, params: dict[str, Any] | None = None) -> None:
-        """Run a prepared statement whose answer nobody reads. In a unit of work opened with
-        ``orm=False`` on PostgreSQL it goes out without waiting for the server (pipeline mode):
-        the writes between two reads share one round trip, and an error shows at the next read."""
+        """Run a prepared statement whose answer nobody reads (any rows it returns are left unread)."""
         self.send_many(statement, [params or {}])
 
     def send_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
@@ -243,12 +244,10 @@ def on_driver() -> Iterator[UnitOfWork]:
     dialect = engine.dialect
     driver = engine.raw_connection()  # from the pool, set up by its connect hook like any other
     try:
-        with ExitStack() as stack, _as_sqlalchemy_errors("COMMIT", dialect):
+        with _as_sqlalchemy_errors("COMMIT", dialect):
             if dialect.name == "sqlite":
                 # The connect hook leaves BEGIN to us (app/database.py).
                 driver.cursor().execute("BEGIN IMMEDIATE")
-            elif dialect.name == "postgresql":
-                stack.enter_context(driver.driver_connection.pipeline())
             yield UnitOfWork(dialect, driver)
             driver.commit()
     except BaseException:

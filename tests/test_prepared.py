@@ -76,9 +76,8 @@ def test_a_statement_that_expands_a_list_cannot_be_prepared(app):
         uow.run(statement, {})
 
 
-def test_a_failed_statement_that_nobody_waited_for_still_fails_the_unit_of_work(app):
-    """On PostgreSQL an answer-less statement goes out without waiting (pipeline mode); its
-    error comes with the next read or the commit, as SQLAlchemy's IntegrityError, and the
+def test_a_failed_statement_whose_answer_nobody_reads_still_fails_the_unit_of_work(app):
+    """An answer-less statement's error is raised as SQLAlchemy's IntegrityError, and the
     whole unit of work is rolled back."""
     from sqlalchemy.exc import IntegrityError
 

@@ -160,7 +160,7 @@ def suppress(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> bool:
 
 
 def keep_suppressed(uow: UnitOfWork, notice: str, ehash: str, reason: str) -> None:
-    """``suppress`` where nobody reads the answer: the statement need not wait for one."""
+    """``suppress`` where nobody reads the answer."""
     uow.send(_INSERT_SUPPRESSION[uow.dialect.name], {"notice": notice, "email_hash": ehash, "reason": reason})
 
 
