@@ -7,8 +7,12 @@ import json
 import pytest
 from sqlalchemy import select
 
+from app.addresses import MAX_EMAIL_LENGTH
+from app.api.schemas import MAX_PAGE
 from app.extensions import db
 from app.models import Subscription
+from app.notices import notices
+from app.vocabulary import Language, LawfulBasis, OptOutRule, Relationship, Status, values
 
 from .support import subscribe_and_confirm
 
@@ -175,3 +179,59 @@ def test_bad_contact_records_are_refused_and_change_nothing(app, client, mailbox
     with app.app_context():
         sub = db.session.execute(select(Subscription)).scalar_one()
         assert sub.relationship == "subscriber" and sub.last_contact_at is None
+
+
+def test_the_document_is_built_from_the_schemas_the_routes_validate_with(app, client):
+    doc = client.get("/api/v1/openapi.json").json
+    components = doc["components"]["schemas"]
+    # Every route of the blueprint but the document itself is described, with its methods.
+    routes = {
+        (rule.rule, method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("api.") and rule.endpoint != "api.openapi"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert routes == {(path, method) for path, item in doc["paths"].items() for method in item}
+    # Each vocabulary is one component, with the words of app/vocabulary.py.
+    for words in (Language, LawfulBasis, OptOutRule, Relationship, Status):
+        assert components[words.__name__]["enum"] == list(values(words))
+    with app.app_context():
+        slugs = sorted(notices())
+    body = components["SubscriptionRequest"]["properties"]
+    assert body["notice"]["enum"] == slugs and body["email"]["maxLength"] == MAX_EMAIL_LENGTH
+    assert body["lang"]["$ref"] == "#/components/schemas/Language"
+    events = {p["name"]: p["schema"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
+    assert events["limit"]["maximum"] == MAX_PAGE and events["notice"]["enum"] == slugs
+    for item in doc["paths"].values():
+        for operation in item.values():
+            for code, answer in operation["responses"].items():
+                if int(code) >= 400:
+                    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_a_notice_outside_the_token_is_answered_as_an_unknown_one(client, runner):
+    headers = make_token(runner, "opt_out", notices=("munkeby",))
+    answers = [
+        client.post("/api/v1/opt-outs", json={"email": "a@example.com", "notice": slug}, headers=headers)
+        for slug in ("mysoft", "nowhere")
+    ]
+    expected = {"error": "invalid_field", "detail": "notice must be one of: munkeby", "status": 422}
+    assert [answer.json for answer in answers] == [expected, expected]
+
+
+@pytest.mark.parametrize(
+    "body, detail",
+    [
+        ({"notice": "munkeby"}, "email is required"),
+        ({"notice": "munkeby", "email": None}, "email is required"),
+        ({"notice": "munkeby", "email": 5}, "email must be a string"),
+        ({"notice": "munkeby", "email": "not an address"}, "email is not a valid e-mail address"),
+        ({"email": "a@example.com"}, "notice is required"),
+        ({"notice": ["munkeby"], "email": "a@example.com"}, "notice must be a string"),
+        ({"notice": "munkeby", "email": "a@example.com", "lang": "de"}, "lang must be 'sv' or 'en'"),
+        ({"notice": "munkeby", "email": "a@example.com", "name": 5}, "name must be a string"),
+    ],
+)
+def test_each_broken_rule_is_named_in_the_detail(client, runner, body, detail):
+    answer = client.post("/api/v1/subscriptions", json=body, headers=make_token(runner, "subscribe"))
+    assert answer.status_code == 422 and answer.json == {"error": "invalid_field", "detail": detail, "status": 422}

@@ -205,6 +205,9 @@ def test_no_hostile_input_gets_a_5xx_or_into_a_mail_header(app, client, runner, 
     def attempt(data):  # type: ignore[no-untyped-def]
         answer = send(data.draw)
         assert answer.status_code < 500, (answer.status_code, answer.get_data(as_text=True)[:300])
+        if answer.status_code >= 400 and answer.is_json:  # the API's and the webhooks' refusals: one shape
+            assert set(answer.json) == {"error", "detail", "status"}, answer.json
+            assert answer.json["status"] == answer.status_code
 
     attempt()
     assert sum(seen.values()) >= EXAMPLES and min(seen.values()) >= EXAMPLES // 50, seen  # every target was hit
@@ -239,5 +242,6 @@ def test_api_bodies_that_are_not_json_objects_are_refused_clearly(app, client, r
     for raw in (b"", b"{", b"[]", b'"text"', b"\xff\xfe", json.dumps({"email": None}).encode()):
         answer = client.post("/api/v1/subscriptions", data=raw, headers={**api, "Content-Type": "application/json"})
         assert 400 <= answer.status_code < 500 and answer.json["error"], raw
+        assert answer.json["status"] == answer.status_code and answer.json["detail"], raw
     with app.app_context():
         db.session.remove()

@@ -254,3 +254,30 @@ def test_text_that_only_looks_like_a_nul_is_not_refused(client):
     assert client.get("/munkeby/subscribe?lang=%2500").status_code == 200
     assert client.get("/munkeby/privacy%2500").status_code == 404  # reached the router
     assert client.post("/api/v1/opt-outs", json={"notice": "\\u0000"}).status_code == 401  # reached the API
+
+
+TOO_LARGE = {"data": b"{" + b" " * (1024 * 1024) + b"}", "content_type": "application/json"}
+MULTIPART = {"data": {"type": "x"}, "content_type": "multipart/form-data"}
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, status",
+    [
+        ("GET", "/api/v1/no-such-endpoint", {}, 404),
+        ("DELETE", "/api/v1/consent", {}, 405),
+        ("GET", "/api/v1/events", {}, 401),
+        ("POST", "/api/v1/opt-outs", TOO_LARGE, 413),
+        ("POST", "/webhooks/apsis/" + "w" * 30, {"json": {"type": "unsubscribe"}}, 404),
+        ("GET", "/webhooks/apsis/" + "w" * 30, {}, 405),
+        ("POST", "/webhooks/mailchimp/" + "w" * 30, MULTIPART, 415),
+        ("POST", "/webhooks/no-such-provider/x", {}, 404),
+    ],
+)
+def test_every_json_error_has_the_one_shape(client, method, path, kwargs, status):
+    """Whether a route refuses the request or the framework does, the API and the webhooks answer alike."""
+    answer = client.open(path, method=method, **kwargs)
+    assert answer.status_code == status and answer.mimetype == "application/json"
+    assert set(answer.json) == {"error", "detail", "status"} and answer.json["status"] == status
+    assert answer.json["error"].isidentifier() and answer.json["detail"]
+    if status == 405:
+        assert answer.headers["Allow"]
