@@ -24,6 +24,7 @@ from ..events import serialize_event, with_details
 from ..extensions import db, limiter
 from ..models import ConsentEvent, Subscription, utcnow
 from ..notices import Notice, get_notice
+from ..vocabulary import Scope
 from . import bp
 from .openapi import document
 from .schemas import (
@@ -57,7 +58,7 @@ def _api_error(exc: ApiError) -> Response:
     return json_error(exc.status, exc.code, exc.message, exc.headers)
 
 
-def needs(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def needs(scope: Scope) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The route needs a live bearer token with ``scope``."""
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,7 +71,7 @@ def needs(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     401, "unauthorized", "a valid bearer token is required", {"WWW-Authenticate": 'Bearer realm="api"'}
                 )
             if scope not in token.scopes.split():
-                raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+                raise ApiError(403, "forbidden", f"this token lacks the '{scope.value}' scope")
             now = utcnow()
             g.api_actor = f"token:{token.id}"
             g.api_notices = accounts.notices_of(token)
@@ -132,7 +133,7 @@ def openapi() -> Response:
 
 @bp.get("/consent")
 @limiter.limit(API_RATE_LIMIT)
-@needs("read")
+@needs(Scope.READ)
 def consent_status() -> Response:
     email = _query(ConsentQuery).email
     answers = consent.consent_status(email, within=g.api_notices)
@@ -141,7 +142,7 @@ def consent_status() -> Response:
 
 @bp.post("/subscriptions")
 @limiter.limit(API_RATE_LIMIT)
-@needs("subscribe")
+@needs(Scope.SUBSCRIBE)
 def subscribe() -> Response:
     body = _valid(SubscriptionRequest, _body())
     facts = consent.Facts(channel="api", actor=g.api_actor, lang=body.lang.value)
@@ -157,7 +158,7 @@ def subscribe() -> Response:
 
 @bp.post("/opt-outs")
 @limiter.limit(API_RATE_LIMIT)
-@needs("opt_out")
+@needs(Scope.OPT_OUT)
 def opt_out() -> Response:
     body = _valid(OptOutRequest, _body())
     notice = _notice(body.notice)
@@ -167,7 +168,7 @@ def opt_out() -> Response:
 
 @bp.get("/events")
 @limiter.limit(API_RATE_LIMIT)
-@needs("read")
+@needs(Scope.READ)
 def events() -> Response:
     asked = _query(EventsQuery)
     query = with_details()
@@ -193,7 +194,7 @@ def events() -> Response:
 
 @bp.post("/contacts")
 @limiter.limit(API_RATE_LIMIT)
-@needs("contact")
+@needs(Scope.CONTACT)
 def record_contact() -> Response:
     """A dialog with a contact (starts the prospect-with-dialog retention period), or their relationship."""
     body = _valid(ContactRequest, _body())
