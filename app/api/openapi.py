@@ -7,12 +7,14 @@ from) and the table of operations below; the test suite runs schemathesis agains
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from flask import current_app
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 
+from ..notices import notices as registered_notices
 from .schemas import (
     ConsentAnswer,
     ConsentQuery,
@@ -187,6 +189,15 @@ def _operation(operation: Operation, components: _Components) -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
+    """The document for this application: its public URL and the notices it has loaded."""
+    return _document(current_app.config["PUBLIC_URL"], tuple(sorted(registered_notices())))
+
+
+@lru_cache(maxsize=8)
+def _document(public_url: str, slugs: tuple[str, ...]) -> dict[str, Any]:
+    """Built once per public URL and set of notices (the notice enums read the loaded notices,
+    which ``slugs`` names): generating the schemas costs milliseconds, and the route is public.
+    The answer is shared: read it, never change it."""
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
@@ -202,7 +213,7 @@ def document() -> dict[str, Any]:
                 "address another controller holds is answered as one never seen."
             ),
         },
-        "servers": [{"url": current_app.config["PUBLIC_URL"]}],
+        "servers": [{"url": public_url}],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
