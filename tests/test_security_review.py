@@ -244,7 +244,7 @@ def test_a_multipart_delivery_is_refused_before_anything_parses_it(app, client, 
         path, fields = APSIS_HOOK, [("type", "unsubscribe"), ("email", "bo@example.com")]
     content_type, body = multipart(fields)
     answer = client.post(path, data=body, content_type=content_type)
-    assert answer.status_code == 415 and "multipart" in answer.json["message"]
+    assert answer.status_code == 415 and "multipart" in answer.json["detail"]
     # Had the input guard parsed the form first, a NUL in a field would be its 400.
     content_type, body = multipart([*fields, ("note", "a\x00b")])
     assert client.post(path, data=body, content_type=content_type).status_code == 415
@@ -277,7 +277,7 @@ class TestSignedMailchimpDeliveries:
         # Over the bytes sent, or over what a form parser that has read them all leaves behind.
         header = signature(body if signed_over == "the multipart bytes" else b"")
         answer = post_signed(client, body, content_type, header)
-        assert answer.status_code == 415 and "multipart" in answer.json["message"]
+        assert answer.status_code == 415 and "multipart" in answer.json["detail"]
         assert state(app) == before  # Anna is still subscribed
 
     @pytest.mark.parametrize(
@@ -299,7 +299,7 @@ class TestSignedMailchimpDeliveries:
         assert other != signed_body  # the same form, other bytes
         before = state(app)
         answer = post_signed(client, other, "application/x-www-form-urlencoded", header)
-        assert answer.status_code == 401 and answer.json["message"] == "signature does not match"
+        assert answer.status_code == 401 and answer.json["detail"] == "signature does not match"
         assert state(app) == before
         # The bytes that were signed, with the same header, are applied.
         answer = post_signed(client, signed_body, "application/x-www-form-urlencoded", header)
