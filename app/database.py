@@ -20,9 +20,11 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, event, text
+from sqlalchemy.orm import Session, scoped_session
 
 from .extensions import db
 from .fastpath import UnitOfWork, on_driver  # UnitOfWork: re-exported (see above)
@@ -136,3 +138,13 @@ def id_param(raw: str | None) -> int | None:
         return None
     value = int(raw)
     return value if value <= MAX_ID else None
+
+
+# A session as the code is handed one: Flask-SQLAlchemy's request-scoped ``db.session``, or a
+# unit of work's own.
+AnySession = Session | scoped_session[Any]
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE run through a session touched (its result is a cursor's)."""
+    return cast(CursorResult[Any], result).rowcount

@@ -67,15 +67,18 @@ transaction imports ``UnitOfWork`` and ``unit_of_work`` from ``app.database`` as
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Executable
+from sqlalchemy import ClauseElement, Connection, Dialect, Executable
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 from .extensions import db
 
@@ -104,9 +107,14 @@ class Prepared:
         return found
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class _Plan:
     def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        assert isinstance(statement, ClauseElement)  # every Executable built here is one
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=list(keys)))
         if "POSTCOMPILE" in compiled.string:
             raise TypeError("a prepared statement cannot expand a parameter list (IN)")
         self.sql = compiled.string
@@ -119,10 +127,11 @@ class _Plan:
             *((c, c.default) for c in compiled.insert_prefetch),
             *((c, c.onupdate) for c in compiled.update_prefetch),
         ]:
-            if default.is_callable:
-                self.defaults[column.key] = lambda fn=default.arg: fn(None)
-            elif default.is_scalar:
-                self.defaults[column.key] = lambda value=default.arg: value
+            if isinstance(default, CallableColumnDefault):
+                # SQLAlchemy wraps a default taking no arguments to take the execution context: none here.
+                self.defaults[column.key] = functools.partial(cast(Callable[[Any], Any], default.arg), None)
+            elif isinstance(default, ScalarElementColumnDefault):
+                self.defaults[column.key] = functools.partial(_same, default.arg)
             else:
                 raise TypeError(f"{column.key}: only Python defaults can be prepared")
         # Values written into the statement itself, such as state="done".
@@ -130,7 +139,7 @@ class _Plan:
         self.fixed = {k: b.effective_value for k, b in binds.items() if k not in given and not b.required}
         self.bind = {k: p for k, b in binds.items() if (p := b.type.dialect_impl(dialect).bind_processor(dialect))}
         returned = list(statement.exported_columns) if hasattr(statement, "exported_columns") else []
-        self.row = namedtuple("Row", [c.key for c in returned]) if returned else None  # type: ignore[misc]
+        self.row: Callable[..., Any] | None = namedtuple("Row", [c.key for c in returned]) if returned else None
         self.result = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returned]
 
     def values(self, params: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
@@ -145,6 +154,8 @@ class _Plan:
 
     def rows(self, cursor: Any) -> list[Any]:
         make, processors = self.row, self.result
+        if make is None:
+            return []
         return [
             make(*(value if fn is None else fn(value) for fn, value in zip(processors, raw, strict=True)))
             for raw in cursor.fetchall()
@@ -170,7 +181,7 @@ class UnitOfWork:
         self._session = session
         self._conn = conn
         self._cursor: Any = None
-        self._after_commit: list[Callable[[], None]] = []
+        self._after_commit: list[Callable[[], object]] = []
 
     @property
     def session(self) -> Session:
@@ -197,7 +208,7 @@ class UnitOfWork:
         with _as_sqlalchemy_errors(plan.sql, self.dialect):
             cursor = self._driver_cursor()
             cursor.execute(plan.sql, plan.values(params))
-            return plan.rows(cursor) if plan.row is not None else []
+            return plan.rows(cursor)
 
     def send(self, statement: Prepared, params: dict[str, Any] | None = None) -> None:
         """Run a prepared statement whose answer nobody reads (any rows it returns are left unread)."""
@@ -219,7 +230,7 @@ class UnitOfWork:
             self._cursor = self._driver.cursor()
         return self._cursor
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
+    def after_commit(self, fn: Callable[[], object]) -> None:
         self._after_commit.append(fn)
 
 

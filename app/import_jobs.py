@@ -64,10 +64,10 @@ def store_upload(stream: IO[bytes], file_name: str, notice: str, spec: dict, act
         _forget(import_id)
         raise
     with unit_of_work() as uow:
-        record = uow.session.get(ContactImport, import_id)
-        assert record is not None
-        record.columns = columns[:MAX_COLUMNS]
-    return record
+        checked = uow.session.get(ContactImport, import_id)
+        assert checked is not None
+        checked.columns = columns[:MAX_COLUMNS]
+    return checked
 
 
 def _forget(import_id: int) -> None:

@@ -318,7 +318,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             return
         now = utcnow()
         source = f"{spec.source} ({spec.source_date.isoformat()})"
-        subs = [
+        subs: list[dict[str, Any]] = [
             {
                 "ref": new_ref(),
                 "notice": notice.slug,
@@ -367,7 +367,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
                 for sub, (_h, row) in zip(subs, fresh, strict=True)
             ],
         )
-        jobs = [
+        jobs: list[dict[str, Any]] = [
             {"kind": provider_sync.CONSENT_JOB, "notice": notice.slug, "subscription_ref": sub["ref"], "payload": {}}
             for sub in subs
         ]

@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import current_app
 from sqlalchemy import Connection, bindparam, create_engine, func, insert, select, update
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from .database import UnitOfWork, unit_of_work
+from .database import AnySession, UnitOfWork, unit_of_work
 from .fastpath import Prepared
 from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
 
@@ -163,7 +162,7 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     first_seq = seq
     key = anchor_key()
     vouched = head is None or _head_is_signed(key, head.seq, head.hash, head.signature)
-    if not vouched and head.signature is not None:
+    if head is not None and not vouched and head.signature is not None:
         # Logged once: the head written below is unsigned, and it is ``ledger verify`` that reports that.
         current_app.logger.error(
             "the ledger head (event %s) carries a signature this service did not make: the chain may have "
@@ -231,7 +230,7 @@ class Head(NamedTuple):
     signature: str | None
 
 
-def _recorded_head(session: Session) -> Head:
+def _recorded_head(session: AnySession) -> Head:
     """The head row (the chain's start when there is none), read without a lock."""
     query = select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.signature).where(_HEAD.c.id == HEAD_ID)
     head = session.execute(query).one_or_none()
@@ -314,7 +313,7 @@ def _check(event: tuple[Any, ...], prev_hash: str) -> str | None:
 PARALLEL_FROM = 200_000
 
 
-def verify(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+def verify(session: AnySession, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
     """Walk the whole chain; report the first event that does not fit, or a recorded head
     that this service did not sign (checked once, not per event).
 
@@ -329,11 +328,11 @@ def verify(session: Session, processes: int | None = None, parallel_from: int = 
     return result
 
 
-def _verify_chain(session: Session, head: Head, processes: int | None, parallel_from: int) -> Verification:
+def _verify_chain(session: AnySession, head: Head, processes: int | None, parallel_from: int) -> Verification:
     """The chain up to ``head`` (the head as read when the walk began: events appended
     meanwhile are the next walk's), its link to ``head``, and nothing past it."""
     processes = processes or min(os.cpu_count() or 1, 4)
-    url = session.get_bind().url
+    url = session.get_bind().engine.url
     in_memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if processes < 2 or head.seq < max(parallel_from, processes) or in_memory:
         parts = [_walk(session.connection(), 1, head.seq)]
@@ -506,7 +505,7 @@ def _read_checkpoint(path: Path) -> Checkpoint | None:
         raise AnchorError(f"the checkpoint file {path} cannot be read ({type(exc).__name__})") from exc
 
 
-def _checkpoint_problem(session: Session, path: Path, checkpoint: Checkpoint) -> str | None:
+def _checkpoint_problem(session: AnySession, path: Path, checkpoint: Checkpoint) -> str | None:
     """Why the chain does not hold the checkpointed event, or None if it does."""
     message = f"{_CHECKPOINT_SALT}\n{checkpoint.seq}\n{checkpoint.hash}".encode()
     # Checkpoints written before the anchor key were signed with SECRET_KEY (or a fallback).
@@ -535,7 +534,7 @@ def _no_checkpoint(path: Path, count: int) -> str:
     )
 
 
-def check(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+def check(session: AnySession, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
     """``verify``, and the checkpoint outside the database: it must exist once there are events,
     be signed with this service's key, and name an event the chain still holds. What ``ledger
     verify`` and the dashboard's consent certificate report."""
@@ -552,7 +551,7 @@ def check(session: Session, processes: int | None = None, parallel_from: int = P
     return replace(result, checkpoint_seq=checkpoint.seq, checkpoint_at=checkpoint.at)
 
 
-def _held_checkpoint(session: Session) -> tuple[Checkpoint | None, str | None]:
+def _held_checkpoint(session: AnySession) -> tuple[Checkpoint | None, str | None]:
     """The checkpoint (None if there is no file), or why it does not hold: unreadable, not signed
     with this service's key, or naming an event the chain no longer holds."""
     path = checkpoint_path()
@@ -565,7 +564,7 @@ def _held_checkpoint(session: Session) -> tuple[Checkpoint | None, str | None]:
     return checkpoint, _checkpoint_problem(session, path, checkpoint)
 
 
-def sign_head(session: Session, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
+def sign_head(session: AnySession, processes: int | None = None, parallel_from: int = PARALLEL_FROM) -> Verification:
     """Sign the recorded head once the whole chain verifies and the checkpoint, where there is
     one, is still held; for a database upgraded from before heads were signed, or a head left
     unsigned after a rewrite was found and dealt with. The caller then writes the checkpoint
@@ -595,7 +594,7 @@ def sign_head(session: Session, processes: int | None = None, parallel_from: int
     return replace(result, checkpoint_seq=checkpoint.seq if checkpoint else None)
 
 
-def renew_checkpoint(session: Session, create: bool = False) -> dict[str, Any]:
+def renew_checkpoint(session: AnySession, create: bool = False) -> dict[str, Any]:
     """Move the checkpoint to the recorded head and answer what was written (the worker, ``ledger
     checkpoint``, a ``ledger verify`` that passed). It is never moved to a head this service did
     not sign, nor away from an event the chain no longer holds: that would erase the evidence of

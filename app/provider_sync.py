@@ -10,7 +10,7 @@ job then carries the address, wiped once the job is done). Jobs are written by
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 from sqlalchemy import select
@@ -22,6 +22,10 @@ from .failures import Permanent, WaitForConfiguration
 from .ledger import Evidence
 from .models import ConsentEvent, EventDetail, Subscription
 from .notices import Notice
+
+if TYPE_CHECKING:
+    from .consent.records import Held
+
 from .providers import (
     Member,
     Operation,
@@ -34,13 +38,13 @@ CONSENT_JOB = "sync_consent"
 OPT_OUT_JOB = "sync_optout"
 
 
-def enqueue_sync(uow: UnitOfWork, sub: Subscription, *, opt_out: bool) -> None:
+def enqueue_sync(uow: UnitOfWork, sub: Held, *, opt_out: bool) -> None:
     # Written as a Core row (no ORM object): every confirmation and opt-out queues one.
     job = {"kind": OPT_OUT_JOB if opt_out else CONSENT_JOB, "notice": sub.notice, "subscription_ref": sub.ref}
     outbox.enqueue_many(uow, [{**job, "payload": {}}])
 
 
-def enqueue_delete(uow: UnitOfWork, sub: Subscription) -> None:
+def enqueue_delete(uow: UnitOfWork, sub: Held) -> None:
     """The provider must delete the person; the job holds the address until done."""
     enqueue_delete_address(uow, sub.notice, sub.email, sub.email_hash, sub.ref)
 

@@ -24,6 +24,7 @@ Running it again changes nothing more: it is safe from cron.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -37,8 +38,8 @@ from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import ledger, outbox, provider_sync
-from .database import unit_of_work, wipe_free_space
-from .extensions import db
+from .database import AnySession, rowcount, unit_of_work, wipe_free_space
+from .extensions import Model, db
 from .ledger import Evidence
 from .models import (
     ConsentEvent,
@@ -234,7 +235,7 @@ def _purge_batches(notice: Notice, rule: str, query: Select[Any]) -> Iterator[in
                 [Evidence.under("personal_data_deleted", notice, ref, "system", facts) for ref in refs],
             )
             prefixes = {row.email_hash[:16] for row in rows}
-            uow.after_commit(lambda prefixes=prefixes: _forget_folder_mail(prefixes))
+            uow.after_commit(functools.partial(_forget_folder_mail, prefixes))
         yield len(rows)
         size = next_batch_size(size, time.perf_counter() - started)
 
@@ -287,7 +288,7 @@ def _reduce_evidence(notice: Notice, now: datetime, dry_run: bool) -> int:
     return reduced
 
 
-def _proof_seqs(session, refs: set[str | None]) -> set[int]:  # type: ignore[no-untyped-def]
+def _proof_seqs(session: AnySession, refs: set[str | None]) -> set[int]:
     """The latest proof event of each kind for those refs that are still subscribed."""
     refs.discard(None)
     if not refs:
@@ -314,10 +315,10 @@ def _housekeeping(now: datetime, dry_run: bool) -> dict[str, int]:
     done: dict[str, int] = {}
     with unit_of_work() as uow:
 
-        def clear(model: type[db.Model], where: ColumnElement[bool]) -> int:
+        def clear(model: type[Model], where: ColumnElement[bool]) -> int:
             if dry_run:
                 return uow.session.execute(select(func.count()).select_from(model).where(where)).scalar_one()
-            return uow.session.execute(delete(model).where(where)).rowcount
+            return rowcount(uow.session.execute(delete(model).where(where)))
 
         done["provider_deliveries"] = clear(ProviderDelivery, old_deliveries)
         done["finished_jobs"] = clear(OutboxJob, old_jobs)
@@ -340,5 +341,10 @@ def _housekeeping(now: datetime, dry_run: bool) -> dict[str, int]:
                 .where(ContactImport.id.in_(stale), ContactImport.state.in_(("uploaded", "checked")))
                 .values(state="failed", error=f"abandoned: the file was deleted after {UPLOAD_KEEP_DAYS} days")
             )
-            uow.after_commit(lambda: [path.unlink(missing_ok=True) for path in files])
+            uow.after_commit(lambda: _delete_files(files))
     return done
+
+
+def _delete_files(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -116,6 +116,12 @@ class _Reported:
     def evidence(self, kind: str, ref: str | None, facts: dict[str, Any], details: Any = None) -> Evidence:
         return Evidence.under(kind, self.notice, ref, self.event.channel, facts, details=details)
 
+    @property
+    def loaded(self) -> Subscription | None:
+        """``sub`` as the ORM object the kinds that change a subscription load."""
+        assert self.sub is None or isinstance(self.sub, Subscription)
+        return self.sub
+
 
 def _provider_event_effect(uow: UnitOfWork, event: ProviderEvent) -> Effect:
     notice = event.notice
@@ -185,7 +191,7 @@ def _subscribed(seen: _Reported) -> Effect:
     if _stale_change(seen):
         return "stale", []
     uow, notice, event = seen.uow, seen.notice, seen.event
-    sub = seen.sub
+    sub = seen.loaded
     if sub is None:
         suppressed_at = uow.session.execute(
             select(Suppression.created_at).where(
@@ -223,11 +229,11 @@ def _new_from_provider(seen: _Reported) -> Subscription:
 
 
 def _profile_changed(seen: _Reported) -> Effect:
-    if seen.sub is None:
+    sub = seen.loaded
+    if sub is None:
         return "unknown_address", []
     if _stale_change(seen):
         return "stale", []
-    sub = seen.sub
     name = seen.event.name if "name" in seen.notice.fields else None
     if not name or name == sub.name:
         return "no_change", []
@@ -237,11 +243,11 @@ def _profile_changed(seen: _Reported) -> Effect:
 
 
 def _address_changed(seen: _Reported) -> Effect:
-    if seen.sub is None:
+    uow, notice, event, sub = seen.uow, seen.notice, seen.event, seen.loaded
+    if sub is None:
         return "unknown_address", []
     if _stale_change(seen):
         return "stale", []
-    uow, notice, event, sub = seen.uow, seen.notice, seen.event, seen.sub
     new_email = event.new_email or ""
     new_hash = email_hash(new_email)
     if new_hash == seen.ehash:

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 
 from .. import ledger, outbox, provider_sync
 from ..addresses import InvalidInput, clean_name, email_hash, normalise_email
-from ..database import UnitOfWork, unit_of_work
+from ..database import UnitOfWork, rowcount, unit_of_work
 from ..extensions import db
 from ..failures import Permanent
 from ..ledger import Evidence
@@ -165,9 +165,11 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         now = utcnow()
         seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
         window = current_app.config["SCANNER_WINDOW_SECONDS"]
-        lifted = uow.session.execute(
-            delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
-        ).rowcount
+        lifted = rowcount(
+            uow.session.execute(
+                delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
+            )
+        )
         sub.status, sub.confirmed_at, sub.confirm_nonce = "subscribed", now, None
         sub.notice_version = notice.version
         confirm_facts = {
