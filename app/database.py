@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import CursorResult, Engine, Result, event, text
+from sqlalchemy import Connection, CursorResult, Dialect, Engine, Result, event, text
 from sqlalchemy.orm import Session, scoped_session
 
 from .extensions import db
@@ -33,7 +33,7 @@ _IMMEDIATE = "immediate_transaction"
 
 
 @event.listens_for(Engine, "do_connect")
-def _private_sqlite_file(dialect, _record, cargs, cparams) -> None:  # type: ignore[no-untyped-def]
+def _private_sqlite_file(dialect: Dialect, _record: object, cargs: list[Any], cparams: dict[str, Any]) -> None:
     """Create the SQLite database file readable by its owner only (0600) before SQLite opens it.
 
     SQLite makes a new database file with the process umask (often 0644), and gives its -wal
@@ -51,7 +51,7 @@ def _private_sqlite_file(dialect, _record, cargs, cparams) -> None:  # type: ign
 
 
 @event.listens_for(Engine, "connect")
-def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _configure_sqlite(dbapi_connection: object, _record: object) -> None:
     if not isinstance(dbapi_connection, sqlite3.Connection):
         return
     # Take transaction control from the driver so BEGIN is ours to emit.
@@ -66,7 +66,7 @@ def _configure_sqlite(dbapi_connection, _record) -> None:  # type: ignore[no-unt
 
 
 @event.listens_for(Engine, "begin")
-def _begin_sqlite(conn) -> None:  # type: ignore[no-untyped-def]
+def _begin_sqlite(conn: Connection) -> None:
     if conn.dialect.name != "sqlite":
         return
     immediate = conn.get_execution_options().get(_IMMEDIATE, False)

@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select
 
 from . import consent, ledger, outbox
 from .consent import Facts
-from .database import unit_of_work
+from .database import UnitOfWork, unit_of_work
 from .extensions import db
 from .ledger import Evidence
 from .models import DataRequest, Subscription, utcnow
@@ -182,7 +182,7 @@ class LinkUsed(Exception):
     """The data link was already used, or its request is unknown."""
 
 
-def _redeem(uow, payload: dict[str, Any], kind: str) -> DataRequest:  # type: ignore[no-untyped-def]
+def _redeem(uow: UnitOfWork, payload: dict[str, Any], kind: str) -> DataRequest:
     request_id = payload.get("i")
     if payload.get("k") != kind or not isinstance(request_id, int) or isinstance(request_id, bool):
         raise LinkUsed

@@ -16,7 +16,7 @@ from ..addresses import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, InvalidInput, clean_n
 from ..notices import get_notice, notice_for_provider, notices
 from .opt_out import opt_out_address, unsubscribe
 from .provider_events import OPT_OUT_EVENTS, PROVIDER_EVENT_KINDS, ProviderEvent, apply_provider_event
-from .records import HASH_RE, Facts, Target, ledger_details, ledger_facts, tag_range, token_target
+from .records import HASH_RE, Facts, Target, tag_range, token_target
 from .signup import CONFIRMATION_EVENTS, SIGNUP_JOB, confirm, request_subscription, resend_confirmation
 from .subjects import (
     EARLIEST_CONTACT,
@@ -61,8 +61,6 @@ __all__ = [
     "export_by_hash",
     "export_subject",
     "get_notice",
-    "ledger_details",
-    "ledger_facts",
     "mark_reviewed",
     "normalise_email",
     "notice_for_provider",

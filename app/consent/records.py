@@ -4,12 +4,12 @@ for the driver: ``app/fastpath.py`` says when that is used and what it does not 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -20,10 +20,13 @@ from .. import mail, outbox, provider_sync
 from ..database import UnitOfWork, wipe_free_space
 from ..fastpath import Prepared
 from ..ledger import Evidence
-from ..models import ConsentEvent, EventDetail, Subscription, Suppression, utcnow
+from ..models import EventDetail, Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -213,7 +216,7 @@ def delete_personal_data(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:
 def wipe_after_commit(uow: UnitOfWork) -> None:
     uow.after_commit(wipe_free_space)
 
-def retry_on_insert_race(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def retry_on_insert_race(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Two first sign-ups for one address may race to insert; the loser retries once."""
     try:
         return fn(*args, **kwargs)
@@ -262,9 +265,4 @@ def tag_range(tag: str) -> dict[str, str]:
 def iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
-def ledger_facts(event: ConsentEvent) -> dict[str, Any]:
-    return json.loads(event.facts or "{}")
 
-
-def ledger_details(detail: EventDetail) -> dict[str, Any]:
-    return json.loads(detail.details)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
 
@@ -59,7 +61,7 @@ def _my_notice_or_404(slug: str | None) -> Notice:
 
 @bp.get("/")
 @requires("viewer")
-def overview():  # type: ignore[no-untyped-def]
+def overview() -> ResponseReturnValue:
     notices = _my_notices()
     mine = scope()
     charts = {notice.slug: queries.chart(notice) for notice in notices}
@@ -83,7 +85,7 @@ def overview():  # type: ignore[no-untyped-def]
 
 @bp.post("/outbox/<int(max=2147483647):job_id>/<any(retry, discard):what>")
 @requires("marketer")
-def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
+def outbox_action(job_id: int, what: str) -> ResponseReturnValue:
     job = db.session.get(OutboxJob, job_id)
     if job is None or job.notice not in scope():
         abort(404)
@@ -99,7 +101,7 @@ def outbox_action(job_id: int, what: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/subscribers")
 @requires("viewer")
-def subscribers():  # type: ignore[no-untyped-def]
+def subscribers() -> ResponseReturnValue:
     notice = request.args.get("notice") or None
     status = request.args.get("status") or None
     search = (request.args.get("q") or "").strip().lower()[:254] or None
@@ -135,7 +137,7 @@ def subscribers():  # type: ignore[no-untyped-def]
 
 @bp.get("/subscribers/<ref>")
 @requires("viewer")
-def subject(ref: str):  # type: ignore[no-untyped-def]
+def subject(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     notice = get_notice(sub.notice)
     form = RectifyForm(data={"name": sub.name or "", "email": sub.email})
@@ -151,7 +153,7 @@ def subject(ref: str):  # type: ignore[no-untyped-def]
     )
 
 
-def _review_due(sub: Subscription, notice) -> bool:  # type: ignore[no-untyped-def]
+def _review_due(sub: Subscription, notice: Notice | None) -> bool:
     query = retention.review_due_query(notice) if notice else None
     if query is None or sub.relationship != "customer":
         return False
@@ -160,7 +162,7 @@ def _review_due(sub: Subscription, notice) -> bool:  # type: ignore[no-untyped-d
 
 @bp.post("/subscribers/<ref>/contact")
 @requires("marketer")
-def record_contact(ref: str):  # type: ignore[no-untyped-def]
+def record_contact(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     notice = get_notice(sub.notice)
     form = ContactForm()
@@ -181,7 +183,7 @@ def record_contact(ref: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/subscribers/<ref>/reviewed")
 @requires("marketer")
-def mark_reviewed(ref: str):  # type: ignore[no-untyped-def]
+def mark_reviewed(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -194,7 +196,7 @@ def mark_reviewed(ref: str):  # type: ignore[no-untyped-def]
 # (a link prefetcher or scanner following it must not write to the ledger).
 @bp.post("/subscribers/<ref>/export.json")
 @requires("viewer")
-def export(ref: str):  # type: ignore[no-untyped-def]
+def export(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -208,7 +210,7 @@ def export(ref: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/subscribers/<ref>/certificate")
 @requires("viewer")
-def certificate(ref: str):  # type: ignore[no-untyped-def]
+def certificate(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     check = ledger.check(db.session)  # the chain, the head's signature and the checkpoint, as `ledger verify`
     return render_template(
@@ -222,7 +224,7 @@ def certificate(ref: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/subscribers/<ref>/rectify")
 @requires("marketer")
-def rectify(ref: str):  # type: ignore[no-untyped-def]
+def rectify(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     form = RectifyForm()
     if not form.validate_on_submit():
@@ -244,7 +246,7 @@ def rectify(ref: str):  # type: ignore[no-untyped-def]
 
 @bp.route("/subscribers/<ref>/erase", methods=["GET", "POST"])
 @requires("marketer")
-def erase(ref: str):  # type: ignore[no-untyped-def]
+def erase(ref: str) -> ResponseReturnValue:
     sub = _subscription_or_404(ref)
     form = ActionForm()
     if request.method == "POST":
@@ -259,7 +261,7 @@ def erase(ref: str):  # type: ignore[no-untyped-def]
 
 @bp.route("/tokens", methods=["GET", "POST"])
 @requires("admin")
-def api_tokens():  # type: ignore[no-untyped-def]
+def api_tokens() -> ResponseReturnValue:
     form = TokenForm()
     created = None
     if request.method == "POST":
@@ -288,7 +290,7 @@ def api_tokens():  # type: ignore[no-untyped-def]
 
 @bp.post("/tokens/<int(max=2147483647):token_id>/revoke")
 @requires("admin")
-def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+def revoke_token(token_id: int) -> ResponseReturnValue:
     if not ActionForm().validate_on_submit():
         abort(400)
     if not accounts.revoke_token(token_id, current_user.actor, within=scope()):
@@ -299,22 +301,22 @@ def revoke_token(token_id: int):  # type: ignore[no-untyped-def]
 
 @bp.route("/import", methods=["GET", "POST"])
 @requires("marketer")
-def import_upload():  # type: ignore[no-untyped-def]
+def import_upload() -> ResponseReturnValue:
     form = ImportForm()
     notices = _my_notices()
     if request.method == "POST":
         notice = _my_notice_or_404(form.notice.data)
         upload = request.files.get("file")
-        problem = None
-        if not form.validate_on_submit():
+        source_date = form.source_date.data
+        if not form.validate_on_submit() or source_date is None:
             problem = _("Please fill in every field; the source date as YYYY-MM-DD.")
         elif upload is None or not upload.filename:
             problem = _("Choose a CSV file.")
-        if problem is None:
-            spec = {
+        else:
+            spec: dict[str, Any] = {
                 "lawful_basis": form.lawful_basis.data,
                 "source": (form.source.data or "").strip(),
-                "source_date": form.source_date.data.isoformat(),  # type: ignore[union-attr]
+                "source_date": source_date.isoformat(),
                 "proof": (form.proof.data or "").strip() or None,
             }
             try:
@@ -324,11 +326,11 @@ def import_upload():  # type: ignore[no-untyped-def]
                     name_column=None,
                     lawful_basis=spec["lawful_basis"],
                     source=spec["source"],
-                    source_date=form.source_date.data,
-                    proof=spec["proof"],  # type: ignore[arg-type]
+                    source_date=source_date,
+                    proof=spec["proof"],
                     actor=current_user.actor,
                 ).check()
-                record = import_jobs.store_upload(upload.stream, upload.filename, notice.slug, spec, current_user.actor)  # type: ignore[union-attr]
+                record = import_jobs.store_upload(upload.stream, upload.filename, notice.slug, spec, current_user.actor)
             except importer.ImportError_ as exc:
                 problem = str(exc)
             else:
@@ -345,13 +347,14 @@ def import_upload():  # type: ignore[no-untyped-def]
 
 @bp.route("/imports/<int(max=2147483647):import_id>", methods=["GET", "POST"])
 @requires("marketer")
-def import_status(import_id: int):  # type: ignore[no-untyped-def]
+def import_status(import_id: int) -> ResponseReturnValue:
     record = db.session.get(ContactImport, import_id)
     if record is None or record.notice not in scope():
         abort(404)
     form = MappingForm()
     if request.method == "POST":
-        if not form.validate_on_submit() or form.email_column.data not in record.columns:
+        email_column = form.email_column.data
+        if not form.validate_on_submit() or email_column is None or email_column not in record.columns:
             abort(400)
         optional = {
             key: getattr(form, key).data or None
@@ -360,7 +363,7 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
         if any(column is not None and column not in record.columns for column in optional.values()):
             abort(400)
         try:
-            import_jobs.queue(import_id, form.email_column.data, optional, dry_run=request.form.get("mode") != "import")
+            import_jobs.queue(import_id, email_column, optional, dry_run=request.form.get("mode") != "import")
         except importer.ImportError_ as exc:
             flash(str(exc), "error")
         return redirect(url_for("dashboard.import_status", import_id=import_id))
@@ -372,7 +375,7 @@ def import_status(import_id: int):  # type: ignore[no-untyped-def]
 
 @bp.route("/users", methods=["GET", "POST"])
 @requires("admin")
-def users():  # type: ignore[no-untyped-def]
+def users() -> ResponseReturnValue:
     """The staff of the admin's own controllers: create, list, deactivate. An admin hands on
     only the notices they hold, and sees only users whose notices all lie within theirs."""
     form = UserForm()
@@ -407,7 +410,7 @@ def users():  # type: ignore[no-untyped-def]
 
 @bp.post("/users/<int(max=2147483647):user_id>/deactivate")
 @requires("admin")
-def deactivate_user(user_id: int):  # type: ignore[no-untyped-def]
+def deactivate_user(user_id: int) -> ResponseReturnValue:
     if not ActionForm().validate_on_submit():
         abort(400)
     if not accounts.deactivate_user_within(user_id, within=scope()):
