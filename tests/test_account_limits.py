@@ -17,6 +17,10 @@ import pytest
 from .support import provider_env, queue_sync_jobs, start_worker, stop_workers
 
 WORKERS = 2
+# PostgreSQL only, so `-k "not postgresql"` leaves these out as it does every test's PostgreSQL half.
+pytestmark = pytest.mark.postgresql
+
+
 @pytest.fixture
 def database_url(postgres_database: str) -> str:
     """Several workers claim with FOR UPDATE SKIP LOCKED: PostgreSQL only."""

@@ -25,6 +25,7 @@ def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]
     return {**app_env, **provider_env(mailchimp=mailchimp), "OUTBOX_LEASE_SECONDS": str(LEASE_SECONDS)}
 
 
+@pytest.mark.e2e  # a worker process
 def test_jobs_of_a_killed_worker_are_taken_over_after_the_lease(app, app_env, client, mailbox, runner, mailchimp):
     addresses = [f"kill{i}@example.com" for i in range(5)]
     for address in addresses:
@@ -64,6 +65,7 @@ def test_a_confirmation_mail_the_web_process_never_sent_is_sent_by_the_worker(
     assert client.post(link_in(mail, "confirm")).status_code == 200
 
 
+@pytest.mark.e2e  # a worker process
 def test_worker_stops_cleanly_on_sigterm(app, app_env):
     worker = start_worker(app_env)
     assert worker.stderr is not None
@@ -78,6 +80,7 @@ def test_worker_stops_cleanly_on_sigterm(app, app_env):
     assert "outbox worker stopped" in rest
 
 
+@pytest.mark.e2e  # a worker process
 def test_a_running_worker_keeps_a_signed_checkpoint_of_the_ledger(app, app_env, client, mailbox):
     subscribe_and_confirm(client, mailbox, "munkeby", "kept@example.com")
     worker = start_worker(app_env)

@@ -20,9 +20,13 @@ from .support import SmtpSink
 from .test_mail_wire import app_env, every_mail_kind  # noqa: F401  (the same service settings)
 
 SPAMASSASSIN = shutil.which("spamassassin")
-pytestmark = pytest.mark.skipif(
-    SPAMASSASSIN is None, reason="spamassassin is not installed (Debian package spamassassin); spam scores not checked"
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        SPAMASSASSIN is None,
+        reason="spamassassin is not installed (Debian package spamassassin); spam scores not checked",
+    ),
+]
 MAX_SCORE = 2.0
 # Rules that flag a badly formed message: its headers, its date, its MIME structure.
 MALFORMED = re.compile(
