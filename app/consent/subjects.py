@@ -49,17 +49,7 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
     )
     evidence = []
     for sub in subs:
-        notice = get_notice(sub.notice)
-        evidence.append(
-            Evidence(
-                type="erasure_requested",
-                channel=facts.channel,
-                notice=sub.notice,
-                notice_version=notice.version if notice else None,
-                subscription_ref=sub.ref,
-                facts={"actor": facts.actor} if facts.actor else {},
-            )
-        )
+        evidence.append(_erasure_requested(sub, facts))
         evidence.append(delete_personal_data(uow, sub, reason="erasure_request"))
     if cancel_queued_signups(uow, ehash) or subs:
         wipe_after_commit(uow)
@@ -105,9 +95,7 @@ def rectify(ref: str, name_raw: str | None, email_raw: str | None, facts: Facts)
     notice, or an address that has opted out (a typo fix must not re-add one).
     """
     with unit_of_work() as uow:
-        sub = uow.session.execute(
-            select(Subscription).where(Subscription.ref == ref).with_for_update()
-        ).scalar_one_or_none()
+        sub = _locked(uow, ref)
         if sub is None:
             raise InvalidInput("ref", "unknown")
         notice = get_notice(sub.notice)
@@ -206,9 +194,7 @@ def record_contact(
 def mark_reviewed(ref: str, facts: Facts) -> bool:
     """A customer's periodic review is done (the retention rule ``customer_review_days``)."""
     with unit_of_work() as uow:
-        sub = uow.session.execute(
-            select(Subscription).where(Subscription.ref == ref).with_for_update()
-        ).scalar_one_or_none()
+        sub = _locked(uow, ref)
         notice = get_notice(sub.notice) if sub else None
         if sub is None or notice is None:
             return False
@@ -222,21 +208,10 @@ def mark_reviewed(ref: str, facts: Facts) -> bool:
 def erase_subscription(ref: str, facts: Facts) -> bool:
     """Erase one subscription (one controller's data about the person)."""
     with unit_of_work() as uow:
-        sub = uow.session.execute(
-            select(Subscription).where(Subscription.ref == ref).with_for_update()
-        ).scalar_one_or_none()
+        sub = _locked(uow, ref)
         if sub is None:
             return False
-        notice = get_notice(sub.notice)
-        requested = Evidence(
-            type="erasure_requested",
-            channel=facts.channel,
-            notice=sub.notice,
-            notice_version=notice.version if notice else None,
-            subscription_ref=sub.ref,
-            facts={"actor": facts.actor} if facts.actor else {},
-        )
-        ledger.append(uow, [requested, delete_personal_data(uow, sub, reason="erasure_request")])
+        ledger.append(uow, [_erasure_requested(sub, facts), delete_personal_data(uow, sub, reason="erasure_request")])
         wipe_after_commit(uow)
     return True
 
@@ -358,3 +333,22 @@ def retention_summary(notice: Notice, sub: Subscription) -> str:
             contact=r["prospect_with_dialog_days"],
         )
     return gettext("kept while you subscribe")
+
+
+def _locked(uow: UnitOfWork, ref: str) -> Subscription | None:
+    """The subscription ``ref`` names, locked for the unit of work's change."""
+    return uow.session.execute(
+        select(Subscription).where(Subscription.ref == ref).with_for_update()
+    ).scalar_one_or_none()
+
+
+def _erasure_requested(sub: Subscription, facts: Facts) -> Evidence:
+    notice = get_notice(sub.notice)
+    return Evidence(
+        type="erasure_requested",
+        channel=facts.channel,
+        notice=sub.notice,
+        notice_version=notice.version if notice else None,
+        subscription_ref=sub.ref,
+        facts={"actor": facts.actor} if facts.actor else {},
+    )
