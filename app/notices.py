@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,26 +20,12 @@ from typing import Any
 from flask import current_app
 from pydantic import ValidationError
 
-from .notice_schema import (
-    FIELDS,
-    LANGUAGES,
-    LAWFUL_BASES,
-    OPT_OUT_RULES,
-    PROVIDER_TABLES,
-    RETENTION_RULES,
-    SLUG_PATTERN,
-    TEXT_KEYS,
-    NoticeFile,
-    provider_keys,
-    refusals,
-)
+from .notice_schema import LANGUAGES, LAWFUL_BASES, NoticeFile, refusals
+from .vocabulary import OptOutRule
 
 __all__ = [
-    "FIELDS",
     "LANGUAGES",
     "LAWFUL_BASES",
-    "OPT_OUT_RULES",
-    "TEXT_KEYS",
     "Notice",
     "NoticeError",
     "get_notice",
@@ -50,19 +35,6 @@ __all__ = [
     "parse_notice",
     "version_of",
 ]
-
-SLUG_RE = re.compile(SLUG_PATTERN)
-RETENTION_KEYS = RETENTION_RULES
-# The ids each provider kind reads from its table, required ones first; each is
-# overridable from the environment as <SLUG>_<KEY> (see notice_schema.py).
-PROVIDER_KEYS = {
-    kind: tuple(key for key in provider_keys(kind) if table.model_fields[key].is_required())
-    for kind, table in PROVIDER_TABLES.items()
-}
-OPTIONAL_PROVIDER_KEYS = {
-    kind: tuple(key for key in provider_keys(kind) if key not in PROVIDER_KEYS[kind]) for kind in PROVIDER_TABLES
-}
-
 
 class NoticeError(ValueError):
     """A notice file is malformed; the message names the file and the key."""
@@ -95,7 +67,7 @@ class Notice:
 
     @property
     def deletes_on_opt_out(self) -> bool:
-        return self.opt_out_rule == "delete"
+        return self.opt_out_rule == OptOutRule.DELETE
 
 
 def version_of(shown: Mapping[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""API routes: thin; the rules live in ``app/consent.py``.
+"""API routes: thin; the rules live in ``app/consent/``.
 
 A token reaches the people of its own notices only: a notice outside them is
 answered as an unknown one, and no answer says whether another controller holds

@@ -14,8 +14,8 @@ Why pydantic, rather than APIFlask or flask-smorest:
   and flask-smorest brings its own ``Api`` and ``Blueprint``, with marshmallow schemas.
 - Its JSON Schema is draft 2020-12, the dialect of OpenAPI 3.1, so a model's schema goes
   into the document as it is; apispec's marshmallow output follows OpenAPI 3.0's dialect.
-- One validation library can serve the whole service: the notice files, today checked by
-  hand in ``app/notices.py``, can be declared the same way.
+- One validation library serves the whole service: the notice files are declared the same
+  way (``app/notice_schema.py``).
 - The answers stay ours: a failed validation becomes the API's own ``invalid_field``
   error (``first_problem``), with a detail that names the field and never echoes input.
 

@@ -1,4 +1,4 @@
-"""Dashboard pages: thin; reads come from queries.py, changes from app/consent.py.
+"""Dashboard pages: thin; reads come from queries.py, changes from app/consent/.
 
 A user sees and acts on the people of their own notices only (``scope()``).
 Anything outside them (a subscription, a job, an import, a token, a notice)

@@ -1,4 +1,4 @@
-"""Webhook endpoints: thin; parsing here, the rules in ``app/consent.py``.
+"""Webhook endpoints: thin; parsing here, the rules in ``app/consent/``.
 
 A delivery is answered ``{"status": <outcome>}``; a refused one with the service's one
 JSON error shape (``app.errors.json_error``).
