@@ -11,6 +11,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import labels
 from .config import REPO_ROOT, load_settings
 
 
@@ -86,6 +87,8 @@ def register_extensions(app: Flask) -> None:
     )
     app.jinja_env.globals["current_lang"] = current_language
     app.jinja_env.globals["language_switch_url"] = switch_url
+    # Codes in words, in the page's language: ``labels.status(sub.status)`` and so on.
+    app.jinja_env.globals["labels"] = labels
     if app.config["TRUSTED_PROXY_COUNT"]:
         count = app.config["TRUSTED_PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count)  # type: ignore[method-assign]
