@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("public", __name__)
 
-from . import manage, routes  # noqa: E402,F401  (routes attach themselves to bp)
+from . import manage, privacy, routes  # noqa: E402,F401  (routes attach themselves to bp)

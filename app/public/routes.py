@@ -12,7 +12,6 @@ from .. import consent, tokens
 from ..addresses import InvalidInput
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
-from ..models import NoticeVersion
 from ..notices import Notice, get_notice
 from ..notices import notices as registered_notices
 from . import bp
@@ -58,27 +57,6 @@ def index() -> ResponseReturnValue:
 def healthz() -> ResponseReturnValue:
     db.session.execute(text("SELECT 1"))
     return {"status": "ok"}
-
-
-@bp.get("/<slug>/privacy")
-@bp.get("/<slug>/privacy/<version>")
-def privacy(slug: str, version: str | None = None) -> ResponseReturnValue:
-    """The notice as shown now, or any earlier version by its hash (``?version=`` or in the path)."""
-    notice = _notice_or_404(slug)
-    version = version or request.args.get("version")
-    lang = current_language(notice)
-    if not version or version == notice.version:
-        return render_template("public/privacy.html", notice=notice, text=notice.text(lang), version=notice.version)
-    if not consent.HASH_RE.match(version):
-        abort(404)
-    stored = db.session.get(NoticeVersion, (notice.slug, version))
-    texts = stored.content.get("text") if stored is not None and isinstance(stored.content, dict) else None
-    if stored is None or not isinstance(texts, dict) or not texts:
-        abort(404)
-    text = texts.get(lang) or next(iter(texts.values()))
-    return render_template(
-        "public/privacy.html", notice=notice, text=text, version=version, earlier=stored.first_seen_at
-    )
 
 
 def _subscribe_limit() -> str:
