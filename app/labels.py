@@ -18,9 +18,10 @@ import re
 from collections.abc import Mapping
 from datetime import date
 
-from flask_babel import LazyString, format_date
+from flask_babel import LazyString, format_date, get_locale
 from flask_babel import lazy_gettext as _l
 
+from .notices import Transfer
 from .vocabulary import LawfulBasis, OptOutRule, Relationship, Status
 
 STATUS: Mapping[str, LazyString] = {
@@ -147,3 +148,58 @@ def source(text: str | None) -> str:
             return str(_l("imported from %(source)s, collected %(day)s", source=found["what"], day=day))
         return str(_l("imported from %(source)s", source=found["what"]))
     return text
+
+
+# --- transfers outside the EU/EEA (a notice's ``[[transfers]]``) ---------------------
+
+SAFEGUARD: Mapping[str, LazyString] = {
+    "adequacy": _l("an adequacy decision of the European Commission"),
+    "dpf": _l("the EU-US Data Privacy Framework (the Commission's adequacy decision of 10 July 2023)"),
+    "scc": _l("the standard contractual clauses"),
+    "bcr": _l("binding corporate rules"),
+}
+
+# Countries named as a sentence needs them ("in the United States"); any other
+# ISO 3166-1 code is named by the locale's own list of territories.
+COUNTRY: Mapping[str, LazyString] = {
+    "US": _l("the United States"),
+    "GB": _l("the United Kingdom"),
+    "CH": _l("Switzerland"),
+    "CA": _l("Canada"),
+    "IN": _l("India"),
+    "AU": _l("Australia"),
+}
+
+
+def safeguard(code: str | None) -> str:
+    return _word(SAFEGUARD, code)
+
+
+def country(code: str | None) -> str:
+    """A country's name in the reader's language, from its ISO 3166-1 alpha-2 code."""
+    if not code:
+        return ""
+    if code in COUNTRY:
+        return str(COUNTRY[code])
+    return str(get_locale().territories.get(code, code)) if get_locale() is not None else code
+
+
+def transfer(t: Transfer) -> str:
+    """One sentence: who processes the data in which country, under which safeguard (and
+    which one applies if that falls away)."""
+    words = {"recipient": t.recipient, "country": country(t.country), "safeguard": safeguard(t.safeguard)}
+    if t.fallback:
+        return str(
+            _l(
+                "%(recipient)s processes the data in %(country)s, under %(safeguard)s; "
+                "if that falls away, under %(fallback)s.",
+                fallback=safeguard(t.fallback),
+                **words,
+            )
+        )
+    return str(_l("%(recipient)s processes the data in %(country)s, under %(safeguard)s.", **words))
+
+
+def no_transfer() -> str:
+    """What a notice with no ``[[transfers]]`` says."""
+    return str(_l("The data is not transferred outside the EU/EEA."))

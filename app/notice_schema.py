@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, get_args
 
+from babel import Locale
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -199,6 +200,71 @@ class ApsisIds(BaseModel):
     manage_url_attribute: NonEmpty | None = None
 
 
+# --- transfers outside the EU/EEA (GDPR Art. 13(1)(f), 15(2)) ---------------------
+
+# What a transfer may rest on: "adequacy" an adequacy decision (Art. 45), "dpf" the
+# EU-US Data Privacy Framework (the adequacy decision of 10 July 2023, for US
+# recipients certified under it), "scc" the Commission's standard contractual
+# clauses (Art. 46(2)(c)), "bcr" binding corporate rules (Art. 47).
+Safeguard = Literal["adequacy", "dpf", "scc", "bcr"]
+SAFEGUARDS: tuple[str, ...] = get_args(Safeguard)
+
+# A transfer is to a country outside the EU/EEA: the member states and Iceland,
+# Liechtenstein and Norway are not third countries.
+EEA = frozenset(
+    "AT BE BG CY CZ DE DK EE ES FI FR GR HR HU IE IT LT LU LV MT NL PL PT RO SE SI SK IS LI NO".split()
+)
+# CLDR (through Babel) names every ISO 3166-1 alpha-2 country, and a few codes that
+# are no country of that list: groupings, reserved and private-use ones.
+_NOT_COUNTRIES = frozenset("AC CP CQ DG EA EU EZ IC QO TA UN XA XB XK ZZ".split())
+COUNTRIES = frozenset(
+    code
+    for code in map(str, Locale("en").territories)
+    if len(code) == 2 and code.isalpha() and code not in _NOT_COUNTRIES
+)
+
+
+def _third_country(value: str) -> str:
+    if value not in COUNTRIES:
+        raise _rule(f"transfers.country must be an ISO 3166-1 alpha-2 code such as 'US', not {value!r}")
+    if value in EEA:
+        raise _rule(f"transfers.country {value!r} is in the EU/EEA: list only transfers outside it")
+    return value
+
+
+def _safeguard(value: str) -> str:
+    if value not in SAFEGUARDS:
+        raise _rule(f"transfers.safeguard must be one of {SAFEGUARDS}, not {value!r}")
+    return value
+
+
+def _fallback(value: str) -> str:
+    if value not in SAFEGUARDS:
+        raise _rule(f"transfers.fallback must be one of {SAFEGUARDS}, not {value!r}")
+    return value
+
+
+class TransferTable(BaseModel):
+    """One ``[[transfers]]`` table: who receives the data outside the EU/EEA, where, and on
+    what safeguard (with, optionally, the one relied on if the first falls away)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: ShownText
+    country: Annotated[StrictStr, AfterValidator(_third_country)]
+    safeguard: Annotated[StrictStr, AfterValidator(_safeguard)]
+    fallback: Annotated[StrictStr, AfterValidator(_fallback)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransferTable:
+        # The Data Privacy Framework covers US recipients only.
+        if "dpf" in (self.safeguard, self.fallback) and self.country != "US":
+            raise _rule(f"transfers: the safeguard 'dpf' applies to the US only, not {self.country!r}")
+        if self.fallback == self.safeguard:
+            raise _rule("transfers.fallback must differ from transfers.safeguard")
+        return self
+
+
 PROVIDER_TABLES: dict[str, type[MailchimpIds] | type[ApsisIds]] = {"mailchimp": MailchimpIds, "apsis": ApsisIds}
 PROVIDER_KINDS = tuple(PROVIDER_TABLES)
 
@@ -237,6 +303,7 @@ class NoticeFile(BaseModel):
     text: dict[Language, Text]
     provider: ProviderIds
     site: dict[str, Any]
+    transfers: list[TransferTable] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -285,6 +352,12 @@ MUST_BE: tuple[tuple[tuple[str, ...], str], ...] = (
     (("text", "*", "*"), "is required"),
     (("text", "*"), "is missing"),
     (("retention", "*"), "must be a positive whole number of days"),
+    (("transfers", "*", "recipient"), "must be a non-empty string"),
+    (("transfers", "*", "country"), "must be an ISO 3166-1 alpha-2 code such as 'US'"),
+    (("transfers", "*", "safeguard"), f"must be one of {SAFEGUARDS}"),
+    (("transfers", "*", "fallback"), f"must be one of {SAFEGUARDS}"),
+    (("transfers", "*"), "must be a table with recipient, country, safeguard and optionally fallback"),
+    (("transfers",), "must be a list of [[transfers]] tables"),
     (("controller", "name"), "is required"),
     (("controller", "email"), "is required"),
     (("collection", "fields"), f"must include email and be from {FIELDS}"),
@@ -317,10 +390,12 @@ def refusal(error: ErrorDetails) -> str:
     if error["type"] == RULE:
         return error["msg"]
     place = _place(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{'.'.join(place)} is not a known key"
     for pattern, must in MUST_BE:
         if _matches(place, pattern):
             where = ".".join(place[: len(pattern)])
-            if error["type"] == "missing" and pattern[0] == "provider":
+            if error["type"] == "missing" and pattern[0] in ("provider", "transfers"):
                 return f"{where} is required"
             return f"{where} {must}"
     return f"{'.'.join(place) or 'the file'}: {error['msg']}"

@@ -28,6 +28,7 @@ __all__ = [
     "LAWFUL_BASES",
     "Notice",
     "NoticeError",
+    "Transfer",
     "get_notice",
     "load_notices",
     "notice_for_provider",
@@ -38,6 +39,31 @@ __all__ = [
 
 class NoticeError(ValueError):
     """A notice file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer of the data outside the EU/EEA, as a notice states it (``[[transfers]]``).
+
+    ``safeguard`` and ``fallback`` are the codes of ``notice_schema.SAFEGUARDS``;
+    ``fallback`` is what the controller relies on if ``safeguard`` falls away.
+    """
+
+    recipient: str
+    country: str  # ISO 3166-1 alpha-2
+    safeguard: str
+    fallback: str | None = None
+
+    @classmethod
+    def from_stored(cls, table: Mapping[str, Any]) -> Transfer:
+        """A transfer as a stored notice version holds it (the file's table)."""
+        fallback = table.get("fallback")
+        return cls(
+            recipient=str(table.get("recipient", "")).strip(),
+            country=str(table.get("country", "")),
+            safeguard=str(table.get("safeguard", "")),
+            fallback=str(fallback) if fallback else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,7 @@ class Notice:
     inform_imported: bool = False  # imported contacts get the GDPR Art. 14 information mail
     import_lawful_basis: str = "consent"  # the basis an import uses unless told otherwise
     import_lawful_bases: tuple[str, ...] = ("consent",)  # the only bases an import may use
+    transfers: tuple[Transfer, ...] = ()  # outside the EU/EEA; none stated means none made
     version: str = ""
 
     def text(self, lang: str) -> Mapping[str, str]:
@@ -104,6 +131,9 @@ def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
         "retention": raw.get("retention") or {},
         "provider_kind": checked.provider.kind,
         "site": raw.get("site") or {},
+        # Where the data goes outside the EU/EEA and on what safeguard: a rule the
+        # person is told (an empty list says that nothing is transferred).
+        "transfers": raw.get("transfers") or [],
         "text": texts,
     }
     collection = checked.collection
@@ -123,6 +153,10 @@ def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
         inform_imported=collection.inform_imported,
         import_lawful_basis=collection.import_basis.value,
         import_lawful_bases=tuple(basis.value for basis in collection.import_bases),
+        transfers=tuple(
+            Transfer(recipient=t.recipient, country=t.country, safeguard=t.safeguard, fallback=t.fallback)
+            for t in checked.transfers
+        ),
     )
 
 

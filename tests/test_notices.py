@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from app.notices import NoticeError, load_notices, parse_notice
+from app.notices import NoticeError, Transfer, load_notices, parse_notice
 
 NOTICES = Path(__file__).resolve().parent.parent / "notices"
 
@@ -124,9 +125,12 @@ def test_the_bases_an_import_may_use_are_part_of_the_version(tmp_path):
 
 # The versions of the shipped notices, as recorded with every consent given under them.
 # Reading the same file must give the same version, whatever the code that reads it.
+# Changed on purpose when the notices started to state their transfers outside the EU/EEA
+# (Munkeby: Mailchimp/Intuit in the US; Mysoft: none). Evidence recorded under the
+# earlier versions still links to their stored text (tests/test_notice_versions.py).
 SHIPPED_VERSIONS = {
-    "munkeby": "b66e621c1a36ff4f50b100b9d9e55c371108eefde9f2269561838a9245137a31",
-    "mysoft": "104b724a7e1d345e41bf179dad9a763b25add164beef1be38edfafd05212982a",
+    "munkeby": "b93d26eaab16c1e50c7a49b720acb1207e4ddcfebf38f406f580f129ad413d5d",
+    "mysoft": "d9a465a3aad85709727c8f645031e48071651fd61225e0bf7784d3b246d1e26b",
 }
 
 
@@ -164,3 +168,85 @@ def test_an_override_fills_an_empty_provider_id_and_an_empty_override_does_not_c
     assert parse_notice(path, {"MYSOFT_TOPIC": "from-env"}).provider["topic"] == "from-env"
     with pytest.raises(NoticeError, match=r"provider\.topic must be a non-empty string"):
         parse_notice(path, {"MYSOFT_TOPIC": ""})
+
+
+# --- transfers outside the EU/EEA ---------------------------------------------------
+
+MAILCHIMP_TRANSFER = """[[transfers]]
+recipient = "Intuit Inc. (Mailchimp)"
+country = "US"
+safeguard = "dpf"
+fallback = "scc"
+"""
+
+
+def test_munkeby_states_where_mailchimp_processes_the_data_and_mysoft_states_no_transfer():
+    notices = load_notices(NOTICES, {})
+    assert notices["munkeby"].transfers == (
+        Transfer(recipient="Intuit Inc. (Mailchimp)", country="US", safeguard="dpf", fallback="scc"),
+    )
+    assert notices["mysoft"].transfers == ()
+    # The body says it too, beside the promise kept from the controller's own notice.
+    for lang, promise, transfer in (
+        ("sv", "Vi\nlämnar eller säljer aldrig", "behandlar uppgifterna i USA"),
+        ("en", "We never pass on or sell", "processes the data in the\nUnited States"),
+    ):
+        body = notices["munkeby"].texts[lang]["body"]
+        assert promise in body and transfer in body
+        assert "Privacy Framework" in body and "Privacy Shield" not in body
+
+
+def with_transfer(tmp_path: Path, table: str) -> Path:
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source.replace("[opt_out]", table + "\n[opt_out]", 1), encoding="utf-8")
+    return path
+
+
+def test_a_transfer_without_a_fallback_is_read_as_written(tmp_path):
+    path = with_transfer(tmp_path, '[[transfers]]\nrecipient = "Acme Ltd"\ncountry = "GB"\nsafeguard = "adequacy"\n')
+    assert parse_notice(path, {}).transfers == (Transfer("Acme Ltd", "GB", "adequacy", None),)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ('safeguard = "dpf"', 'safeguard = "privacy_shield"', "transfers.safeguard must be one of"),
+        ('fallback = "scc"', 'fallback = "consent"', "transfers.fallback must be one of"),
+        ('country = "US"', 'country = "USA"', "transfers.country must be an ISO 3166-1 alpha-2 code"),
+        ('country = "US"', 'country = "XX"', "transfers.country must be an ISO 3166-1 alpha-2 code"),
+        ('country = "US"', 'country = "us"', "transfers.country must be an ISO 3166-1 alpha-2 code"),
+        ('country = "US"', 'country = "SE"', "is in the EU/EEA"),
+        ('country = "US"', 'country = "NO"', "is in the EU/EEA"),
+        ('country = "US"', 'country = "IN"', "'dpf' applies to the US only"),
+        ('fallback = "scc"', 'fallback = "dpf"', "transfers.fallback must differ"),
+        ('fallback = "scc"', 'fallbak = "scc"', "transfers.0.fallbak is not a known key"),
+        ('country = "US"\n', "", "transfers.0.country is required"),
+        ('recipient = "Intuit Inc. (Mailchimp)"', 'recipient = " "', "transfers.0.recipient must be a non-empty"),
+        ('safeguard = "dpf"', "safeguard = 1", "transfers.0.safeguard must be one of"),
+    ],
+)
+def test_a_transfer_the_schema_cannot_vouch_for_is_refused_with_the_key_named(tmp_path, old, new, message):
+    assert old in MAILCHIMP_TRANSFER
+    path = with_transfer(tmp_path, MAILCHIMP_TRANSFER.replace(old, new))
+    with pytest.raises(NoticeError, match=re.escape(message)) as refused:
+        parse_notice(path, {})
+    assert str(refused.value).startswith("mysoft.toml: ")
+
+
+def test_transfers_that_are_not_tables_are_refused(tmp_path):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    path = tmp_path / "mysoft.toml"
+    path.write_text('transfers = "US"\n' + source, encoding="utf-8")
+    with pytest.raises(NoticeError, match=r"transfers must be a list of \[\[transfers\]\] tables"):
+        parse_notice(path, {})
+
+
+def test_the_transfers_are_part_of_the_version(tmp_path):
+    # They are told to the person (Art. 13(1)(f)), so evidence must say which ones were stated.
+    before = parse_notice(NOTICES / "mysoft.toml", {}).version
+    path = with_transfer(tmp_path, MAILCHIMP_TRANSFER)
+    stated = parse_notice(path, {}).version
+    assert stated != before
+    path.write_text(path.read_text(encoding="utf-8").replace('fallback = "scc"', 'fallback = "bcr"'), encoding="utf-8")
+    assert parse_notice(path, {}).version not in (before, stated)
