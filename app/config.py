@@ -332,10 +332,19 @@ def _notice_prefixes(directory: str) -> list[str]:
 
 
 def _web(production: bool) -> dict[str, Any]:
+    # Only the dashboard has a session (app/dashboard/auth.py): its cookie goes to the
+    # dashboard's paths only, so a marketer's browser does not send it to subscribers' pages.
     return {
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": production,
+        "SESSION_COOKIE_PATH": "/dashboard",
+        # Flask-Login's remember-me cookie: never set (no "remember me" at login), and
+        # if an old one is ever cleared, that happens on the dashboard's path too.
+        "REMEMBER_COOKIE_PATH": "/dashboard",
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": production,
         "WTF_CSRF_TIME_LIMIT": None,
     }
 

@@ -5,7 +5,8 @@ dashboard only, the choice remembered in its session, then the browser's
 Accept-Language; Swedish is the default for these Swedish controllers.
 
 Only the dashboard remembers: it has a session cookie anyway (the login), while
-the subscribers' pages set no cookie beyond a strictly necessary one.
+the subscribers' pages set no cookie at all (the notices promise it; they have no
+session, see app/dashboard/auth.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ DASHBOARD_PREFIX = "/dashboard"
 SESSION_KEY = "lang"
 
 
+def on_dashboard(path: str) -> bool:
+    """Whether ``path`` (a request's path) is one of the dashboard's."""
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+
+
 def _on_dashboard() -> bool:
-    return request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PREFIX + "/")
+    return on_dashboard(request.path)
 
 
 def select_locale() -> Locale:

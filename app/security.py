@@ -6,6 +6,8 @@ origin. Tokens travel in URLs, so the Referer never leaves the site.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, Response, abort, request
 
 CSP = "; ".join(
@@ -20,6 +22,38 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
+
+
+def _origin_of(url: str) -> str:
+    """``scheme://host[:port]`` as a browser writes an Origin header: lower case, no default port."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address is written in brackets
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a port at all: no origin of ours looks like this
+        return "invalid"
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" if port is None or port == default else f"{scheme}://{host}:{port}"
+
+
+def sent_from_another_site(public_url: str) -> bool:
+    """Whether the browser says this request was started by a page of another site.
+
+    For the public forms, which have no session cookie to protect but whose posts record
+    the sender's IP address and browser as evidence of consent: a page elsewhere must not
+    be able to post them through a visitor's browser. ``Sec-Fetch-Site: cross-site`` says
+    so outright; an Origin other than ``PUBLIC_URL``'s (``null`` included) says so too.
+    A request with neither header (an old browser, a script) is not refused here; the
+    form's signed token still has to be good.
+    """
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin.strip().lower().rstrip("/") != _origin_of(public_url)
 
 
 # The one form that takes a large file: the dashboard's contact import.

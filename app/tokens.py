@@ -17,6 +17,9 @@ Two formats are read:
   link was mailed to (see ``consent.token_target``).
 * **Serialized tokens** (the old link format, and the mailed data links):
   ``URLSafeTimedSerializer`` JSON. Links already sitting in inboxes keep working.
+* **Form tokens** (the public sign-up form's hidden field): a serialized token of
+  the notice the form was served for, good for ``FORM_MAX_AGE``. The public pages
+  set no cookie, so the form proves itself instead of a session: see ``form_token``.
 
 Both are itsdangerous signers: key derivation, rotation and the constant-time
 comparison are the library's.
@@ -38,6 +41,7 @@ SALTS = {
     "unsubscribe": "newsletter-consent/unsubscribe/v1",
     "manage": "newsletter-consent/manage/v1",
     "data": "newsletter-consent/data-request/v1",  # a mailed export or erasure link
+    "form": "newsletter-consent/subscribe-form/v1",  # the sign-up form's hidden token
 }
 LINK_SALTS = {
     "confirm": "newsletter-consent/confirm/v2",
@@ -50,6 +54,8 @@ MAC_BYTES = 16
 REF_BYTES = 16  # Subscription.ref: a uuid4 as 32 hex digits
 NONCE_BYTES = 8  # Subscription.confirm_nonce: 16 hex digits
 TAG_BYTES = 8  # the start of the address's keyed hash: 64 bits, so two addresses never share one in practice
+# How long a served sign-up form may be sent: time to read the notice, not to keep a token for days.
+FORM_MAX_AGE = 2 * 3600
 
 
 class TokenInvalid(Exception):
@@ -190,3 +196,22 @@ def read(purpose: str, token: str, max_age: int | None = None) -> dict[str, Any]
     if not isinstance(payload, dict):
         raise TokenInvalid("unexpected payload")
     return payload
+
+
+def form_token(notice: str) -> str:
+    """The hidden token of a sign-up form served for ``notice``.
+
+    Signed and dated, bound to the notice, held by no cookie: the form carries it and
+    ``check_form_token`` reads it back. It shows that a post comes from a form this
+    service served lately for this notice; that the post comes from the person's own
+    visit to our page is the job of the Origin check (app/security.py).
+    """
+    return make("form", {"n": notice})
+
+
+def check_form_token(token: str | None, notice: str, max_age: int = FORM_MAX_AGE) -> None:
+    """Raise ``TokenInvalid`` unless ``token`` is a form token for ``notice``, or
+    ``TokenExpired`` when it is one but older than ``max_age`` seconds."""
+    payload = read("form", token or "", max_age=max_age)  # raises TokenExpired with a good payload
+    if payload.get("n") != notice:
+        raise TokenInvalid("a form token of another notice")

@@ -5,16 +5,23 @@ whatever the cookie says; logout, a new password and deactivation end every
 session of the user (the session key the user loader checks changes). Flask-Login's
 "strong" session protection is off: it fingerprints the client with a header any
 client sets (X-Forwarded-For), which protects nothing.
+
+Only the dashboard has a session. Its cookie's path is the dashboard's
+(``SESSION_COOKIE_PATH``), and outside the dashboard no session is opened at all
+(``DashboardSessions``): subscribers' pages never read a cookie a marketer's browser
+might still send, and never answer with one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Flask, Request, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
@@ -22,7 +29,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from .. import accounts
 from ..database import id_param
 from ..extensions import db, limiter, login_manager
-from ..i18n import SESSION_KEY, remembered_language
+from ..i18n import SESSION_KEY, on_dashboard, remembered_language
 from ..models import User
 from ..vocabulary import Role, values
 from . import bp
@@ -33,9 +40,41 @@ LOGIN_RATE_LIMIT = "10 per minute;50 per hour"
 IDLE_SECONDS = 30 * 60
 MAX_SECONDS = 12 * 3600
 _LOGGED_IN_AT, _SEEN_AT = "auth_at", "seen_at"
+log = logging.getLogger(__name__)
+
+
+class _NoSession(SecureCookieSession):
+    """``session`` outside the dashboard: empty, and never saved, so never a cookie.
+
+    Nothing there should write to it; if something does (Flask-Login loading a user from
+    an old remember-me cookie, say), the write lasts for that request only and is logged,
+    rather than failing the visitor's page.
+    """
+
+    def __init__(self, initial: Any = None) -> None:
+        def on_update(session: _NoSession) -> None:
+            session.accessed = True
+            log.warning("a page outside the dashboard wrote %s to the session; not kept", sorted(session.keys()))
+
+        super().__init__(initial)
+        self.on_update = on_update
+
+
+class DashboardSessions(SecureCookieSessionInterface):
+    """The signed-cookie session, opened under /dashboard only; elsewhere a ``_NoSession``,
+    which Flask neither reads from a cookie nor saves into one."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not on_dashboard(request.path):
+            return _NoSession()
+        return super().open_session(app, request)
+
+    def is_null_session(self, obj: object) -> bool:
+        return isinstance(obj, _NoSession) or super().is_null_session(obj)
 
 
 def init_login(app: Flask) -> None:
+    app.session_interface = DashboardSessions()
     login_manager.init_app(app)
     login_manager.login_view = "dashboard.login"
     login_manager.session_protection = None  # see the module's docstring

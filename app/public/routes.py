@@ -9,11 +9,12 @@ from flask_babel import gettext as _
 from sqlalchemy import text
 
 from .. import consent, tokens
-from ..addresses import InvalidInput
+from ..addresses import InvalidInput, clean_name, normalise_email
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
 from ..notices import Notice, get_notice
 from ..notices import notices as registered_notices
+from ..security import sent_from_another_site
 from . import bp
 from .forms import SubscribeForm
 
@@ -63,8 +64,51 @@ def _subscribe_limit() -> str:
     return current_app.config["SUBSCRIBE_RATE_LIMIT"]
 
 
-# The form itself checks its CSRF token (FlaskForm), after the rate limit, so a
-# flood of token-less POSTs is still counted and refused with 429.
+def _form_expired() -> str:
+    return _("The form had expired. Please reload the page and submit it again.")
+
+
+def _field_errors(form: SubscribeForm, notice: Notice) -> list[tuple[str, str]]:
+    """Every problem with the fields at once, as (field id, message) in the form's order.
+
+    The same checks ``consent.request_subscription`` makes (it stays the authority and
+    checks again), run field by field here so that a person sees all of them together,
+    not one per attempt.
+    """
+    form.validate()  # the consent box; the other fields are read below, as the service reads them
+    try:
+        normalise_email(form.email.data)
+    except InvalidInput as exc:
+        form.email.errors = [EMAIL_ERROR_TEXT[str(exc)]()]
+    if "name" in notice.fields:
+        try:
+            name = clean_name(form.name.data)
+        except InvalidInput as exc:
+            form.name.errors = [ERROR_TEXT[str(exc)]()]
+        else:
+            if "name" in notice.required and not name:
+                form.name.errors = [ERROR_TEXT["required"]()]
+    return [(field.id, str(field.errors[0])) for field in (form.email, form.name, form.consent) if field.errors]
+
+
+def _sent_from_elsewhere(notice: Notice) -> Response:
+    page = render_template(
+        "errors/error.html",
+        code=403,
+        notice=notice,
+        title=_("The form was sent from another website"),
+        message=_(
+            "This form is accepted only from its own page on this site. Nothing was changed. "
+            "Please open the form here and send it again."
+        ),
+    )
+    return make_response(page, 403)
+
+
+# No Flask-WTF CSRF here: its token lives in a session cookie, and the public pages set no
+# cookie. The form carries its own signed token (app/tokens.py) and a post from another
+# site's page is refused by its Origin (app/security.py). Both are checked in the view,
+# after the rate limit, so a flood of token-less POSTs is still counted and refused with 429.
 @csrf.exempt
 @bp.route("/<slug>/subscribe", methods=["GET", "POST"])
 @limiter.limit(_subscribe_limit, methods=["POST"])
@@ -72,22 +116,35 @@ def subscribe(slug: str) -> ResponseReturnValue:
     notice = _notice_or_404(slug)
     lang = current_language(notice)
     form = SubscribeForm()
-    if form.validate_on_submit():
-        if form.website.data:
+    problems: list[tuple[str | None, str]] = []
+    if request.method == "POST":
+        if sent_from_another_site(current_app.config["PUBLIC_URL"]):
+            return _sent_from_elsewhere(notice)
+        try:
+            tokens.check_form_token(form.csrf_token.data, notice.slug)
+        except (tokens.TokenInvalid, tokens.TokenExpired):
+            problems.append((None, _form_expired()))
+        problems.extend(_field_errors(form, notice))
+        if not problems and form.website.data:
             # A bot filled the hidden field: answer as if all went well.
             current_app.logger.info("honeypot filled on %s sign-up; ignored", notice.slug)
             return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
-        try:
-            consent.request_subscription(notice, form.email.data, form.name.data, _facts("form"))
-        except InvalidInput as exc:
-            table = EMAIL_ERROR_TEXT if exc.field == "email" else ERROR_TEXT
-            getattr(form, exc.field).errors = [table[str(exc)]()]
-        else:
-            return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
-    if form.csrf_token.errors:
-        form.csrf_token.errors = [_("The form had expired. Please reload the page and submit it again.")]
-    status = 400 if request.method == "POST" else 200
-    return render_template("public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang), status
+        if not problems:
+            try:
+                consent.request_subscription(notice, form.email.data, form.name.data, _facts("form"))
+            except InvalidInput as exc:  # the checks above should have caught it; say so all the same
+                table = EMAIL_ERROR_TEXT if exc.field == "email" else ERROR_TEXT
+                message = table.get(str(exc), ERROR_TEXT["invalid"])()
+                getattr(form, exc.field).errors = [message]
+                problems.append((exc.field, message))
+            else:
+                return redirect(url_for("public.check_inbox", slug=notice.slug, lang=lang), code=303)
+    # Every rendering carries a fresh token, so the form shown with its errors can be sent again.
+    form.csrf_token.data = tokens.form_token(notice.slug)
+    page = render_template(
+        "public/subscribe.html", notice=notice, text=notice.text(lang), form=form, lang=lang, problems=problems
+    )
+    return page, 400 if problems else 200
 
 
 @bp.get("/<slug>/subscribe/sent")
