@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from flask_babel import force_locale
 
 from . import accounts, consent, importer, ledger, outbox, report_poller, retention
 from .addresses import InvalidInput, normalise_email
@@ -418,6 +419,11 @@ def contacts_import(
 
     try:
         spec.check()
+        # Operators read the command's output in English, like its other messages.
+        with force_locale("en"):
+            late = spec.art14_warning(date.today())
+        if late:
+            click.echo(f"warning: {late}", err=True)
         with _rereadable(file) as binary:
             importer.check_file(binary)
             result = importer.run_import(spec, importer.TextLines(binary), progress)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from flask import current_app
+from flask_babel import force_locale
 from sqlalchemy import delete, update
 
 from . import outbox
@@ -131,6 +132,10 @@ def run_contact_import(job: OutboxJob) -> None:
     except ImportError_ as exc:
         discard(import_id, str(exc))
         return
+    with force_locale("en"):  # the log is read in English; the dashboard words it for its reader
+        late = spec.art14_warning(date.today())
+    if late:
+        log.warning("import %s: %s", import_id, late)
     lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
 
     def progress(result: ImportResult) -> None:

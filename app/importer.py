@@ -19,6 +19,10 @@ added elsewhere (the CRM), which starts the prospect clock.
 
 Where the notice says so (``inform_imported``), a contact not collected from
 the person gets the GDPR Art. 14 information mail, with its unsubscribe link.
+Art. 14(3)(a) gives one month from obtaining the data for that mail: an import
+whose source date is older still runs (the people must be informed all the
+more), but ``late_for_art14`` words the warning the CLI and the dashboard show,
+and ``uninformed_contacts`` lists who has still not been sent the mail.
 """
 
 from __future__ import annotations
@@ -30,23 +34,28 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import IO, Any, NamedTuple
 
-from sqlalchemy import insert, select
+from flask_babel import gettext
+from sqlalchemy import exists, insert, select
 
 from . import ledger, outbox, provider_sync
 from .addresses import InvalidInput, clean_name, email_hash, normalise_email
 from .consent import EARLIEST_CONTACT
 from .database import unit_of_work
+from .extensions import db
 from .ledger import Evidence
-from .models import Subscription, Suppression, new_ref, utcnow
+from .models import ConsentEvent, Subscription, Suppression, new_ref, utcnow
 from .notices import LAWFUL_BASES, Notice
+from .vocabulary import LawfulBasis, Status
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 ART14 = "art14"  # the information mail to people whose data was not collected from them
+ART14_INFORMED = "art14_informed"  # the evidence that the mail was handed to the transport
+IMPORT_SOURCE_PREFIX = "import: "  # how an imported subscription's source begins
 MAX_FIELD = 1000
 csv.field_size_limit(64 * 1024)
 # No CRM export has a line this long; reading one whole would only let a hostile
@@ -78,6 +87,15 @@ class ImportSpec:
     relationship_column: str | None = None
     added_column: str | None = None
 
+    @property
+    def informs_under_art14(self) -> bool:
+        """Whether the contacts were not collected from the person: Art. 14 then applies, not Art. 13."""
+        return self.lawful_basis != LawfulBasis.CONSENT
+
+    def art14_warning(self, today: date) -> str | None:
+        """``late_for_art14`` for this import, when Art. 14 applies to it."""
+        return late_for_art14(self.source_date, today) if self.informs_under_art14 else None
+
     def check(self) -> None:
         if self.lawful_basis not in LAWFUL_BASES:
             raise ImportError_(f"lawful basis must be one of {', '.join(LAWFUL_BASES)}")
@@ -93,6 +111,77 @@ class ImportSpec:
             raise ImportError_("give the source of the contacts (a URL or a description, at most 400 characters)")
         if self.source_date > date.today():
             raise ImportError_("the source date cannot be in the future")
+
+
+def one_month_after(day: date) -> date:
+    """The same day of the next month, or that month's last day (31 January -> 28 or 29 February)."""
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    following = date(year + 1, 1, 1) if month == 12 else date(year, month + 1, 1)
+    return date(year, month, min(day.day, (following - timedelta(days=1)).day))
+
+
+def late_for_art14(source_date: date, today: date) -> str | None:
+    """The warning for contacts obtained more than one month before ``today``, else None.
+
+    GDPR Art. 14(3)(a): people whose data was not collected from them are informed
+    within a reasonable period, at the latest within one month of obtaining it. The
+    text is translated (the request's language, or ``force_locale``) for the dashboard.
+    """
+    deadline = one_month_after(source_date)
+    if today <= deadline:
+        return None
+    return gettext(
+        "The contacts were obtained on %(day)s, more than one month ago: the deadline of GDPR Art. 14(3)(a)"
+        " to inform them, one month after obtaining their data, passed on %(deadline)s. They are imported"
+        " all the same and the Art. 14 mail goes out now, late; record why it was late.",
+        day=source_date.isoformat(),
+        deadline=deadline.isoformat(),
+    )
+
+
+@dataclass(frozen=True)
+class Uninformed:
+    """An imported contact who has not been sent the Art. 14 mail."""
+
+    ref: str
+    notice: str
+    email: str
+    imported_at: datetime
+    days_since: int
+
+
+def uninformed_contacts(slugs: Iterable[str], older_than_days: int = 25, limit: int = 50) -> list[Uninformed]:
+    """Contacts imported on legitimate interest at least ``older_than_days`` ago, still held and
+    subscribed, with no ``art14_informed`` evidence: the oldest first, at most ``limit``.
+
+    25 days leaves time to act before the month of Art. 14(3)(a) is out. The import
+    time is ``confirmed_at``, which the import writes (``created_at`` may be the day
+    the CRM first added the contact). The evidence is read from the ledger through
+    its (subscription_ref, type, at) index.
+    """
+    notices = list(slugs)
+    if not notices:
+        return []
+    now = utcnow()
+    informed = exists().where(ConsentEvent.subscription_ref == Subscription.ref, ConsentEvent.type == ART14_INFORMED)
+    rows = db.session.execute(
+        select(Subscription.ref, Subscription.notice, Subscription.email, Subscription.confirmed_at)
+        .where(
+            Subscription.notice.in_(notices),
+            Subscription.lawful_basis == LawfulBasis.LEGITIMATE_INTEREST,
+            Subscription.status == Status.SUBSCRIBED,
+            Subscription.source.startswith(IMPORT_SOURCE_PREFIX, autoescape=True),
+            Subscription.confirmed_at <= now - timedelta(days=older_than_days),
+            ~informed,
+        )
+        .order_by(Subscription.confirmed_at, Subscription.id)
+        .limit(limit)
+    ).all()
+    return [
+        Uninformed(ref, notice, email, imported_at, (now - imported_at).days)
+        for ref, notice, email, imported_at in rows
+        if imported_at is not None
+    ]
 
 
 @dataclass
@@ -329,7 +418,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
                 "last_contact_at": row.last_contact,
                 "status": "subscribed",
                 "lang": notice.languages[0],
-                "source": f"import: {source}"[:500],
+                "source": f"{IMPORT_SOURCE_PREFIX}{source}"[:500],
                 "lawful_basis": spec.lawful_basis,
                 "notice_version": notice.version,
                 "confirmed_at": now,

@@ -9,22 +9,26 @@ reach an address no longer held: its job carries the address as a
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import current_app
 from sqlalchemy import select
 
-from . import ledger, mail, outbox, tokens
+from . import ledger, mail, outbox, rights, tokens
 from .database import unit_of_work
+from .events import event_time
 from .extensions import db
 from .failures import Permanent
+from .importer import ART14, ART14_INFORMED
 from .ledger import Evidence
-from .models import OutboxJob, Subscription, utcnow
+from .models import ConsentEvent, OutboxJob, Subscription, utcnow
 from .notices import Notice, get_notice
 
 # Which status a subscription must still have for each mail to make sense (None: any).
 STATUS_FOR = {
     "confirmation": "pending",
     "welcome": "subscribed",
-    "art14": "subscribed",
+    ART14: "subscribed",
     "data_export": None,
     "data_erase": None,
 }
@@ -43,6 +47,8 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     wanted = STATUS_FOR[template]
     if sub is None or notice is None or (wanted is not None and sub.status != wanted):
         return  # the person is gone or moved on; nothing to send
+    if template == ART14 and _informed(sub.ref):
+        return  # sent and recorded by an earlier run of this job that did not get to finish it
     links = {}
     extra: dict[str, object] = {"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis}
     if template == "confirmation":
@@ -53,6 +59,8 @@ def send_subscriber_mail(job: OutboxJob) -> None:
         token = tokens.make("data", {"i": job.payload.get("request"), "k": kind, "h": sub.email_hash})
         links["data"] = mail.public_link("/manage/data/" + token)
         extra["minutes"] = current_app.config["DATA_LINK_MAX_AGE"] // 60
+        # The link covers every controller holding the address: the mail names them all.
+        extra["controllers"] = rights.controller_names(sub.email_hash)
     links["privacy"] = mail.public_link(f"/{notice.slug}/privacy")
     composed = mail.compose(
         template,
@@ -71,6 +79,8 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     mail.transport().send(composed)
     if template == "confirmation":
         _record_sent(ref, notice)
+    elif template == ART14:
+        _record_informed(ref, notice, sent_at=utcnow())
 
 
 def _last_mail(job: OutboxJob) -> mail.Composed:
@@ -88,7 +98,9 @@ def _last_mail(job: OutboxJob) -> mail.Composed:
         subscription_ref=None,  # the subscriptions are gone; this mail belongs to no list
         lang=str(job.payload.get("lang") or "sv"),
         links={"privacy": mail.public_link(f"/{notice.slug}/privacy")},
-        extra={"controllers": controllers},
+        # Evidence of a consent is mentioned only to someone who gave one (a job queued
+        # before this flag existed came from a consent, the only kind then erased by link).
+        extra={"controllers": controllers, "consented": bool(job.payload.get("consented", True))},
     )
 
 
@@ -101,3 +113,29 @@ def _record_sent(ref: str, notice: Notice) -> None:
             return
         sub.confirmation_sent_at = utcnow()
         ledger.append(uow, [Evidence.under("confirmation_sent", notice, ref, "mail")])
+
+
+def _informed(ref: str) -> bool:
+    found = db.session.execute(
+        select(ConsentEvent.seq)
+        .where(ConsentEvent.subscription_ref == ref, ConsentEvent.type == ART14_INFORMED)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def _record_informed(ref: str, notice: Notice, sent_at: datetime) -> None:
+    """The evidence that the Art. 14 information reached the transport, once per subscription.
+
+    Only after a send that did not raise: a failed send records nothing and is
+    retried. The subscription row is locked, so two runs of the job (a lease taken
+    over from a slow worker) cannot both append.
+    """
+    with unit_of_work() as uow:
+        sub = uow.session.execute(
+            select(Subscription).where(Subscription.ref == ref).with_for_update()
+        ).scalar_one_or_none()
+        if sub is None or _informed(ref):
+            return  # erased while the mail was on its way, or already recorded
+        facts = {"sent_at": event_time(sent_at), "template": ART14}
+        ledger.append(uow, [Evidence.under(ART14_INFORMED, notice, ref, "mail", facts)])
