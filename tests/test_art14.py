@@ -9,7 +9,9 @@ dashboard's list of contacts still uninformed after 25 days is read here too.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
@@ -18,7 +20,7 @@ import pytest
 from flask_babel import force_locale
 from sqlalchemy import select, update
 
-from app import importer, mail
+from app import import_jobs, importer, mail
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription, utcnow
 
@@ -191,6 +193,18 @@ def test_a_source_date_more_than_a_month_old_warns_naming_the_deadline_and_impor
 
     fresh = import_harvested(runner, ["bo@bolag.se"], source_date=date.today() - timedelta(days=20))
     assert "Art. 14" not in fresh.stderr
+
+
+def test_a_dashboard_import_of_contacts_obtained_over_a_month_ago_logs_the_warning_and_runs(app, runner, caplog):
+    stale = date.today() - timedelta(days=45)
+    spec = {"lawful_basis": "legitimate_interest", "source": SOURCE, "source_date": stale.isoformat(), "proof": None}
+    with app.app_context():
+        upload = import_jobs.store_upload(io.BytesIO(b"email\nada@bolag.se\n"), "kontakter.csv", "mysoft", spec, "anna")
+        import_jobs.queue(upload.id, "email", {}, dry_run=False)
+    with caplog.at_level(logging.WARNING, logger="app.import_jobs"):
+        run_outbox(runner)
+    assert "Art. 14(3)(a)" in caplog.text and importer.one_month_after(stale).isoformat() in caplog.text
+    assert len(exported_events(runner, "ada@bolag.se", "imported")) == 1
 
 
 def test_an_import_on_consent_is_no_art14_case_and_does_not_warn(app, runner):
