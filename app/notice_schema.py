@@ -19,6 +19,7 @@ errors into sentences such as ``opt_out.rule must be one of ('unsubscribe',
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 from babel import Locale
@@ -162,13 +163,93 @@ def _known_rules(value: object) -> object:
 Retention = Annotated[dict[RetentionRule, Days], BeforeValidator(_known_rules)]
 
 
+# --- the body: paragraphs and marked headings --------------------------------------
+
+# A line of the body that starts with this is a heading; every other line is
+# paragraph text, and a blank line or a heading ends a paragraph. Lines wrap freely.
+HEADING_MARK = "## "
+# Refusals of a value whose place pydantic knows: the message follows the key.
+RULE_AT = "notice_rule_at"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One part of a notice's body as a page shows it: a heading or a paragraph."""
+
+    text: str
+    heading: bool = False
+
+
+def body_blocks(body: str) -> tuple[Block, ...]:
+    """The headings and paragraphs of a body written with marked headings."""
+    blocks: list[Block] = []
+    words: list[str] = []
+
+    def end_paragraph() -> None:
+        if words:
+            blocks.append(Block(" ".join(words)))
+            words.clear()
+
+    for line in (raw.strip() for raw in body.splitlines()):
+        if line.startswith(HEADING_MARK):
+            end_paragraph()
+            blocks.append(Block(line[len(HEADING_MARK) :].strip(), heading=True))
+        elif line:
+            words.append(line)
+        else:
+            end_paragraph()
+    end_paragraph()
+    return tuple(blocks)
+
+
+# A first line longer than this, or ending a sentence with a full stop, is the start
+# of a wrapped paragraph, not a heading (every heading the notices ever had is shorter).
+_LEGACY_HEADING_MAX = 60
+
+
+def legacy_body_blocks(body: str) -> tuple[Block, ...]:
+    """The blocks of a body stored before headings were marked.
+
+    Then a block's first line was shown as its heading, so a paragraph whose first
+    sentence wrapped lost its first line to a heading. Read back now, a first line is
+    a heading only when it reads as one: short, and not ending with a full stop or comma.
+    """
+    blocks: list[Block] = []
+    for chunk in body.strip().split("\n\n"):
+        lines = [line.strip() for line in chunk.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        first = lines[0]
+        if len(lines) > 1 and len(first) <= _LEGACY_HEADING_MAX and not first.endswith((".", ",", ";")):
+            blocks.append(Block(first, heading=True))
+            lines = lines[1:]
+        blocks.append(Block(" ".join(lines)))
+    return tuple(blocks)
+
+
+def _marked_headings(body: str) -> str:
+    for number, line in enumerate((raw.strip() for raw in body.splitlines()), start=1):
+        if line.startswith("#") and not (line.startswith(HEADING_MARK) and line[len(HEADING_MARK) :].strip()):
+            raise PydanticCustomError(
+                RULE_AT, "line {number}: a heading is written as '## ' and its words", {"number": number}
+            )
+    blocks = body_blocks(body)
+    for block, after in zip(blocks, [*blocks[1:], None], strict=True):
+        if block.heading and (after is None or after.heading):
+            raise PydanticCustomError(RULE_AT, "the heading '{heading}' has no text under it", {"heading": block.text})
+    return body
+
+
 class Text(BaseModel):
-    """The text shown at sign-up in one language, without surrounding white space."""
+    """The text shown at sign-up in one language, without surrounding white space.
+
+    ``body`` is the full notice: paragraphs, and headings marked with ``HEADING_MARK``.
+    """
 
     title: ShownText
     summary: ShownText
     consent_label: ShownText
-    body: ShownText
+    body: Annotated[ShownText, AfterValidator(_marked_headings)]
 
 
 TEXT_KEYS: tuple[str, ...] = tuple(Text.model_fields)
@@ -390,6 +471,8 @@ def refusal(error: ErrorDetails) -> str:
     if error["type"] == RULE:
         return error["msg"]
     place = _place(error["loc"])
+    if error["type"] == RULE_AT:
+        return f"{'.'.join(place)}: {error['msg']}"
     if error["type"] == "extra_forbidden":
         return f"{'.'.join(place)} is not a known key"
     for pattern, must in MUST_BE:

@@ -20,15 +20,18 @@ from typing import Any
 from flask import current_app
 from pydantic import ValidationError
 
-from .notice_schema import LANGUAGES, LAWFUL_BASES, NoticeFile, refusals
+from .notice_schema import LANGUAGES, LAWFUL_BASES, Block, NoticeFile, body_blocks, legacy_body_blocks, refusals
 from .vocabulary import OptOutRule
 
 __all__ = [
     "LANGUAGES",
     "LAWFUL_BASES",
+    "TEXT_FORMAT",
+    "Block",
     "Notice",
     "NoticeError",
     "Transfer",
+    "blocks_of",
     "get_notice",
     "load_notices",
     "notice_for_provider",
@@ -36,6 +39,11 @@ __all__ = [
     "parse_notice",
     "version_of",
 ]
+
+# How the bodies mark their headings ("## " lines, see ``notice_schema.body_blocks``),
+# stored with every version. Versions stored before it marked none: there a block's
+# first line was its heading, and ``legacy_body_blocks`` reads them back.
+TEXT_FORMAT = "marked-headings"
 
 class NoticeError(ValueError):
     """A notice file is malformed; the message names the file and the key."""
@@ -88,6 +96,10 @@ class Notice:
     def text(self, lang: str) -> Mapping[str, str]:
         return self.texts.get(lang) or self.texts[self.languages[0]]
 
+    def blocks(self, lang: str) -> tuple[Block, ...]:
+        """The body in ``lang`` as headings and paragraphs."""
+        return body_blocks(self.text(lang)["body"])
+
     @property
     def purpose(self) -> str:
         return str(self.shown["collection"].get("purpose", "newsletter"))
@@ -95,6 +107,11 @@ class Notice:
     @property
     def deletes_on_opt_out(self) -> bool:
         return self.opt_out_rule == OptOutRule.DELETE
+
+
+def blocks_of(body: str, text_format: object) -> tuple[Block, ...]:
+    """A body's headings and paragraphs, read as the version that holds it wrote them."""
+    return body_blocks(body) if text_format == TEXT_FORMAT else legacy_body_blocks(body)
 
 
 def version_of(shown: Mapping[str, Any]) -> str:
@@ -134,6 +151,7 @@ def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
         # Where the data goes outside the EU/EEA and on what safeguard: a rule the
         # person is told (an empty list says that nothing is transferred).
         "transfers": raw.get("transfers") or [],
+        "text_format": TEXT_FORMAT,
         "text": texts,
     }
     collection = checked.collection

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
+from babel import dates as babel_dates
+from sqlalchemy import delete
 
+from app.extensions import db
+from app.models import NoticeVersion
 from app.notices import NoticeError, Transfer, load_notices, parse_notice
 
 NOTICES = Path(__file__).resolve().parent.parent / "notices"
@@ -125,12 +131,14 @@ def test_the_bases_an_import_may_use_are_part_of_the_version(tmp_path):
 
 # The versions of the shipped notices, as recorded with every consent given under them.
 # Reading the same file must give the same version, whatever the code that reads it.
-# Changed on purpose when the notices started to state their transfers outside the EU/EEA
-# (Munkeby: Mailchimp/Intuit in the US; Mysoft: none). Evidence recorded under the
-# earlier versions still links to their stored text (tests/test_notice_versions.py).
+# Changed on purpose, for both notices, when they started to state their transfers outside
+# the EU/EEA (Munkeby: Mailchimp/Intuit in the US; Mysoft: none), to mark their headings
+# ("## ") and to open with a paragraph (Mysoft's is new). Earlier pins: munkeby b66e621c...,
+# mysoft 104b724a... Evidence recorded under an earlier version still links to its stored
+# text (tests/test_notice_versions.py).
 SHIPPED_VERSIONS = {
-    "munkeby": "b93d26eaab16c1e50c7a49b720acb1207e4ddcfebf38f406f580f129ad413d5d",
-    "mysoft": "d9a465a3aad85709727c8f645031e48071651fd61225e0bf7784d3b246d1e26b",
+    "munkeby": "298d1e26fa71ea6b796b44371db01c3bd53a7ecbfa810b9589823cc340fcbfc0",
+    "mysoft": "d204e25418b4df21fe798a35cd707001157263d70691d8142d59226c17015bf4",
 }
 
 
@@ -250,3 +258,107 @@ def test_the_transfers_are_part_of_the_version(tmp_path):
     assert stated != before
     path.write_text(path.read_text(encoding="utf-8").replace('fallback = "scc"', 'fallback = "bcr"'), encoding="utf-8")
     assert parse_notice(path, {}).version not in (before, stated)
+
+
+# --- the notice page: paragraphs and headings, transfers, the version's date -----------
+
+ELEMENT = re.compile(r"<(h1|h2|p)\b[^>]*>(.*?)</\1>", re.DOTALL)
+
+
+def shown(client, path: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """The page's headings and paragraphs in order, as text, from its first heading on."""
+    page = client.get(path)
+    assert page.status_code == 200
+    return [
+        (tag, " ".join(html.unescape(re.sub(r"<[^>]+>", "", inner)).split()))
+        for tag, inner in ELEMENT.findall(page.get_data(as_text=True))
+    ]
+
+
+def file_headings(slug: str, lang: str) -> list[str]:
+    body = tomllib.loads((NOTICES / f"{slug}.toml").read_text(encoding="utf-8"))["text"][lang]["body"]
+    return [line[3:].strip() for line in body.splitlines() if line.startswith("## ")]
+
+
+@pytest.mark.parametrize("slug", ["munkeby", "mysoft"])
+@pytest.mark.parametrize("lang", ["sv", "en"])
+def test_the_notice_opens_with_a_paragraph_and_its_headings_are_exactly_the_notices(client, slug, lang):
+    notice = load_notices(NOTICES, {})[slug]
+    elements = shown(client, f"/{slug}/privacy?lang={lang}")
+    body = notice.texts[lang]["body"]
+    first_sentence = " ".join(re.split(r"[.:]\s", body, maxsplit=1)[0].split())
+    assert not first_sentence.startswith("#") and len(first_sentence) > 40
+    assert elements[0][0] == "h1"
+    assert elements[1][0] == "p" and elements[1][1].startswith(first_sentence)
+    headings = [text for tag, text in elements if tag == "h2"]
+    # The notice's own headings, then the transfers' heading the page adds.
+    assert headings[:-1] == file_headings(slug, lang) and len(headings[:-1]) >= 5
+    # Each heading is followed by its paragraph, never by another heading.
+    kinds = [tag for tag, _ in elements]
+    assert "h2h2" not in "".join(kinds)
+
+
+def test_the_transfers_have_their_own_heading(client):
+    munkeby = shown(client, "/munkeby/privacy?lang=en")
+    at = munkeby.index(("h2", "Transfers outside the EU/EEA"))
+    assert munkeby[at + 1] == (
+        "p",
+        "Intuit Inc. (Mailchimp) processes the data in the United States, under the EU-US Data Privacy Framework "
+        "(the Commission's adequacy decision of 10 July 2023); if that falls away, under the standard contractual "
+        "clauses.",
+    )
+    mysoft = shown(client, "/mysoft/privacy?lang=en")
+    at = mysoft.index(("h2", "Transfers outside the EU/EEA"))
+    assert mysoft[at + 1] == ("p", "The data is not transferred outside the EU/EEA.")
+    assert "Privacy Shield" not in client.get("/munkeby/privacy").get_data(as_text=True)
+
+
+def test_the_notice_says_when_its_version_took_effect_with_the_hash_as_the_link(app, client):
+    notice = app.extensions["notices"]["munkeby"]
+    with app.app_context():
+        took_effect = db.session.get(NoticeVersion, ("munkeby", notice.version)).first_seen_at
+    for lang, words in (("en", "In effect since "), ("sv", "")):  # the Swedish sentence comes with the catalogue
+        page = client.get(f"/munkeby/privacy?lang={lang}").get_data(as_text=True)
+        day = babel_dates.format_date(took_effect, format="long", locale=lang)
+        assert f"{words}{day}." in page
+        link = re.search(r'<a href="([^"]+)" title="([0-9a-f]{64})"><code>([0-9a-f]{12})</code></a>', page)
+        assert link is not None
+        assert link.group(1) == f"/munkeby/privacy/{notice.version}?lang={lang}"
+        assert link.group(2) == notice.version and link.group(3) == notice.version[:12]
+        linked = client.get(html.unescape(link.group(1))).get_data(as_text=True)
+        assert f"{words}{day}." in linked and "earlier version" not in linked
+
+
+def test_before_its_version_is_recorded_the_notice_shows_no_date_and_still_its_hash(app, client):
+    # The row is written when a process starts with the notice; a page view never writes,
+    # and shows no date that no record backs.
+    notice = app.extensions["notices"]["mysoft"]
+    with app.app_context():
+        db.session.execute(delete(NoticeVersion).where(NoticeVersion.notice == "mysoft"))
+        db.session.commit()
+    page = client.get("/mysoft/privacy?lang=en")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "In effect since" not in body
+    assert f'href="/mysoft/privacy/{notice.version}?lang=en"' in body
+    assert "The data is not transferred outside the EU/EEA." in body
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("## Controller\n", "##Controller\n", "text.en.body: line 4: a heading is written as '## ' and its words"),
+        ("## Controller\n", "# Controller\n", "text.en.body: line 4: a heading is written as '## ' and its words"),
+        ("## Controller\n", "## \n", "text.en.body: line 4: a heading is written as '## ' and its words"),
+        ("## Controller\n", "## Controller\n## Who we are\n", "text.en.body: the heading 'Controller' has no text"),
+        ("Stockholm.\n\"\"\"", "Stockholm.\n\n## Cookies\n\"\"\"", "text.en.body: the heading 'Cookies' has no text"),
+    ],
+)
+def test_a_heading_the_page_could_not_show_is_refused(tmp_path, old, new, message):
+    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    english = source.index("[text.en]")
+    assert old in source[english:]
+    path = tmp_path / "mysoft.toml"
+    path.write_text(source[:english] + source[english:].replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(NoticeError, match=re.escape(message)):
+        parse_notice(path, {})
