@@ -6,55 +6,131 @@ Every query that reads people, counts or jobs takes the notices the user may see
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from flask_babel import LazyString
+from flask_babel import lazy_gettext as _l
 from sqlalchemy import false, func, select, tuple_
 
 from .. import retention
 from ..extensions import db
-from ..models import ConsentEvent, EventDetail, NoticeVersion, Subscription, Suppression, utcnow
+from ..models import ConsentEvent, NoticeVersion, Subscription, Suppression, utcnow
 from ..notices import Notice
+from ..vocabulary import LawfulBasis, Status
 
 CHART_DAYS = 30
-CHART_SERIES = (("signup_requested", "sign-ups"), ("consent_confirmed", "confirmations"), ("opted_out", "opt-outs"))
+# The chart's lines, in the legend's order: its colours alternate light, dark, light (static/dashboard.css).
+CHART_SERIES = (
+    ("signup_requested", _l("sign-ups")),
+    ("consent_confirmed", _l("confirmations")),
+    ("opted_out", _l("opt-outs")),
+)
 PAGE_SIZE = 50
 OPT_OUT_DEADLINE_HOURS = 48
 
 
 @dataclass(frozen=True)
+class Tick:
+    at: float  # the position along the axis, in SVG units
+    value: int | date
+
+
+@dataclass(frozen=True)
 class Chart:
-    """A small line chart drawn as SVG on the server (no script, no third party)."""
+    """Sign-ups, confirmations and opt-outs per day, drawn as SVG on the server (no script, no
+    third party): the plot area inside margins that hold the axes' ticks and titles."""
 
     days: list[date]
-    series: list[tuple[str, str, list[int]]]  # (event type, label, counts per day)
+    series: list[tuple[str, LazyString, list[int]]]  # (event type, label, counts per day)
     width: int = 640
-    height: int = 160
+    height: int = 230
+    left: int = 48  # room for the y axis's numbers and title
+    right: int = 12
+    top: int = 12
+    bottom: int = 44  # room for the x axis's dates and title
 
     @property
     def peak(self) -> int:
-        return max([1, *(max(counts) for _, _, counts in self.series)])
+        return max([0, *(max(counts, default=0) for _, _, counts in self.series)])
+
+    @property
+    def scale_top(self) -> int:
+        """The y axis's top: the peak rounded up to 1, 2 or 5 times a power of ten (at least 2)."""
+        step = 1
+        while True:
+            for factor in (1, 2, 5):
+                if factor * step >= max(self.peak, 2):
+                    return factor * step
+            step *= 10
+
+    @property
+    def plot_bottom(self) -> int:
+        return self.height - self.bottom
+
+    @property
+    def plot_right(self) -> int:
+        return self.width - self.right
+
+    def x(self, index: int) -> float:
+        span = self.plot_right - self.left
+        return self.left + index * span / max(len(self.days) - 1, 1)
+
+    def y(self, count: int) -> float:
+        return self.plot_bottom - count * (self.plot_bottom - self.top) / self.scale_top
 
     def points(self, counts: list[int]) -> str:
-        step = self.width / max(len(counts) - 1, 1)
-        return " ".join(
-            f"{i * step:.1f},{self.height - (n / self.peak) * (self.height - 10):.1f}" for i, n in enumerate(counts)
-        )
+        return " ".join(f"{self.x(i):.1f},{self.y(n):.1f}" for i, n in enumerate(counts))
+
+    def y_ticks(self) -> list[Tick]:
+        top = self.scale_top
+        return [Tick(self.y(value), value) for value in (0, top // 2, top)]
+
+    def x_ticks(self) -> list[Tick]:
+        """A date each week, counted back from today (the last day), so today is always labelled."""
+        last = len(self.days) - 1
+        return [Tick(self.x(i), self.days[i]) for i in range(last, -1, -7)][::-1]
+
+    def totals(self) -> list[int]:
+        return [sum(counts) for _, _, counts in self.series]
+
+    def rows(self) -> list[tuple[date, list[int]]]:
+        """The figures per day, as the table beside the chart lists them."""
+        return [(day, [counts[i] for _, _, counts in self.series]) for i, day in enumerate(self.days)]
 
 
-def status_counts(notices: Collection[str]) -> dict[str, dict[str, int]]:
+@dataclass(frozen=True)
+class Counts:
+    """One notice's people by what a marketer tells apart.
+
+    ``subscribed`` counts only those who consented and are subscribed: a contact imported on
+    legitimate interest is held as "subscribed" too (it may be mailed), but it is not a
+    subscriber, so it is counted apart as ``legitimate_interest``.
+    """
+
+    subscribed: int = 0
+    legitimate_interest: int = 0
+    pending: int = 0
+    unsubscribed: int = 0
+
+
+def status_counts(notices: Collection[str]) -> dict[str, Counts]:
     rows = db.session.execute(
-        select(Subscription.notice, Subscription.status, func.count())
+        select(Subscription.notice, Subscription.status, Subscription.lawful_basis, func.count())
         .where(Subscription.notice.in_(list(notices)))
-        .group_by(Subscription.notice, Subscription.status)
+        .group_by(Subscription.notice, Subscription.status, Subscription.lawful_basis)
     ).all()
-    counts: dict[str, dict[str, int]] = {}
-    for notice, status, n in rows:
-        counts.setdefault(notice, {})[status] = n
-    return counts
+    found: dict[str, dict[str, int]] = {}
+    for notice, status, basis, n in rows:
+        bucket = status
+        if status == Status.SUBSCRIBED and basis != LawfulBasis.CONSENT:
+            bucket = "legitimate_interest"
+        found.setdefault(notice, {}).setdefault(bucket, 0)
+        found[notice][bucket] += n
+    known = Counts.__dataclass_fields__
+    return {notice: Counts(**{k: v for k, v in counts.items() if k in known}) for notice, counts in found.items()}
 
 
 def suppression_counts(notices: Collection[str]) -> dict[str, int]:
@@ -67,7 +143,7 @@ def suppression_counts(notices: Collection[str]) -> dict[str, int]:
 
 
 def chart(notice: Notice, days: int = CHART_DAYS) -> tuple[Chart, float | None]:
-    """Sign-ups, confirmations and opt-outs per day, and the confirmation rate over them."""
+    """Sign-ups, confirmations and opt-outs per day, and the confirmation rate over them (a share, 0 to 1)."""
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
     day = func.date(ConsentEvent.at)
@@ -84,7 +160,7 @@ def chart(notice: Notice, days: int = CHART_DAYS) -> tuple[Chart, float | None]:
     dates = [first + timedelta(days=i) for i in range(days)]
     series = [(kind, label, [found.get((kind, d.isoformat()), 0) for d in dates]) for kind, label in CHART_SERIES]
     signups, confirmations = sum(series[0][2]), sum(series[1][2])
-    rate = round(100 * confirmations / signups, 1) if signups else None
+    rate = confirmations / signups if signups else None
     return Chart(dates, series), rate
 
 
@@ -158,24 +234,3 @@ def subscribers(
     rows = list(db.session.execute(query.limit(PAGE_SIZE + 1)).scalars())
     next_after = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
     return rows[:PAGE_SIZE], next_after
-
-
-def timeline(ref: str) -> list[dict[str, Any]]:
-    rows = db.session.execute(
-        select(ConsentEvent, EventDetail)
-        .outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
-        .where(ConsentEvent.subscription_ref == ref)
-        .order_by(ConsentEvent.seq)
-    ).all()
-    return [
-        {
-            "seq": event.seq,
-            "type": event.type,
-            "at": event.at,
-            "channel": event.channel,
-            "notice_version": event.notice_version,
-            "facts": json.loads(event.facts or "{}"),
-            "details": json.loads(detail.details) if detail is not None else None,
-        }
-        for event, detail in rows
-    ]

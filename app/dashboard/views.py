@@ -17,17 +17,18 @@ from flask import abort, flash, make_response, redirect, render_template, reques
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
 from flask_login import current_user
+from sqlalchemy import select
 
 from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
 from ..addresses import InvalidInput
 from ..database import id_param
 from ..events import events_of, serialize_event
 from ..extensions import db
-from ..models import ContactImport, OutboxJob, Subscription
+from ..models import ContactImport, OutboxJob, Subscription, utcnow
 from ..notices import Notice, get_notice
 from ..notices import notices as registered_notices
 from ..vocabulary import Status, values
-from . import bp, queries
+from . import bp, queries, words
 from .auth import requires, scope
 from .forms import ActionForm, ContactForm, ImportForm, MappingForm, RectifyForm, TokenForm, UserForm
 
@@ -75,12 +76,43 @@ def overview() -> ResponseReturnValue:
         suppressions=queries.suppression_counts(mine),
         charts=charts,
         health=health,
+        waiting=_merged(_in_words(health["waiting_for_configuration"], dead=False)),
+        dead_letters=_in_words(health["dead_letters"], dead=True),
         deadline_hours=queries.OPT_OUT_DEADLINE_HOURS,
-        deadline_used=round(100 * oldest / deadline, 1) if oldest is not None else None,
+        deadline_used=oldest / deadline if oldest is not None else None,
         action=ActionForm(),
         versions={notice.slug: queries.versions(notice) for notice in notices},
         review_due={notice.slug: queries.review_due(notice) for notice in notices},
     )
+
+
+def _in_words(jobs: list[dict[str, Any]], *, dead: bool) -> list[dict[str, Any]]:
+    """Outbox jobs as a marketer reads them: the notice's name, the job's kind and its problem in words."""
+    shown = []
+    for job in jobs:
+        notice = get_notice(job["notice"])
+        provider_kind = notice.provider["kind"] if notice else None
+        shown.append(
+            {
+                **job,
+                "notice_name": notice.controller["name"] if notice else job["notice"],
+                "kind_words": words.job_kind(job["kind"]),
+                "problem": words.sync_problem(job["reason"], kind=job["kind"], provider_kind=provider_kind, dead=dead),
+            }
+        )
+    return shown
+
+
+def _merged(waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per notice and problem: its sign-up syncs and opt-out syncs wait for the same setting."""
+    lines: dict[tuple[str, str], dict[str, Any]] = {}
+    for job in waiting:
+        key = (job["notice_name"], job["problem"])
+        if key in lines:
+            lines[key]["jobs"] += job["jobs"]
+        else:
+            lines[key] = dict(job)
+    return list(lines.values())
 
 
 @bp.post("/outbox/<int(max=2147483647):job_id>/<any(retry, discard):what>")
@@ -217,8 +249,9 @@ def certificate(ref: str) -> ResponseReturnValue:
         "dashboard/certificate.html",
         sub=sub,
         notice=get_notice(sub.notice),
-        events=queries.timeline(sub.ref),
+        events=[serialize_event(event, detail) for event, detail in events_of([sub.ref])],
         check=check,
+        generated_at=utcnow(),
     )
 
 
@@ -352,6 +385,7 @@ def import_status(import_id: int) -> ResponseReturnValue:
     if record is None or record.notice not in scope():
         abort(404)
     form = MappingForm()
+    notice = get_notice(record.notice)
     if request.method == "POST":
         email_column = form.email_column.data
         if not form.validate_on_submit() or email_column is None or email_column not in record.columns:
@@ -362,15 +396,55 @@ def import_status(import_id: int) -> ResponseReturnValue:
         }
         if any(column is not None and column not in record.columns for column in optional.values()):
             abort(400)
+        if optional["name_column"] is not None and (notice is None or "name" not in notice.fields):
+            # Dropping the column quietly would let the marketer believe names were kept.
+            flash(
+                _(
+                    "%(notice)s does not collect names, so the column %(column)s cannot be imported."
+                    " Choose no name column.",
+                    notice=words.notice_name(record.notice),
+                    column=optional["name_column"],
+                ),
+                "error",
+            )
+            return _import_page(record, form, notice), 400
         try:
             import_jobs.queue(import_id, email_column, optional, dry_run=request.form.get("mode") != "import")
         except importer.ImportError_ as exc:
             flash(str(exc), "error")
         return redirect(url_for("dashboard.import_status", import_id=import_id))
-    response = make_response(render_template("dashboard/import_status.html", record=record, form=form))
+    response = make_response(_import_page(record, form, notice))
     if record.state in ("queued", "running"):
         response.headers["Refresh"] = "2"  # progress without a script
     return response
+
+
+# How long an import may wait in the queue before the page says that no worker seems to run.
+NO_WORKER_AFTER_SECONDS = 10
+
+
+def _import_page(record: ContactImport, form: MappingForm, notice: Notice | None) -> str:
+    waited = _seconds_queued(record) if record.state == "queued" else None
+    return render_template(
+        "dashboard/import_status.html",
+        record=record,
+        form=form,
+        notice=notice,
+        collects_names=notice is not None and "name" in notice.fields,
+        no_worker=waited is not None and waited >= NO_WORKER_AFTER_SECONDS,
+        waited=waited,
+    )
+
+
+def _seconds_queued(record: ContactImport) -> float | None:
+    """How long the import's job has waited unclaimed, from the job's own timestamps."""
+    jobs = db.session.execute(
+        select(OutboxJob.created_at, OutboxJob.payload).where(
+            OutboxJob.kind == import_jobs.JOB_KIND, OutboxJob.notice == record.notice, OutboxJob.state == "pending"
+        )
+    ).all()
+    queued = [created for created, payload in jobs if (payload or {}).get("import") == record.id]
+    return (utcnow() - max(queued)).total_seconds() if queued else None
 
 
 @bp.route("/users", methods=["GET", "POST"])
