@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import timedelta
@@ -16,7 +17,7 @@ from ..database import UnitOfWork, rowcount, unit_of_work
 from ..extensions import db
 from ..failures import Permanent
 from ..ledger import Evidence
-from ..models import ConsentEvent, OutboxJob, Subscription, Suppression, utcnow
+from ..models import ConsentEvent, EventDetail, OutboxJob, Subscription, Suppression, utcnow
 from ..notices import Notice, get_notice
 from .records import (
     Facts,
@@ -165,6 +166,7 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         now = utcnow()
         seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
         window = current_app.config["SCANNER_WINDOW_SECONDS"]
+        same_origin = _same_origin(_asked_from(uow, sub.ref), facts)
         lifted = rowcount(
             uow.session.execute(
                 delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
@@ -174,7 +176,8 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         sub.notice_version = notice.version
         confirm_facts = {
             "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
-            "likely_scanner": seconds is not None and seconds < window,
+            "likely_scanner": likely_scanner(seconds, window, same_origin),
+            "same_origin_as_signup": same_origin,
             "suppression_lifted": bool(lifted),
         }
         ledger.append(
@@ -188,6 +191,49 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         provider_sync.enqueue_sync(uow, sub, opt_out=False)
         queue_mail(uow, sub, "welcome")
     return "confirmed"
+
+
+def likely_scanner(seconds: float | None, window: float, same_origin: bool | None) -> bool:
+    """Whether a confirmation was probably pressed by a mail scanner rather than the person.
+
+    Speed alone does not tell: someone who signs up and has the mail open in the next tab
+    confirms within seconds. What does is who pressed the button. A scanner (a mail gateway
+    following links for the recipient) presses it from its own network with its own software,
+    so the rule is: the confirmation came within ``SCANNER_WINDOW_SECONDS`` of the mail being
+    sent AND from neither the IP address nor the user agent that asked for the mail
+    (``same_origin`` False). From the same address or the same browser it is the person,
+    however fast; with nothing to compare (a sign-up through the API, details erased) there
+    is no signal, and it is not labelled. The button is a POST from the page a GET shows, so
+    a scanner that only follows links never confirms at all.
+    """
+    return seconds is not None and seconds < window and same_origin is False
+
+
+def _asked_from(uow: UnitOfWork, ref: str) -> dict[str, Any]:
+    """The IP address and user agent of the request that asked for the latest confirmation mail."""
+    found = uow.session.execute(
+        select(EventDetail.details)
+        .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
+        .where(ConsentEvent.subscription_ref == ref, ConsentEvent.type.in_(CONFIRMATION_EVENTS))
+        .order_by(ConsentEvent.seq.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    try:
+        details = json.loads(found) if found else {}
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}
+
+
+def _same_origin(asked: dict[str, Any], facts: Facts) -> bool | None:
+    """Whether the confirmation came from the IP address or the browser that asked for the mail;
+    None when either side's are unknown. Only this yes/no enters the chain, never the values."""
+    now = facts.details()
+    pairs = [(asked.get(key), now.get(key)) for key in ("ip", "user_agent")]
+    known = [(before, after) for before, after in pairs if before and after]
+    if not known:
+        return None
+    return any(before == after for before, after in known)
 
 
 def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
