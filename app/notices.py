@@ -96,10 +96,6 @@ class Notice:
     def text(self, lang: str) -> Mapping[str, str]:
         return self.texts.get(lang) or self.texts[self.languages[0]]
 
-    def blocks(self, lang: str) -> tuple[Block, ...]:
-        """The body in ``lang`` as headings and paragraphs."""
-        return body_blocks(self.text(lang)["body"])
-
     @property
     def purpose(self) -> str:
         return str(self.shown["collection"].get("purpose", "newsletter"))
