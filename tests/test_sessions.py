@@ -24,12 +24,26 @@ def test_logout_ends_every_session_of_the_user(app, runner):
     log_in(desk, "maria@munkeby.se")
     log_in(phone, "maria@munkeby.se")
     assert logged_in(desk) and logged_in(phone)
-    stolen = phone.get_cookie("session").value
+    stolen = phone.get_cookie("session", path="/dashboard").value
     desk.post("/dashboard/logout", data={"csrf_token": _csrf(desk)})
     assert not logged_in(desk) and not logged_in(phone)
     replay = app.test_client()
     replay.set_cookie("session", stolen)
     assert replay.get("/dashboard/").status_code == 302  # the copied cookie is dead too
+
+
+def test_the_session_cookie_is_the_dashboards_only(app, client, runner):
+    """Set for the dashboard's paths: a marketer's browser does not send it to subscribers' pages."""
+    create_user(runner, "maria@munkeby.se", "viewer")
+    answer = log_in(client, "maria@munkeby.se")
+    [cookie] = answer.headers.getlist("Set-Cookie")
+    assert cookie.startswith("session=") and "Path=/dashboard;" in cookie + ";"
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert client.get_cookie("session", path="/") is None
+    assert logged_in(client)
+    for page in ("/munkeby/subscribe", "/munkeby/privacy", "/"):
+        assert "Set-Cookie" not in client.get(page).headers, page
+    assert logged_in(client)  # the public pages left the session as it was
 
 
 def _csrf(client) -> str:  # type: ignore[no-untyped-def]
