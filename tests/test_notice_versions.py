@@ -139,3 +139,12 @@ def test_a_version_stored_before_headings_were_marked_opens_with_its_paragraph(a
     # It stated no transfers as data, so the page does not speak for it.
     assert "Transfers outside the EU/EEA" not in page
     assert "first shown March 4, 2025." in page
+
+
+def test_a_stored_version_that_cannot_be_read_is_not_found_never_an_error(app, client):
+    with app.app_context():
+        for version, content in (("a" * 64, {"text": {"sv": "just a string"}}), ("b" * 64, {"text": {}})):
+            db.session.add(NoticeVersion(notice="munkeby", version=version, content=content))
+        db.session.commit()
+    assert client.get("/munkeby/privacy/" + "a" * 64).status_code == 404
+    assert client.get("/munkeby/privacy/" + "b" * 64).status_code == 404

@@ -60,6 +60,8 @@ def _page(
 ) -> ResponseReturnValue:
     texts = content["text"]
     text = texts.get(lang) or next(iter(texts.values()))
+    if not isinstance(text, Mapping):  # a stored version this code cannot read
+        abort(404)
     return render_template(
         "public/privacy.html",
         notice=notice,
