@@ -65,4 +65,4 @@ def test_the_api_the_export_and_the_timeline_show_the_same_events(app, client, m
     for event in exported:
         shown = event["at"][:19].replace("T", " ")
         assert f'<time datetime="{event["at"]}">{shown} UTC</time>' in page
-        assert f"#{event['seq']}" in page and event["type"] in page
+        assert f"#{event['seq']}" in page and f'data-event="{event["type"]}"' in page
