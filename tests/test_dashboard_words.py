@@ -233,3 +233,45 @@ def test_the_subscribers_list_names_each_notice(app, client, mailbox, marketer):
         page = marketer.get(f"/dashboard/subscribers?lang={lang}").get_data(as_text=True)
         assert set(re.findall(r'<td data-figure="notice">([^<]+)</td>', page)) == names
         assert "<td>munkeby</td>" not in page and "<td>mysoft</td>" not in page
+
+
+def test_imported_contacts_not_informed_after_25_days_are_listed_for_their_controller(
+    app, client, marketer, runner, tmp_path
+):
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("email\nwaiting@bolag.se\nrecent@bolag.se\n")
+    imported = runner.invoke(
+        args=["contacts", "import", str(contacts), "--notice", "mysoft", "--basis", "legitimate_interest",
+              "--source", "https://www.bolag.se/om-oss"]
+    )
+    assert imported.exit_code == 0, imported.output  # no worker has run: nobody is informed yet
+    with app.app_context():
+        for address, days in (("waiting@bolag.se", 26), ("recent@bolag.se", 10)):
+            db.session.execute(
+                update(Subscription)
+                .where(Subscription.email == address)
+                .values(confirmed_at=utcnow() - timedelta(days=days))
+            )
+        db.session.commit()
+    page = marketer.get("/dashboard/?lang=en").get_data(as_text=True)
+    listed = page.split('id="art14"', 1)[1].split("</section>", 1)[0]
+    ref = subscription_ref(app, "waiting@bolag.se")
+    assert f'<a href="/dashboard/subscribers/{ref}">waiting@bolag.se</a>' in listed
+    assert "recent@bolag.se" not in listed and figure(listed, "days-since") == "26"
+    assert "Mysoft AB newsletter" in listed
+
+    create_user(runner, "mats@munkeby.se", "viewer", notices=("munkeby",))
+    other = app.test_client()
+    assert log_in(other, "mats@munkeby.se").status_code == 302
+    assert 'id="art14"' not in other.get("/dashboard/").get_data(as_text=True)  # another controller's people
+
+
+def test_an_upload_of_contacts_obtained_over_a_month_ago_warns_of_art14(app, marketer):
+    marketer.get("/dashboard/?lang=en")  # the dashboard remembers the language chosen
+    today = utcnow().date()
+    stale = (today - timedelta(days=40)).isoformat()
+    answer = upload(marketer, b"E-post\nada@firma.se\n", source_date=stale)
+    warned = text_of(marketer.get(answer.headers["Location"]).get_data(as_text=True))
+    assert f"The contacts were obtained on {stale}, more than one month ago" in warned
+    answer = upload(marketer, b"E-post\nbo@firma.se\n", source_date=today.isoformat())
+    assert "more than one month ago" not in marketer.get(answer.headers["Location"]).get_data(as_text=True)

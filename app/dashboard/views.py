@@ -10,7 +10,7 @@ that another controller holds someone. Every answer here is sent with
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from flask import abort, flash, make_response, redirect, render_template, request, url_for
@@ -83,7 +83,14 @@ def overview() -> ResponseReturnValue:
         action=ActionForm(),
         versions={notice.slug: queries.versions(notice) for notice in notices},
         review_due={notice.slug: queries.review_due(notice) for notice in notices},
+        uninformed=importer.uninformed_contacts(mine, older_than_days=UNINFORMED_AFTER_DAYS),
+        uninformed_days=UNINFORMED_AFTER_DAYS,
     )
+
+
+# Imported contacts not informed this long after the import are listed (Art. 14(3)(a) gives a
+# month; 25 days leaves time to act).
+UNINFORMED_AFTER_DAYS = 25
 
 
 def _in_words(jobs: list[dict[str, Any]], *, dead: bool) -> list[dict[str, Any]]:
@@ -352,21 +359,26 @@ def import_upload() -> ResponseReturnValue:
                 "source_date": source_date.isoformat(),
                 "proof": (form.proof.data or "").strip() or None,
             }
+            facts = importer.ImportSpec(
+                notice=notice,
+                email_column="-",
+                name_column=None,
+                lawful_basis=spec["lawful_basis"],
+                source=spec["source"],
+                source_date=source_date,
+                proof=spec["proof"],
+                actor=current_user.actor,
+            )
             try:
-                importer.ImportSpec(
-                    notice=notice,
-                    email_column="-",
-                    name_column=None,
-                    lawful_basis=spec["lawful_basis"],
-                    source=spec["source"],
-                    source_date=source_date,
-                    proof=spec["proof"],
-                    actor=current_user.actor,
-                ).check()
+                facts.check()
                 record = import_jobs.store_upload(upload.stream, upload.filename, notice.slug, spec, current_user.actor)
             except importer.ImportError_ as exc:
                 problem = str(exc)
             else:
+                # Contacts obtained over a month ago: Art. 14(3)(a)'s deadline to inform them has passed.
+                late = facts.art14_warning(date.today())
+                if late:
+                    flash(late, "warning")
                 return redirect(url_for("dashboard.import_status", import_id=record.id))
         flash(problem, "error")
         return render_template("dashboard/import.html", form=form, notices=notices, notice=notice), 400
