@@ -26,6 +26,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Any, Protocol
 
+from babel.lists import format_list
 from flask import current_app, render_template
 from flask_babel import force_locale, gettext
 
@@ -141,14 +142,28 @@ def compose(
     lang = lang if lang in notice.languages else notice.languages[0]
     with force_locale(lang):
         controller = notice.controller["name"]
-        context = {"notice": notice, "text": notice.text(lang), "links": links, "lang": lang, **(extra or {})}
+        # A data link covers every controller holding the address (``extra["controllers"]``):
+        # its mails name them all, as a list in the mail's language ("A och B").
+        given = (extra or {}).get("controllers")
+        named = [str(name) for name in given if name] if isinstance(given, list | tuple) else []
+        named = named or [controller]
+        controllers = format_list(named, locale=lang)
+        context = {
+            "notice": notice,
+            "text": notice.text(lang),
+            "links": links,
+            "lang": lang,
+            **(extra or {}),
+            "controllers": named,
+            "controllers_text": controllers,
+        }
         subject = {
             "confirmation": gettext("Please confirm your subscription to %(title)s", title=notice.text(lang)["title"]),
             "welcome": gettext("Welcome to %(title)s", title=notice.text(lang)["title"]),
             "art14": gettext("How %(controller)s uses your e-mail address", controller=controller),
-            "data_export": gettext("Your data at %(controller)s: download link", controller=controller),
-            "data_erase": gettext("Confirm the erasure of your data at %(controller)s", controller=controller),
-            "erased": gettext("Your data at %(controller)s has been erased", controller=controller),
+            "data_export": gettext("Your data at %(controller)s: download link", controller=controllers),
+            "data_erase": gettext("Confirm the erasure of your data at %(controller)s", controller=controllers),
+            "erased": gettext("Your data at %(controller)s has been erased", controller=controllers),
         }[kind]
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)

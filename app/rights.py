@@ -18,16 +18,22 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from babel import Locale
+from babel.lists import format_list
 from flask import current_app
+from flask_babel import get_locale
+from flask_babel import gettext as _
 from sqlalchemy import func, or_, select
 
-from . import consent, ledger, outbox
+from . import consent, labels, ledger, outbox
 from .consent import Facts
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
+from .i18n import DEFAULT_LANGUAGE
 from .ledger import Evidence
 from .models import DataRequest, Subscription, utcnow
 from .notices import Notice, get_notice
+from .vocabulary import LawfulBasis
 
 DATA_KINDS = ("export", "erase")
 # However many links ask, no address gets more data-request mails than this a day.
@@ -106,6 +112,29 @@ def holders(email_hash: str | None) -> list[tuple[Notice, Subscription]]:
     return [(notice, sub) for sub in subs if (notice := get_notice(sub.notice)) is not None]
 
 
+def controller_names(email_hash: str | None) -> list[str]:
+    """The controllers holding the address, each once, in the order they first got it.
+
+    A data link covers all of them, so the mail that carries it names every one.
+    """
+    names: list[str] = []
+    for notice, _sub in holders(email_hash):
+        if notice.controller["name"] not in names:
+            names.append(notice.controller["name"])
+    return names
+
+
+def joined(names: list[str]) -> str:
+    """Names as a list in running text, in the reader's language ("A, B och C")."""
+    locale = get_locale() or Locale.parse(DEFAULT_LANGUAGE)
+    return format_list(names, locale=locale) if names else ""
+
+
+def consented(sub: Subscription) -> bool:
+    """Whether the person gave consent here (not a pending sign-up, nor a contact on legitimate interest)."""
+    return sub.lawful_basis == LawfulBasis.CONSENT and sub.confirmed_at is not None
+
+
 def change_name(person: Person, notice_slug: str, name: str | None, facts: Facts) -> bool:
     """The person corrects their name under one notice; False if nothing is held there."""
     sub = next((s for s in held(person) if s.notice == notice_slug), None)
@@ -182,6 +211,20 @@ class LinkUsed(Exception):
     """The data link was already used, or its request is unknown."""
 
 
+def link_used(payload: dict[str, Any]) -> bool:
+    """Whether a data link can no longer be redeemed; reads only (a GET of the link asks this)."""
+    request_id = payload.get("i")
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        return True
+    request = db.session.get(DataRequest, request_id)
+    return (
+        request is None
+        or request.kind != payload.get("k")
+        or request.email_hash != payload.get("h")
+        or request.used_at is not None
+    )
+
+
 def _redeem(uow: UnitOfWork, payload: dict[str, Any], kind: str) -> DataRequest:
     request_id = payload.get("i")
     if payload.get("k") != kind or not isinstance(request_id, int) or isinstance(request_id, bool):
@@ -196,7 +239,12 @@ def _redeem(uow: UnitOfWork, payload: dict[str, Any], kind: str) -> DataRequest:
 
 
 def export(payload: dict[str, Any], facts: Facts) -> dict[str, Any] | None:
-    """Redeem an export link: the Art. 15/20 document, or None if nothing is held any more."""
+    """Redeem an export link: the Art. 15/20 document, or None if nothing is held any more.
+
+    The document is the one ``subjects export`` prints (its keys and codes fixed by the
+    design), with the words a person reads added in the language of the page that
+    downloads it: see ``localise``.
+    """
     with unit_of_work() as uow:
         request = _redeem(uow, payload, "export")
         ehash = request.email_hash
@@ -209,11 +257,101 @@ def export(payload: dict[str, Any], facts: Facts) -> dict[str, Any] | None:
                     Evidence.under("subject_exported", notice, sub.ref, facts.channel, {"request": request.id})
                 )
         ledger.append(uow, evidence)
-    return consent.export_by_hash(ehash)
+    document = consent.export_by_hash(ehash)
+    return localise(document, ehash) if document is not None else None
 
 
-def erase(payload: dict[str, Any], facts: Facts) -> list[str]:
-    """Redeem an erasure link: full erasure, then a last mail saying so. Answers the controllers."""
+def _rights_text(subs: list[dict[str, Any]]) -> str:
+    """The rights that apply to what is held, one sentence each (Art. 15(1)(e), 21)."""
+    sentences = [
+        _("You may see your data, have it corrected or erased, and take it elsewhere: this file is that copy."),
+    ]
+    bases = {s.get("lawful_basis") for s in subs}
+    if LawfulBasis.CONSENT in bases:
+        sentences.append(_("Where we rely on your consent, you may withdraw it at any time, as easily as you gave it."))
+    if LawfulBasis.LEGITIMATE_INTEREST in bases:
+        sentences.append(
+            _("Where we rely on our legitimate interest, you may object at any time, and we then stop at once.")
+        )
+    return " ".join(sentences)
+
+
+def localise(document: dict[str, Any], ehash: str) -> dict[str, Any]:
+    """The export in the reader's language, beside its codes.
+
+    Codes and ISO 8601 times stay as they are (scripts read them); each code gets a
+    ``*_text`` companion in words, the prose (retention summary, recipients' roles,
+    rights, where to complain) is written in the current language, and each
+    subscription gains the notice's title and its transfers outside the EU/EEA.
+    """
+    lang = str(get_locale() or DEFAULT_LANGUAGE)
+    locale = Locale.parse(lang)
+    # One subscription per notice and address: the rows the document was made from.
+    found = db.session.execute(select(Subscription).where(Subscription.email_hash == ehash)).scalars()
+    rows = {sub.notice: sub for sub in found}
+    subscriptions = []
+    for item in document["subscriptions"]:
+        item = dict(item)
+        notice = get_notice(item.get("notice"))
+        held_now = rows.get(str(item.get("notice")))
+        item["status_text"] = labels.status(item.get("status"))
+        item["lawful_basis_text"] = labels.lawful_basis(item.get("lawful_basis"))
+        item["relationship_text"] = labels.relationship(item.get("relationship"))
+        item["source_text"] = labels.source(item.get("source"))
+        item["language_text"] = _language_name(item.get("language"), locale)
+        if notice is not None:
+            item["notice_title"] = notice.text(lang)["title"]
+            role = _("processor: sends the newsletter for %(controller)s", controller=notice.controller["name"])
+            item["recipients"] = [{**recipient, "role": role} for recipient in item.get("recipients") or []]
+            if held_now is not None and isinstance(item.get("retention"), dict):
+                item["retention"] = {**item["retention"], "summary": consent.retention_summary(notice, held_now)}
+            transfers = list(notice.transfers)
+            item["transfers"] = [
+                {
+                    "recipient": t.recipient,
+                    "country": t.country,
+                    "safeguard": t.safeguard,
+                    "fallback": t.fallback,
+                    "text": labels.transfer(t),
+                }
+                for t in transfers
+            ]
+            item["transfers_text"] = " ".join(t["text"] for t in item["transfers"]) or labels.no_transfer()
+        subscriptions.append(item)
+    events = [{**event, "type_text": labels.event(event.get("type"))} for event in document["events"]]
+    return {
+        **document,
+        "language": lang,
+        "subscriptions": subscriptions,
+        "events": events,
+        "rights": _rights_text(subscriptions),
+        "complaints": _(
+            "You may complain to the Swedish Authority for Privacy Protection, Integritetsskyddsmyndigheten (IMY), "
+            "https://www.imy.se"
+        ),
+    }
+
+
+def _language_name(code: object, locale: Locale) -> str:
+    if not isinstance(code, str) or not code:
+        return ""
+    try:
+        return Locale.parse(code).get_language_name(locale) or code
+    except (ValueError, TypeError):
+        return code
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What an erasure link did: the controllers that erased the address, and whether any
+    of them held it on the person's consent (only then is there evidence of a consent to keep)."""
+
+    controllers: list[str]
+    consented: bool
+
+
+def erase(payload: dict[str, Any], facts: Facts) -> Erased:
+    """Redeem an erasure link: full erasure, then a last mail saying so."""
     with unit_of_work() as uow:
         request = _redeem(uow, payload, "erase")
         subs = (
@@ -222,14 +360,16 @@ def erase(payload: dict[str, Any], facts: Facts) -> list[str]:
             .all()
         )
         if not subs:
-            return []
+            return Erased([], consented=False)
         first = subs[0]
         notice = get_notice(first.notice)
         controllers = sorted({n.controller["name"] for n in map(get_notice, [s.notice for s in subs]) if n})
+        gave_consent = any(consented(s) for s in subs)
         last_mail = {
             "template": "erased",
             "lang": first.lang,
             "controllers": controllers,
+            "consented": gave_consent,
             "personal_email": first.email,
             "email_hash": first.email_hash,
         }
@@ -238,4 +378,4 @@ def erase(payload: dict[str, Any], facts: Facts) -> list[str]:
         outbox.run_after_commit(
             uow, "mail", notice=notice.slug if notice else None, subscription_ref=None, payload=last_mail
         )
-    return controllers
+    return Erased(controllers, consented=gave_consent)

@@ -98,9 +98,9 @@ def _last_mail(job: OutboxJob) -> mail.Composed:
         subscription_ref=None,  # the subscriptions are gone; this mail belongs to no list
         lang=str(job.payload.get("lang") or "sv"),
         links={"privacy": mail.public_link(f"/{notice.slug}/privacy")},
-        # Evidence of a consent is mentioned only to someone who gave one (a job queued
-        # before this flag existed came from a consent, the only kind then erased by link).
-        extra={"controllers": controllers, "consented": bool(job.payload.get("consented", True))},
+        # Evidence of a consent is mentioned only to someone who gave one; a job queued
+        # before the flag existed gets the wording that is true of everyone.
+        extra={"controllers": controllers, "consented": bool(job.payload.get("consented"))},
     )
 
 
