@@ -90,11 +90,11 @@ def test_the_manage_page_shows_codes_as_words_and_dates_as_a_reader_writes_them(
 def test_after_the_catalogue_merge_every_word_on_the_manage_page_is_swedish(client, mailbox, runner):
     manage = link_in(subscribe_and_confirm(client, mailbox, "munkeby", "sven@firma.se", "Sven"), "manage")
     words = main_text(client.get(manage + "?lang=sv").get_data(as_text=True))
-    assert "samtycke" in words and "Samtycke gavs" in words
-    assert "registreringsformuläret på https://news.example.org/munkeby/subscribe" in words
+    assert "samtycke" in words and "Samtycke lämnat" in words
+    assert "anmälningsformuläret på https://news.example.org/munkeby/subscribe" in words
     prospect = link_in(import_prospect(runner, mailbox, "lead.sv@firma.se"), "manage")
     words = main_text(client.get(prospect + "?lang=sv").get_data(as_text=True))
-    assert "får nyhetsbrevet" in words and "Tillagd" in words
+    assert "får nyhetsbrevet" in words and "Tillagd" in words and "Tillagda" not in words
     assert "importerad från " + PROSPECT_SOURCE in words
     assert "Integritetsinformationen som gällde när din adress lades till" in words
     assert "imported" not in words and "receives" not in words
@@ -113,7 +113,7 @@ def test_a_contact_added_on_legitimate_interest_never_reads_of_consent(client, m
     page = main_text(client.get(manage + "?lang=en").get_data(as_text=True))
     assert "legitimate interest" in page and "You may object at any time" in page
     assert "The privacy notice in force when your address was added" in page
-    assert "receives the newsletter" in page and re.search(r"Added [A-Z][a-z]{2} \d{1,2}, \d{4}", page)
+    assert "receives the newsletter" in page and re.search(r"Added on [A-Z][a-z]{2} \d{1,2}, \d{4}", page)
     assert f'data-relationship="{relationship}"' in client.get(manage).get_data(as_text=True)
     assert "consent" not in page.lower() and "agreed" not in page
     swedish = main_text(client.get(manage + "?lang=sv").get_data(as_text=True))
@@ -220,7 +220,7 @@ def test_after_the_catalogue_merge_the_swedish_export_has_no_english_prose(clien
     manage = link_in(subscribe_and_confirm(client, mailbox, "munkeby", "vera@firma.se", "Vera"), "manage")
     swedish = download(client, mailbox, manage, "vera@firma.se", query="?lang=sv")
     [sub] = swedish["subscriptions"]
-    assert sub["lawful_basis_text"] == "samtycke" and sub["source_text"].startswith("registreringsformuläret på ")
+    assert sub["lawful_basis_text"] == "samtycke" and sub["source_text"].startswith("anmälningsformuläret på ")
     assert swedish["rights"].startswith("Du får se dina uppgifter")
     assert sub["recipients"][0]["role"].startswith("personuppgiftsbiträde")
     assert "Integritetsskyddsmyndigheten" in swedish["complaints"] and "complain" not in swedish["complaints"]

@@ -79,7 +79,7 @@ def _card(sub: Subscription, notice: Notice) -> Card:
     if consented:
         since_label, since = _("Consent given"), _day(sub.confirmed_at) or ""
     else:
-        since_label, since = _("Added"), _day(sub.created_at) or ""
+        since_label, since = _("Added on"), _day(sub.created_at) or ""
     transfers = [labels.transfer(t) for t in notice.transfers] or [labels.no_transfer()]
     return Card(
         sub=sub,
