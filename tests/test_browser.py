@@ -5,51 +5,36 @@ erases; a subscriber signs up, confirms from the mail (read from the SMTP
 server) and unsubscribes in one click. Screenshots of the main pages go to
 ``SCREENSHOT_DIR`` (``docs/screenshots`` when refreshing them, else a temporary
 folder). Without a Chromium binary or Playwright the tests skip and say why.
+Launching Chromium and reading links from the mail are shared with
+tests/test_pages_browser.py (tests/browser/harness.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from .browser.harness import launched_chromium, mail_link, screenshot_dir
 from .support import Service, SmtpSink, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+def chromium() -> Iterator[Any]:
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path / "screenshots")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return screenshot_dir(tmp_path / "screenshots")
 
 
 @pytest.fixture
@@ -83,19 +68,6 @@ def page(chromium):  # type: ignore[no-untyped-def]
     page = context.new_page()
     yield page
     context.close()
-
-
-def mail_link(smtp: SmtpSink, address: str, kind: str, base: str) -> str:
-    """The ``kind`` link of the latest mail to ``address`` that has one (mail follows the answer)."""
-    deadline = time.monotonic() + 20
-    while True:
-        for message in reversed(smtp.messages(address)):
-            body = message.get_body(("plain",)).get_content()
-            match = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+", body)
-            if match:
-                return match.group(0)
-        assert time.monotonic() < deadline, f"no {kind} link in a mail to {address}"
-        time.sleep(0.02)
 
 
 def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, shots):
