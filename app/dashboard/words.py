@@ -152,6 +152,33 @@ def notice_name(slug: str | None) -> str:
     return notice.text(locale.language if locale is not None else notice.languages[0])["title"]
 
 
+def notice_names(slugs: str | Iterable[str]) -> str:
+    """Several notices (a user's or a token's, stored space-separated) by name, joined."""
+    return join(notice_name(slug) for slug in (slugs.split() if isinstance(slugs, str) else slugs))
+
+
+ROLE: Mapping[str, LazyString] = {
+    "admin": _l("administrator"),
+    "marketer": _l("marketer"),
+    "viewer": _l("viewer (reads only)"),
+}
+
+SCOPE: Mapping[str, LazyString] = {
+    "read": _l("read"),
+    "subscribe": _l("sign people up"),
+    "opt_out": _l("opt people out"),
+    "contact": _l("record contacts"),
+}
+
+
+def role(code: str) -> str:
+    return _word(ROLE, code)
+
+
+def scopes(codes: str | Iterable[str]) -> str:
+    return join(_word(SCOPE, code) for code in (codes.split() if isinstance(codes, str) else codes))
+
+
 def standing(status: str, lawful_basis: str | None) -> str:
     """A subscription's status in words. A contact held on legitimate interest may be mailed,
     but never subscribed: it is not called a subscriber."""
@@ -287,7 +314,7 @@ def sync_problem(
     target = _target(kind, provider_kind, text)
     name = labels.PROVIDER_NAME.get(target, "")
     if family is WaitForConfiguration:
-        named = [setting for setting in _SETTING.findall(text)]
+        named = _SETTING.findall(text)
         if target == "mail":
             return _("The mail server is not set up: add %(settings)s", settings=_settings(named or ["SMTP_HOST"]))
         if named:
@@ -299,7 +326,7 @@ def sync_problem(
             if target == "mail":
                 return _("The mail server refused the login: check %(settings)s", settings=settings)
             return _("%(provider)s refused the credentials: check %(settings)s", provider=name, settings=settings)
-        if _SLOW_DOWN.search(text):
+        if _SLOW_DOWN.search(text) and not dead:
             if target == "mail":
                 return _("The mail server asked us to slow down; retrying")
             return _("%(provider)s asked us to slow down; retrying", provider=name)
