@@ -27,6 +27,8 @@ CSP = "; ".join(
 def _origin_of(url: str) -> str:
     """``scheme://host[:port]`` as a browser writes an Origin header: lower case, no default port."""
     parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "invalid"  # "null", or nothing a browser would send for a page of ours
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if ":" in host:  # an IPv6 address is written in brackets
         host = f"[{host}]"
@@ -53,7 +55,7 @@ def sent_from_another_site(public_url: str) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return False
-    return origin.strip().lower().rstrip("/") != _origin_of(public_url)
+    return _origin_of(origin.strip()) != _origin_of(public_url)
 
 
 # The one form that takes a large file: the dashboard's contact import.

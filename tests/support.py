@@ -6,6 +6,7 @@ import email
 import email.policy
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,12 +14,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import requests
 from aiosmtpd.controller import Controller
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import insert
 
@@ -312,3 +316,44 @@ class Service:
             return None
         [subscription] = json.loads(result.stdout)["subscriptions"]
         return subscription["status"]
+
+
+# Chromium as the browser tests run it: headless, no sandbox (containers), nothing fetched on its own.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """Debian's Chromium, driven by Playwright; skips the test, saying why, where either is missing."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium binary (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def live_server(app: Flask, port: int) -> Iterator[str]:
+    """``app`` over real HTTP on 127.0.0.1:``port``, served from a thread of this process.
+    Lighter than gunicorn (``Service``) for a browser test of one page; yields the base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
