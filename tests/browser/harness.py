@@ -103,14 +103,21 @@ def axe_violations(page: Any, source: str) -> list[dict[str, Any]]:
         """async (tags) => {
             const options = {runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']};
             const outcome = await axe.run(document, options);
-            return outcome.violations.map(v => ({
-                id: v.id, impact: v.impact, help: v.help,
-                nodes: v.nodes.map(n => ({impact: n.impact, target: n.target.map(String), summary: n.failureSummary})),
-            }));
+            return {
+                passed: outcome.passes.length,
+                violations: outcome.violations.map(v => ({
+                    id: v.id, impact: v.impact, help: v.help,
+                    nodes: v.nodes.map(n => ({
+                        impact: n.impact, target: n.target.map(String), summary: n.failureSummary,
+                    })),
+                })),
+            };
         }""",
         AXE_TAGS,
     )
-    return list(result)
+    # No rule passing at all would mean axe looked at nothing (an empty or unloaded document).
+    assert result["passed"] > 0, f"axe-core checked nothing on {page.url}"
+    return list(result["violations"])
 
 
 def blocking(violations: list[dict[str, Any]]) -> list[dict[str, Any]]:
