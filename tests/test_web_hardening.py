@@ -1,6 +1,7 @@
 """What a hostile or careless client can do over HTTP: mail scanners following every link,
 mail clients repeating one-click requests, forged Host headers, forms posted without their
-CSRF token, and pages without their security headers."""
+CSRF token, and pages without their security headers. (That subscribers' pages set no
+cookie at all is tests/test_no_cookie.py's.)"""
 
 from __future__ import annotations
 
@@ -141,8 +142,8 @@ def test_every_dashboard_post_without_its_csrf_token_is_refused(app, client, run
 
 
 def holding_a_value(answer) -> list[str]:  # type: ignore[no-untyped-def]
-    """The cookies an answer sets. A deletion (an empty value that expires at once, as
-    Flask-Login sends for its unused remember-me cookie) carries nothing to protect."""
+    """The cookies an answer sets (the dashboard's only). A deletion (an empty value that
+    expires at once, as Flask-Login sends for a remember-me cookie) carries nothing to protect."""
     cookies = answer.headers.getlist("Set-Cookie")
     for cookie in cookies:
         if re.match(r"[^=]+=;", cookie):
@@ -201,13 +202,18 @@ def test_every_page_carries_the_security_headers_and_flagged_cookies(app, client
 def test_in_production_cookies_are_secure_and_pages_demand_https(app_env):
     env = {**app_env, "APP_ENV": "production", "PUBLIC_URL": PUBLIC_URL}
     app = create_app(env=env)
-    client = app.test_client()
-    answer = client.get("/munkeby/subscribe", base_url=PUBLIC_URL)
-    cookies = holding_a_value(answer)
-    assert cookies and all("Secure" in c and "HttpOnly" in c for c in cookies)
-    assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
-    with app.app_context():
-        db.engine.dispose()
+    try:
+        client = app.test_client()
+        answer = client.get("/dashboard/login", base_url=PUBLIC_URL)  # its form's CSRF token is in the session
+        cookies = holding_a_value(answer)
+        assert cookies and all("Secure" in c and "HttpOnly" in c and "Path=/dashboard" in c for c in cookies)
+        assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
+        public = client.get("/munkeby/subscribe", base_url=PUBLIC_URL)
+        assert public.headers.getlist("Set-Cookie") == []
+        assert public.headers["Strict-Transport-Security"].startswith("max-age=")
+    finally:
+        with app.app_context():
+            db.engine.dispose()
 
 
 # Each would otherwise be answered as usual: a NUL in a place no handler checks.
