@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
+from app import create_app
 from app.extensions import db
-from app.models import ConsentEvent, Subscription
+from app.models import ConsentEvent, OutboxJob, Subscription
 
-from .support import csrf_token, link_in, sign_up, text_body, unsubscribe_path
+from .support import REPO, chromium, csrf_token, free_port, link_in, live_server, sign_up, text_body, unsubscribe_path
 
 
 def count(app, model) -> int:  # type: ignore[no-untyped-def]
@@ -134,11 +137,117 @@ def test_request_over_one_megabyte_is_413(client):
     assert response.status_code == 413
 
 
-def test_sign_up_without_csrf_token_is_refused(app, client, mailbox):
+def test_sign_up_without_the_forms_token_is_refused(app, client, mailbox):
     response = client.post("/munkeby/subscribe", data={"email": "a@example.com", "consent": "y"})
     assert response.status_code == 400
     assert "Formuläret hade gått ut" in response.get_data(as_text=True)
     assert count(app, Subscription) == 0 and mailbox.messages() == []
+
+
+def test_the_form_sets_no_cookie_and_its_token_is_the_forms_own(client):
+    """The token sits in the form, not in a session: another browser may send the form it was given."""
+    page = client.get("/munkeby/subscribe")
+    assert page.headers.getlist("Set-Cookie") == []
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    elsewhere = client.application.test_client(use_cookies=False)
+    data = {"csrf_token": token, "email": "a@example.com", "consent": "y"}
+    assert elsewhere.post("/munkeby/subscribe", data=data).status_code == 303
+
+
+EMAIL_REQUIRED = "Please enter your e-mail address."
+EMAIL_INVALID = "That does not look like a valid e-mail address."
+TICK = "You need to tick the box to subscribe."
+NAME_REQUIRED = "This field is required."
+NAME_INVALID = "Please check this value."
+
+
+def errors_shown(page: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The error summary's entries (field, message) in order, and each field's own message."""
+    summary = re.search(r'<div class="errors"[^>]*id="error-summary"[^>]*>(.*?)</div>', page, re.S)
+    assert summary, "no error summary"
+    listed = re.findall(r'<li><a href="#([\w-]+)">([^<]+)</a></li>', summary.group(1))
+    beside = dict(re.findall(r'<p class="error" id="([\w-]+)-error">([^<]+)</p>', page))
+    for field in beside:
+        assert re.search(rf'<input[^>]*aria-describedby="{field}-error"[^>]*aria-invalid="true"', page), field
+    return listed, beside
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"email": ""}, [("email", EMAIL_REQUIRED), ("consent", TICK)]),
+        ({"email": "not-an-address"}, [("email", EMAIL_INVALID), ("consent", TICK)]),
+        (
+            {"email": "  ", "name": "Eve\r\nBcc: x@example.com"},
+            [("email", EMAIL_REQUIRED), ("name", NAME_INVALID), ("consent", TICK)],
+        ),
+        ({"email": "a@example.com", "name": "n" * 101}, [("name", NAME_INVALID), ("consent", TICK)]),
+        ({"email": "bad@", "consent": "y"}, [("email", EMAIL_INVALID)]),
+    ],
+    ids=["empty and unticked", "invalid and unticked", "empty, bad name, unticked", "long name, unticked", "only one"],
+)
+def test_every_error_is_shown_at_once_beside_its_field_and_in_the_summary(app, client, mailbox, fields, expected):
+    data = {"csrf_token": csrf_token(client, "/munkeby/subscribe?lang=en"), **fields}
+    answer = client.post("/munkeby/subscribe?lang=en", data=data)
+    assert answer.status_code == 400
+    listed, beside = errors_shown(answer.get_data(as_text=True))
+    assert listed == expected  # in the order of the form
+    assert beside == dict(expected)
+    assert count(app, Subscription) == 0 and count(app, OutboxJob) == 0 and mailbox.messages() == []
+
+
+def notices_requiring_name(folder: Path) -> Path:
+    """A copy of the shipped notice files in which Munkeby's form requires the name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (REPO / "notices").glob("*.toml"):
+        text = source.read_text(encoding="utf-8")
+        if source.stem == "munkeby":
+            text, changed = re.subn(r'(?m)^required = \["email"\]', 'required = ["email", "name"]', text)
+            assert changed == 1, "the notice's required fields are no longer written as this test expects"
+        (folder / source.name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_a_missing_required_name_is_shown_with_the_other_errors(app_env, tmp_path, mailbox):
+    app = create_app(env={**app_env, "NOTICES_DIR": str(notices_requiring_name(tmp_path / "notices"))})
+    try:
+        client = app.test_client()
+        form = client.get("/munkeby/subscribe?lang=en").get_data(as_text=True)
+        assert re.search(r'<input[^>]*name="name"[^>]*required', form)
+        data = {"csrf_token": csrf_token(client, "/munkeby/subscribe"), "email": "", "name": "   "}
+        answer = client.post("/munkeby/subscribe?lang=en", data=data)
+        assert answer.status_code == 400
+        expected = [("email", EMAIL_REQUIRED), ("name", NAME_REQUIRED), ("consent", TICK)]
+        assert errors_shown(answer.get_data(as_text=True)) == (expected, dict(expected))
+        data.update(email="anna@example.com", name="Anna", consent="y")
+        assert client.post("/munkeby/subscribe", data=data).status_code == 303
+    finally:
+        app.extensions["after_response"].wait_idle(timeout=60)
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_after_a_failed_sign_up_the_browser_focuses_the_error_summary(app_env):
+    """Focus moves by the summary's ``autofocus`` (the CSP allows no inline script): checked in Chromium."""
+    port = free_port()
+    served = create_app(env={**app_env, "PUBLIC_URL": f"http://127.0.0.1:{port}"})
+    try:
+        with chromium() as browser, live_server(served, port) as base:
+            page = browser.new_page(locale="en-GB")  # type: ignore[attr-defined]
+            page.goto(f"{base}/munkeby/subscribe")
+            assert page.evaluate("document.activeElement === document.body")  # nothing to correct yet
+            page.click("button[type=submit]")  # nothing filled in, the box unticked
+            page.wait_for_selector("#error-summary")
+            assert page.evaluate("document.activeElement.id") == "error-summary"
+            assert page.locator("#error-summary li").all_inner_texts() == [EMAIL_REQUIRED, TICK]
+            assert page.locator("p.error").all_inner_texts() == [EMAIL_REQUIRED, TICK]
+            page.click("#error-summary a[href='#email']")  # each entry leads to its field
+            page.close()
+    finally:
+        with served.app_context():
+            db.engine.dispose()
 
 
 def test_an_address_has_one_identity_however_its_domain_is_written(app):
