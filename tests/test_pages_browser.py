@@ -335,6 +335,7 @@ PAGES: dict[str, Callable[[Any, Site], None]] = {
     "erased": erased,
     "used-link": used_link,
     "invalid-link": _path("/manage/this-link-was-never-ours"),
+    "not-found": _path("/no-such-page"),
     "dashboard-login": _path("/dashboard/login"),  # in a fresh context: nobody is logged in
 }
 
