@@ -85,8 +85,10 @@ class Chart:
         return " ".join(f"{self.x(i):.1f},{self.y(n):.1f}" for i, n in enumerate(counts))
 
     def y_ticks(self) -> list[Tick]:
+        """Evenly spaced whole numbers up to the top: fifths of 5, 10, 50..., halves of 2, 20, 200..."""
         top = self.scale_top
-        return [Tick(self.y(value), value) for value in (0, top // 2, top)]
+        step = top // 5 if top % 5 == 0 else top // 2
+        return [Tick(self.y(value), value) for value in range(0, top + 1, step)]
 
     def x_ticks(self) -> list[Tick]:
         """A date each week, counted back from today (the last day), so today is always labelled."""
