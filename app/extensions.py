@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 else:
     Model = db.Model
 migrate = Migrate()
+# The dashboard's forms (their token lives in its session). Public routes are exempt: they
+# set no cookie, so the sign-up form carries a signed token of its own (app/tokens.py).
 csrf = CSRFProtect()
 limiter = Limiter(key_func=client_ip)
 babel = Babel()
