@@ -46,12 +46,19 @@ def sent_from_another_site(public_url: str) -> bool:
     For the public forms, which have no session cookie to protect but whose posts record
     the sender's IP address and browser as evidence of consent: a page elsewhere must not
     be able to post them through a visitor's browser. ``Sec-Fetch-Site: cross-site`` says
-    so outright; an Origin other than ``PUBLIC_URL``'s (``null`` included) says so too.
+    so outright; otherwise, unless the browser says ``same-origin``, an Origin other than
+    ``PUBLIC_URL``'s (``null`` included) says so too.
     A request with neither header (an old browser, a script) is not refused here; the
     form's signed token still has to be good.
     """
-    if request.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if fetch_site == "cross-site":
         return True
+    if fetch_site == "same-origin":
+        # The browser itself vouches that the form came from the page it posts to (a page
+        # cannot set this header), e.g. the service opened as localhost rather than as
+        # PUBLIC_URL's 127.0.0.1 during development.
+        return False
     origin = request.headers.get("Origin")
     if origin is None:
         return False
