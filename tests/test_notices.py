@@ -317,7 +317,7 @@ def test_the_notice_says_when_its_version_took_effect_with_the_hash_as_the_link(
     notice = app.extensions["notices"]["munkeby"]
     with app.app_context():
         took_effect = db.session.get(NoticeVersion, ("munkeby", notice.version)).first_seen_at
-    for lang, words in (("en", "In effect since "), ("sv", "")):  # the Swedish sentence comes with the catalogue
+    for lang, words in (("en", "In effect since "), ("sv", "Gäller sedan ")):
         page = client.get(f"/munkeby/privacy?lang={lang}").get_data(as_text=True)
         day = babel_dates.format_date(took_effect, format="long", locale=lang)
         assert f"{words}{day}." in page

@@ -86,7 +86,6 @@ def test_the_manage_page_shows_codes_as_words_and_dates_as_a_reader_writes_them(
         assert code not in words
 
 
-@pytest.mark.xfail(reason="Swedish of msgids added with this change: passes once /tmp/sv-subscriber.po is merged")
 def test_after_the_catalogue_merge_every_word_on_the_manage_page_is_swedish(client, mailbox, runner):
     manage = link_in(subscribe_and_confirm(client, mailbox, "munkeby", "sven@firma.se", "Sven"), "manage")
     words = main_text(client.get(manage + "?lang=sv").get_data(as_text=True))
@@ -215,7 +214,6 @@ def test_the_export_keeps_its_codes_and_adds_words_in_the_language_of_the_page(c
     assert [e["type"] for e in swedish["events"]][:3] == ["signup_requested", "confirmation_sent", "consent_confirmed"]
 
 
-@pytest.mark.xfail(reason="Swedish of msgids added with this change: passes once /tmp/sv-subscriber.po is merged")
 def test_after_the_catalogue_merge_the_swedish_export_has_no_english_prose(client, mailbox):
     manage = link_in(subscribe_and_confirm(client, mailbox, "munkeby", "vera@firma.se", "Vera"), "manage")
     swedish = download(client, mailbox, manage, "vera@firma.se", query="?lang=sv")
