@@ -171,12 +171,16 @@ def test_the_mail_says_where_the_address_came_from_in_the_persons_language(app, 
     assert f"imported from {SOURCE}, collected Nov 20, 2026" in plain
     assert f"imported from {SOURCE}, collected Nov 20, 2026" in html
     assert "import: " not in plain  # the stored code is not what a person reads
+    # Art. 14(1)(f): whether the data leaves the EU/EEA, and the processor by its own name.
+    assert "Transfers outside the EU/EEA: The data is not transferred outside the EU/EEA." in plain
+    assert "our newsletter provider APSIS, as our processor" in plain
 
 
 def test_the_swedish_mail_says_the_source_with_a_swedish_date(app, runner, smtp):
     plain, html = parts(art14_mail(app, runner, smtp, "sv"))
     assert plain.startswith("Hej!") and '<html lang="sv">' in html
     assert f"{SOURCE}, " in plain and "20 nov. 2026" in plain  # the date as a Swedish reader writes it
+    assert "Uppgifterna överförs inte utanför EU/EES." in plain and "Uppgifterna överförs inte utanför EU/EES." in html
 
 
 # --- on time ---------------------------------------------------------------------------------
