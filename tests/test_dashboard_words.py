@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from app.extensions import db
 from app.models import ContactImport, OutboxJob, Subscription, utcnow
 
-from .support import subscribe_and_confirm
+from .support import link_in, subscribe_and_confirm
 from .test_dashboard import create_user, form_token, log_in, subscription_ref
 from .test_dashboard_import import upload
 
@@ -152,6 +152,19 @@ def test_the_subject_page_names_events_and_facts_in_words(app, client, mailbox, 
     assert "consent box ticked: yes" in english
     assert "lawful basis: consent" in english
     assert "through web page" in english  # the channel, in words
+
+
+def test_a_data_request_is_named_by_what_the_person_asked_for(app, client, mailbox, marketer):
+    welcome = subscribe_and_confirm(client, mailbox, "munkeby", "anna@example.com")
+    manage = link_in(welcome, "manage")
+    client.post(manage + "/request", data={"kind": "export"})
+    client.post(manage + "/request", data={"kind": "erase"})
+    ref = subscription_ref(app, "anna@example.com")
+    english = text_of(marketer.get(f"/dashboard/subscribers/{ref}?lang=en").get_data(as_text=True))
+    assert "kind: a copy of the data" in english and "kind: erasure" in english
+    swedish = text_of(marketer.get(f"/dashboard/subscribers/{ref}?lang=sv").get_data(as_text=True))
+    assert "en kopia av uppgifterna" in swedish and "radering" in swedish
+    assert "export" not in swedish.replace("Exportera", "")
 
 
 def test_the_certificate_prints_links_back_and_states_the_chain_check(app, client, mailbox, marketer):

@@ -107,6 +107,12 @@ JOB_KIND: Mapping[str, LazyString] = {
     "contacts_import": _l("contact import"),
 }
 
+# What a person asked for through the data link (rights.DATA_KINDS).
+DATA_REQUEST: Mapping[str, LazyString] = {
+    "export": _l("a copy of the data"),
+    "erase": _l("erasure"),
+}
+
 _DATE_KEYS = ("source_date", "added_on")
 _TIME_KEYS = ("sent_at", "last_contact_at")
 
@@ -236,6 +242,8 @@ def fact_value(key: str, value: Any) -> str:
         return _word(TEMPLATE, text)
     if key == "job_kind":
         return _word(JOB_KIND, text)
+    if key == "kind":
+        return _word(DATA_REQUEST, text)
     if key == "notices":
         return notice_name(text)
     if key == "actor":
