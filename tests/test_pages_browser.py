@@ -267,6 +267,19 @@ def confirmed(page: Any, site: Site) -> None:
     page.wait_for_load_state()
 
 
+def stale_link(page: Any, site: Site) -> None:
+    """A confirmation link pressed after the person unsubscribed with the same mail's link."""
+    address = site.address("new")
+    sign_up(page, site, "munkeby", address)
+    confirm = mail_link(site.smtp, address, "confirm", site.url)
+    page.goto(mail_link(site.smtp, address, "unsubscribe", site.url))
+    page.click("main button[type=submit]")
+    page.wait_for_load_state()
+    page.goto(confirm)
+    page.click("main button[type=submit]")
+    page.wait_for_load_state()
+
+
 def unsubscribed(page: Any, site: Site) -> None:
     address, _manage = subscriber(page, site)
     page.goto(mail_link(site.smtp, address, "unsubscribe", site.url))
@@ -325,6 +338,7 @@ PAGES: dict[str, Callable[[Any, Site], None]] = {
     "confirm": _goto("confirm"),
     "confirm-expired": _goto("expired"),
     "confirmed": confirmed,
+    "stale-link": stale_link,
     "unsubscribe": _goto("unsubscribe"),
     "unsubscribed": unsubscribed,
     "one-click": one_click,
