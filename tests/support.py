@@ -6,7 +6,6 @@ import email
 import email.policy
 import json
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -319,28 +318,6 @@ class Service:
 
 
 # Chromium as the browser tests run it: headless, no sandbox (containers), nothing fetched on its own.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
-@contextmanager
-def chromium() -> Iterator[object]:
-    """Debian's Chromium, driven by Playwright; skips the test, saying why, where either is missing."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("no chromium binary (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @contextmanager

@@ -25,10 +25,10 @@ from app import create_app
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription
 
+from .browser.harness import launched_chromium
 from .support import (
     PUBLIC_URL,
     Mailbox,
-    chromium,
     csrf_token,
     free_port,
     link_in,
@@ -384,7 +384,7 @@ def test_a_real_browser_signs_up_with_no_cookie_and_passes_the_origin_check(app_
     served = create_app(env={**app_env, "PUBLIC_URL": f"http://127.0.0.1:{port}"})
     mailbox = Mailbox(tmp_path / "instance" / "mail")
     try:
-        with chromium() as browser, live_server(served, port) as base:
+        with launched_chromium() as browser, live_server(served, port) as base:
             context = browser.new_context(locale="en-GB")  # type: ignore[attr-defined]
             page = context.new_page()
             page.goto(f"{base}/munkeby/subscribe")

@@ -10,27 +10,17 @@ skips and says why.
 
 from __future__ import annotations
 
-import re
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .browser.harness import launched_chromium, mail_link
 from .support import Service, SmtpSink, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 WIDTHS = (320, 390)
 # A manage page holds one notice's card and the data-request card: at 320 px it was
 # about 6,500 px tall when each value wrapped letter by letter; now about 2,000.
@@ -45,13 +35,8 @@ LONG_SOURCE = (
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium binary (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+    with launched_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -72,19 +57,6 @@ def service(app, app_env: dict[str, str], web_port: int, tmp_path: Path) -> Iter
         yield server
     finally:
         server.stop()
-
-
-def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, after: int = 0) -> str:
-    """The ``kind`` link of the newest mail to ``address`` past the first ``after`` (mail follows the answer)."""
-    deadline = time.monotonic() + 20
-    while True:
-        for message in reversed(smtp.messages(address)[after:]):
-            body = message.get_body(("plain",)).get_content()
-            found = re.search(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+", body)
-            if found:
-                return found.group(0)
-        assert time.monotonic() < deadline, f"no {kind} link in a mail to {address}"
-        time.sleep(0.02)
 
 
 MEASURE = """() => {

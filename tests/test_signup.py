@@ -12,7 +12,8 @@ from app import create_app
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription
 
-from .support import REPO, chromium, csrf_token, free_port, link_in, live_server, sign_up, text_body, unsubscribe_path
+from .browser.harness import launched_chromium
+from .support import REPO, csrf_token, free_port, link_in, live_server, sign_up, text_body, unsubscribe_path
 
 
 def count(app, model) -> int:  # type: ignore[no-untyped-def]
@@ -234,7 +235,7 @@ def test_after_a_failed_sign_up_the_browser_focuses_the_error_summary(app_env):
     port = free_port()
     served = create_app(env={**app_env, "PUBLIC_URL": f"http://127.0.0.1:{port}"})
     try:
-        with chromium() as browser, live_server(served, port) as base:
+        with launched_chromium() as browser, live_server(served, port) as base:
             page = browser.new_page(locale="en-GB")  # type: ignore[attr-defined]
             page.goto(f"{base}/munkeby/subscribe")
             assert page.evaluate("document.activeElement === document.body")  # nothing to correct yet

@@ -97,7 +97,7 @@ class _ReadText(HTMLParser):
 
 
 def _literal_words(path: Path) -> list[str]:
-    env = Environment(extensions=["jinja2.ext.i18n"])
+    env = Environment(extensions=["jinja2.ext.i18n"], autoescape=True)  # only lexed, never rendered
     # Keep the template's own text; each {{ }} and {% %} becomes an empty gap.
     text = "".join(value for _line, kind, value in env.lex(path.read_text(encoding="utf-8")) if kind == "data")
     if path.suffix == ".txt":

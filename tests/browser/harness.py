@@ -63,14 +63,15 @@ def screenshot_dir(default: Path) -> Path:
     return folder
 
 
-def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, timeout: float = 20) -> str:
+def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, timeout: float = 20, after: int = 0) -> str:
     """The ``kind`` link (``confirm``, ``manage``, ``manage/data``...) of the latest mail to
-    ``address`` that has one; the service mails right after its answer, so this waits a little."""
+    ``address`` that has one, among those past the first ``after``; the service mails right
+    after its answer, so this waits a little."""
     # The token ends the link: "/manage/<token>" must not match the "/manage/data/..." links.
     pattern = re.compile(re.escape(base) + rf"/{kind}/[A-Za-z0-9._~-]+(?![A-Za-z0-9._~/-])")
     deadline = time.monotonic() + timeout
     while True:
-        for message in reversed(smtp.messages(address)):
+        for message in reversed(smtp.messages(address)[after:]):
             body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
             match = pattern.search(body)
             if match:
