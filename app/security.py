@@ -26,7 +26,10 @@ CSP = "; ".join(
 
 def _origin_of(url: str) -> str:
     """``scheme://host[:port]`` as a browser writes an Origin header: lower case, no default port."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing a browser sends for a page of ours
+        return "invalid"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return "invalid"  # "null", or nothing a browser would send for a page of ours
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()

@@ -37,7 +37,7 @@ from .support import (
     subscribe_and_confirm,
     unsubscribe_path,
 )
-from .test_dashboard import create_user, log_in
+from .test_dashboard import PASSWORD, create_user, log_in
 
 WEBHOOK_SECRETS = {"MAILCHIMP_WEBHOOK_SECRET": "m" * 40, "APSIS_WEBHOOK_SECRET": "a" * 40}
 # Cookies a browser may bring back: never ours to set again on a subscriber's page.
@@ -230,11 +230,33 @@ def test_a_logged_in_marketer_keeps_the_session_through_public_pages(app, client
     """The session cookie is sent to the dashboard only, and public pages neither read nor rewrite it."""
     create_user(runner, "maria@munkeby.se", "marketer")
     assert log_in(client, "maria@munkeby.se").status_code == 302
+    cookie = client.get_cookie("session", path="/dashboard")
+    assert cookie is not None and cookie.path == "/dashboard"
+    # A browser that still holds the cookie for every path (as issued before it was scoped)
+    # sends it to the public pages too: they neither read it nor answer with one.
     for path in ("/munkeby/subscribe", "/mysoft/privacy", "/healthz", "/"):
-        answer = client.get(path)
+        answer = client.get(path, headers={"Cookie": f"session={cookie.value}"})
         assert answer.headers.getlist("Set-Cookie") == [] and "Cookie" not in answer.headers.get("Vary", ""), path
     sign_up(client, "munkeby", "colleague@example.com")
     assert client.get("/dashboard/").status_code == 200
+
+
+def test_under_a_path_prefix_the_dashboard_session_cookie_comes_back(app, runner):
+    """Served at https://host/nyhetsbrev/ (SCRIPT_NAME), the dashboard is /nyhetsbrev/dashboard."""
+    create_user(runner, "maria@munkeby.se", "marketer")
+    prefixed = app.test_client()
+    base = "http://localhost/nyhetsbrev/"
+    page = prefixed.get("dashboard/login", base_url=base).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', page)
+    assert token is not None
+    answer = prefixed.post(
+        "dashboard/login",
+        base_url=base,
+        data={"csrf_token": token.group(1), "email": "maria@munkeby.se", "password": PASSWORD},
+    )
+    assert answer.status_code == 302
+    assert "Path=/nyhetsbrev/dashboard" in " ".join(answer.headers.getlist("Set-Cookie"))
+    assert prefixed.get("dashboard/", base_url=base).status_code == 200
 
 
 # --- the sign-up form's own token ---------------------------------------------------------
@@ -328,6 +350,8 @@ def test_token_less_floods_are_still_counted_by_the_rate_limit(app, client):
         {"Origin": "http://news.example.org"},  # our host, but not our scheme
         {"Origin": PUBLIC_URL + ":8443"},
         {"Origin": "https://news.example.org.evil.example"},
+        {"Origin": "https://[::1"},  # not even a URL: refused, never an error
+        {"Origin": "https://[zz]"},
     ],
     ids=lambda h: " ".join(f"{k}={v}" for k, v in h.items()),
 )

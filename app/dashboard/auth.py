@@ -72,6 +72,11 @@ class DashboardSessions(SecureCookieSessionInterface):
     def is_null_session(self, obj: object) -> bool:
         return isinstance(obj, _NoSession) or super().is_null_session(obj)
 
+    def get_cookie_path(self, app: Flask) -> str:
+        # Under a path prefix (SCRIPT_NAME, e.g. PUBLIC_URL https://www.example.se/nyhetsbrev/)
+        # the dashboard is at <prefix>/dashboard; a cookie for /dashboard would never come back.
+        return request.script_root.rstrip("/") + app.config["SESSION_COOKIE_PATH"]
+
 
 def init_login(app: Flask) -> None:
     app.session_interface = DashboardSessions()
