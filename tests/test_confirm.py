@@ -66,7 +66,7 @@ def test_confirmation_records_scanner_timing(app, client, mailbox):
     with app.app_context():
         event = db.session.execute(select(ConsentEvent).where(ConsentEvent.type == "consent_confirmed")).scalar_one()
         assert '"likely_scanner":true' in event.facts
-        assert '"same_origin_as_signup":false' in event.facts
+        assert '"same_ip_as_signup":false' in event.facts
         assert '"seconds_since_sent":' in event.facts
 
 

@@ -166,7 +166,8 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         now = utcnow()
         seconds = (now - sub.confirmation_sent_at).total_seconds() if sub.confirmation_sent_at else None
         window = current_app.config["SCANNER_WINDOW_SECONDS"]
-        same_origin = _same_origin(_asked_from(uow, sub.ref), facts)
+        asked = _asked_from(uow, sub.ref)
+        same_ip, same_browser = _same(asked, facts, "ip"), _same(asked, facts, "user_agent")
         lifted = rowcount(
             uow.session.execute(
                 delete(Suppression).where(Suppression.notice == notice.slug, Suppression.email_hash == sub.email_hash)
@@ -176,8 +177,9 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
         sub.notice_version = notice.version
         confirm_facts = {
             "seconds_since_sent": round(seconds, 3) if seconds is not None else None,
-            "likely_scanner": likely_scanner(seconds, window, same_origin),
-            "same_origin_as_signup": same_origin,
+            "likely_scanner": likely_scanner(seconds, window, same_ip),
+            "same_ip_as_signup": same_ip,
+            "same_browser_as_signup": same_browser,
             "suppression_lifted": bool(lifted),
         }
         ledger.append(
@@ -193,20 +195,22 @@ def confirm(payload: dict[str, Any], facts: Facts) -> str:
     return "confirmed"
 
 
-def likely_scanner(seconds: float | None, window: float, same_origin: bool | None) -> bool:
+def likely_scanner(seconds: float | None, window: float, same_ip: bool | None) -> bool:
     """Whether a confirmation was probably pressed by a mail scanner rather than the person.
 
     Speed alone does not tell: someone who signs up and has the mail open in the next tab
-    confirms within seconds. What does is who pressed the button. A scanner (a mail gateway
-    following links for the recipient) presses it from its own network with its own software,
-    so the rule is: the confirmation came within ``SCANNER_WINDOW_SECONDS`` of the mail being
-    sent AND from neither the IP address nor the user agent that asked for the mail
-    (``same_origin`` False). From the same address or the same browser it is the person,
-    however fast; with nothing to compare (a sign-up through the API, details erased) there
-    is no signal, and it is not labelled. The button is a POST from the page a GET shows, so
-    a scanner that only follows links never confirms at all.
+    confirms within seconds. What does is where the press came from. A scanner (a mail
+    gateway following links for the recipient) presses from its own network, so the rule is:
+    the confirmation came within ``SCANNER_WINDOW_SECONDS`` of the mail being sent AND from
+    another IP address than the request that asked for the mail (``same_ip`` False). The
+    browser (user agent) is recorded beside it but does not decide: browsers now send
+    reduced, shared user-agent strings, so a scanner running a current browser matches most
+    people's. From the same address it is the person, however fast; with nothing to compare
+    (a sign-up through the API, details erased) there is no signal, and it is not labelled.
+    The button is a POST from the page a GET shows, so a scanner that only follows links
+    never confirms at all.
     """
-    return seconds is not None and seconds < window and same_origin is False
+    return seconds is not None and seconds < window and same_ip is False
 
 
 def _asked_from(uow: UnitOfWork, ref: str) -> dict[str, Any]:
@@ -225,15 +229,13 @@ def _asked_from(uow: UnitOfWork, ref: str) -> dict[str, Any]:
     return details if isinstance(details, dict) else {}
 
 
-def _same_origin(asked: dict[str, Any], facts: Facts) -> bool | None:
-    """Whether the confirmation came from the IP address or the browser that asked for the mail;
-    None when either side's are unknown. Only this yes/no enters the chain, never the values."""
-    now = facts.details()
-    pairs = [(asked.get(key), now.get(key)) for key in ("ip", "user_agent")]
-    known = [(before, after) for before, after in pairs if before and after]
-    if not known:
+def _same(asked: dict[str, Any], facts: Facts, key: str) -> bool | None:
+    """Whether the confirmation came with the same ``key`` (``ip``, ``user_agent``) as the request
+    that asked for the mail; None when either is unknown. Only this yes/no enters the chain."""
+    before, after = asked.get(key), facts.details().get(key)
+    if not before or not after:
         return None
-    return any(before == after for before, after in known)
+    return bool(before == after)
 
 
 def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:

@@ -39,7 +39,10 @@ FACT_NAME: Mapping[str, LazyString] = {
     "lawful_basis": _l("lawful basis"),
     "seconds_since_sent": _l("time since the mail was sent"),
     "likely_scanner": _l("likely a mail scanner"),
-    "same_origin_as_signup": _l("same network and browser as the sign-up"),
+    "same_ip_as_signup": _l("same IP address as the sign-up"),
+    "same_browser_as_signup": _l("same browser (user agent) as the sign-up"),
+    # Recorded for a few days in 2026-12 only: the same IP address or the same browser.
+    "same_origin_as_signup": _l("same IP address or browser as the sign-up"),
     "suppression_lifted": _l("earlier opt-out lifted"),
     "actor": _l("done by"),
     "job": _l("job"),
@@ -259,7 +262,15 @@ def fact_lines(facts: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     """(name, value) pairs of an event's facts or details, in words, leaving out empty ones."""
     if not facts:
         return []
-    return [(fact_name(key), fact_value(key, value)) for key, value in facts.items() if value is not None]
+    lines = [(fact_name(key), fact_value(key, value)) for key, value in facts.items() if value is not None]
+    if facts.get("likely_scanner") is True and not any(key in facts for key in _NETWORK_FACTS):
+        # Before the rule compared networks, a quick confirmation alone was labelled.
+        scanner, by_speed = fact_name("likely_scanner"), _("yes (by speed alone, an earlier rule)")
+        lines = [(name, by_speed if name == scanner else value) for name, value in lines]
+    return lines
+
+
+_NETWORK_FACTS = ("same_ip_as_signup", "same_origin_as_signup")
 
 
 # --- outbox failures ------------------------------------------------------------------
