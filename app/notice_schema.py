@@ -291,9 +291,13 @@ Safeguard = Literal["adequacy", "dpf", "scc", "bcr"]
 SAFEGUARDS: tuple[str, ...] = get_args(Safeguard)
 
 # A transfer is to a country outside the EU/EEA: the member states and Iceland,
-# Liechtenstein and Norway are not third countries.
+# Liechtenstein and Norway are not third countries. Nor is EU territory that ISO 3166
+# codes apart from its member state: France's outermost regions (French Guiana GF,
+# Guadeloupe GP, Martinique MQ, Réunion RE, Mayotte YT, Saint-Martin MF; Art. 349 TFEU)
+# and Åland (AX, part of Finland). Data processed there has not left the EU.
 EEA = frozenset(
     "AT BE BG CY CZ DE DK EE ES FI FR GR HR HU IE IT LT LU LV MT NL PL PT RO SE SI SK IS LI NO".split()
+    + "GF GP MQ RE YT MF AX".split()
 )
 # CLDR (through Babel) names every ISO 3166-1 alpha-2 country, and a few codes that
 # are no country of that list: groupings, reserved and private-use ones.

@@ -90,7 +90,11 @@ class Notice:
     inform_imported: bool = False  # imported contacts get the GDPR Art. 14 information mail
     import_lawful_basis: str = "consent"  # the basis an import uses unless told otherwise
     import_lawful_bases: tuple[str, ...] = ("consent",)  # the only bases an import may use
-    transfers: tuple[Transfer, ...] = ()  # outside the EU/EEA; none stated means none made
+    # Outside the EU/EEA. Only a file that says ``transfers = []`` or has ``[[transfers]]``
+    # makes a statement (``transfers_stated``): a file without the key claims nothing, and
+    # every surface then leaves the subject out rather than say "not transferred".
+    transfers: tuple[Transfer, ...] = ()
+    transfers_stated: bool = False
     version: str = ""
 
     def text(self, lang: str) -> Mapping[str, str]:
@@ -144,12 +148,16 @@ def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
         "retention": raw.get("retention") or {},
         "provider_kind": checked.provider.kind,
         "site": raw.get("site") or {},
-        # Where the data goes outside the EU/EEA and on what safeguard: a rule the
-        # person is told (an empty list says that nothing is transferred).
-        "transfers": raw.get("transfers") or [],
         "text_format": TEXT_FORMAT,
         "text": texts,
     }
+    # Where the data goes outside the EU/EEA and on what safeguard: a rule the person is
+    # told. ``transfers = []`` says that nothing is transferred; a file without the key
+    # says nothing, and its version holds no "transfers" either (as versions stored
+    # before notices stated them), so no page speaks for it.
+    stated = "transfers" in raw
+    if stated:
+        shown["transfers"] = raw["transfers"]
     collection = checked.collection
     return Notice(
         slug=checked.slug,
@@ -171,6 +179,7 @@ def parse_notice(path: Path, overrides: Mapping[str, str]) -> Notice:
             Transfer(recipient=t.recipient, country=t.country, safeguard=t.safeguard, fallback=t.fallback)
             for t in checked.transfers
         ),
+        transfers_stated=stated,
     )
 
 

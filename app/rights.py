@@ -263,10 +263,14 @@ def export(payload: dict[str, Any], facts: Facts) -> dict[str, Any] | None:
 
 def _rights_text(subs: list[dict[str, Any]]) -> str:
     """The rights that apply to what is held, one sentence each (Art. 15(1)(e), 21)."""
-    sentences = [
-        _("You may see your data, have it corrected or erased, and take it elsewhere: this file is that copy."),
-    ]
     bases = {s.get("lawful_basis") for s in subs}
+    # Data portability (Art. 20) covers data processed on consent (or a contract), not on
+    # legitimate interest: "take it elsewhere" only where a subscription on consent is exported.
+    if LawfulBasis.CONSENT in bases:
+        first = _("You may see your data, have it corrected or erased, and take it elsewhere: this file is that copy.")
+    else:
+        first = _("You may see your data and have it corrected or erased: this file is a copy of it.")
+    sentences = [first]
     if LawfulBasis.CONSENT in bases:
         sentences.append(_("Where we rely on your consent, you may withdraw it at any time, as easily as you gave it."))
     if LawfulBasis.LEGITIMATE_INTEREST in bases:
@@ -305,18 +309,19 @@ def localise(document: dict[str, Any], ehash: str) -> dict[str, Any]:
             item["recipients"] = [{**recipient, "role": role} for recipient in item.get("recipients") or []]
             if held_now is not None and isinstance(item.get("retention"), dict):
                 item["retention"] = {**item["retention"], "summary": consent.retention_summary(notice, held_now)}
-            transfers = list(notice.transfers)
-            item["transfers"] = [
-                {
-                    "recipient": t.recipient,
-                    "country": t.country,
-                    "safeguard": t.safeguard,
-                    "fallback": t.fallback,
-                    "text": labels.transfer(t),
-                }
-                for t in transfers
-            ]
-            item["transfers_text"] = " ".join(t["text"] for t in item["transfers"]) or labels.no_transfer()
+            # A notice that states nothing about transfers gets no claim in the export either.
+            if notice.transfers_stated:
+                item["transfers"] = [
+                    {
+                        "recipient": t.recipient,
+                        "country": t.country,
+                        "safeguard": t.safeguard,
+                        "fallback": t.fallback,
+                        "text": labels.transfer(t),
+                    }
+                    for t in notice.transfers
+                ]
+                item["transfers_text"] = " ".join(t["text"] for t in item["transfers"]) or labels.no_transfer()
         subscriptions.append(item)
     events = [{**event, "type_text": labels.event(event.get("type"))} for event in document["events"]]
     return {

@@ -12,6 +12,7 @@ import pytest
 from babel import dates as babel_dates
 from sqlalchemy import delete
 
+from app import create_app
 from app.extensions import db
 from app.models import NoticeVersion
 from app.notices import NoticeError, Transfer, load_notices, parse_notice
@@ -134,11 +135,14 @@ def test_the_bases_an_import_may_use_are_part_of_the_version(tmp_path):
 # Changed on purpose, for both notices, when they started to state their transfers outside
 # the EU/EEA (Munkeby: Mailchimp/Intuit in the US; Mysoft: none), to mark their headings
 # ("## ") and to open with a paragraph (Mysoft's is new). Earlier pins: munkeby b66e621c...,
-# mysoft 104b724a... Evidence recorded under an earlier version still links to its stored
-# text (tests/test_notice_versions.py).
+# mysoft 104b724a... Changed on purpose for Mysoft when its body stopped claiming a cookie
+# that protects the form (the public pages set none): earlier pin d204e254... Munkeby's
+# version is untouched by the explicit `transfers` statement (its [[transfers]] were
+# already in its version, as Mysoft's empty list was). Evidence recorded under an earlier
+# version still links to its stored text (tests/test_notice_versions.py).
 SHIPPED_VERSIONS = {
     "munkeby": "298d1e26fa71ea6b796b44371db01c3bd53a7ecbfa810b9589823cc340fcbfc0",
-    "mysoft": "d204e25418b4df21fe798a35cd707001157263d70691d8142d59226c17015bf4",
+    "mysoft": "ac8e0d68cbee12a4d269d2df13dd50c1baa57f705dca4966ed0f208780d52ff3",
 }
 
 
@@ -204,8 +208,14 @@ def test_munkeby_states_where_mailchimp_processes_the_data_and_mysoft_states_no_
         assert "Privacy Framework" in body and "Privacy Shield" not in body
 
 
+def without_transfers_statement(source: str) -> str:
+    """Mysoft's file without its top-level ``transfers = []``: a notice that states nothing."""
+    assert "\ntransfers = []\n" in source
+    return source.replace("\ntransfers = []\n", "\n", 1)
+
+
 def with_transfer(tmp_path: Path, table: str) -> Path:
-    source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
+    source = without_transfers_statement((NOTICES / "mysoft.toml").read_text(encoding="utf-8"))
     path = tmp_path / "mysoft.toml"
     path.write_text(source.replace("[opt_out]", table + "\n[opt_out]", 1), encoding="utf-8")
     return path
@@ -226,6 +236,8 @@ def test_a_transfer_without_a_fallback_is_read_as_written(tmp_path):
         ('country = "US"', 'country = "us"', "transfers.country must be an ISO 3166-1 alpha-2 code"),
         ('country = "US"', 'country = "SE"', "is in the EU/EEA"),
         ('country = "US"', 'country = "NO"', "is in the EU/EEA"),
+        # EU territory with an ISO 3166 code of its own: France's outermost regions, Åland.
+        *[('country = "US"', f'country = "{code}"', "is in the EU/EEA") for code in "GF GP MQ RE YT MF AX".split()],
         ('country = "US"', 'country = "IN"', "'dpf' applies to the US only"),
         ('fallback = "scc"', 'fallback = "dpf"', "transfers.fallback must differ"),
         ('fallback = "scc"', 'fallbak = "scc"', "transfers.0.fallbak is not a known key"),
@@ -245,7 +257,7 @@ def test_a_transfer_the_schema_cannot_vouch_for_is_refused_with_the_key_named(tm
 def test_transfers_that_are_not_tables_are_refused(tmp_path):
     source = (NOTICES / "mysoft.toml").read_text(encoding="utf-8")
     path = tmp_path / "mysoft.toml"
-    path.write_text('transfers = "US"\n' + source, encoding="utf-8")
+    path.write_text('transfers = "US"\n' + without_transfers_statement(source), encoding="utf-8")
     with pytest.raises(NoticeError, match=r"transfers must be a list of \[\[transfers\]\] tables"):
         parse_notice(path, {})
 
@@ -362,3 +374,79 @@ def test_a_heading_the_page_could_not_show_is_refused(tmp_path, old, new, messag
     path.write_text(source[:english] + source[english:].replace(old, new, 1), encoding="utf-8")
     with pytest.raises(NoticeError, match=re.escape(message)):
         parse_notice(path, {})
+
+
+# --- a statement about transfers is made only by a notice that makes it --------------------
+
+
+def test_only_a_notice_that_says_transfers_is_empty_claims_no_transfer(tmp_path):
+    shipped = parse_notice(NOTICES / "mysoft.toml", {})
+    assert shipped.transfers_stated and shipped.transfers == ()
+    path = tmp_path / "mysoft.toml"
+    path.write_text(without_transfers_statement((NOTICES / "mysoft.toml").read_text(encoding="utf-8")), "utf-8")
+    silent = parse_notice(path, {})
+    assert not silent.transfers_stated and silent.transfers == ()
+    # Saying nothing is not saying "none": the two are different versions of what a person was told.
+    assert "transfers" not in silent.shown and silent.version != shipped.version
+
+
+def notices_without_the_transfers_statement(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in NOTICES.glob("*.toml"):
+        text = source.read_text(encoding="utf-8")
+        (folder / source.name).write_text(
+            without_transfers_statement(text) if source.stem == "mysoft" else text, encoding="utf-8"
+        )
+    return folder
+
+
+def test_a_notice_that_states_nothing_about_transfers_is_not_made_to_claim_anything(app_env, app, tmp_path):
+    # The page, the manage page, the export and the Art. 14 mail leave transfers out rather
+    # than say "not transferred outside the EU/EEA" for a controller that never said so.
+    from .support import Mailbox, link_in, subscribe_and_confirm, text_body
+    from .test_subscriber_pages import download
+
+    env = {**app_env, "NOTICES_DIR": str(notices_without_the_transfers_statement(tmp_path / "silent"))}
+    silent = create_app(env=env)
+    try:
+        client, runner = silent.test_client(), silent.test_cli_runner()
+        mailbox = Mailbox(Path(silent.config["MAIL_DIR"]))
+        for lang in ("en", "sv"):
+            page = client.get(f"/mysoft/privacy?lang={lang}").get_data(as_text=True)
+            assert "EU/EEA" not in page and "EU/EES" not in page and 'id="transfers"' not in page
+        # Munkeby, which lists its transfers, still says them.
+        assert "Data Privacy Framework" in client.get("/munkeby/privacy?lang=en").get_data(as_text=True)
+
+        manage = link_in(subscribe_and_confirm(client, mailbox, "mysoft", "ada@firma.se"), "manage")
+        card = client.get(manage + "?lang=en").get_data(as_text=True)
+        assert "data-transfers" not in card and "Outside the EU/EEA" not in card
+        document = download(client, mailbox, manage, "ada@firma.se", query="?lang=en")
+        [sub] = document["subscriptions"]
+        assert "transfers" not in sub and "transfers_text" not in sub
+
+        imported = runner.invoke(
+            args=["contacts", "import", "-", "--notice", "mysoft", "--source", "https://www.bolag.se/kontakt"],
+            input="email\nbo@bolag.se\n",
+        )
+        assert imported.exit_code == 0, imported.output
+        assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+        art14 = mailbox.last("bo@bolag.se")
+        assert art14["Subject"] and "Mysoft AB" in text_body(art14)  # the Art. 14 mail, in Swedish
+        for part in (art14.get_body(("plain",)), art14.get_body(("html",))):
+            assert part is not None and "EU/EE" not in part.get_content()
+    finally:
+        with silent.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+# --- the website paragraph tells the truth about cookies ---------------------------------
+
+
+def test_mysofts_notice_says_its_page_sets_no_cookie(client):
+    for lang, truth in (("sv", "Den här sidan sätter inga kakor."), ("en", "This page sets no cookies.")):
+        page = client.get(f"/mysoft/privacy?lang={lang}")
+        body = " ".join(html.unescape(page.get_data(as_text=True)).split())
+        assert truth in body
+        assert "skyddar formuläret" not in body and "protects the form" not in body
+        assert "Set-Cookie" not in page.headers

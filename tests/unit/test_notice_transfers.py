@@ -1,7 +1,8 @@
 """A notice's transfers outside the EU/EEA, as the sentence a person reads.
 
-The notice page, the manage page and the export all say a transfer through
-``labels.transfer`` and a notice without any through ``labels.no_transfer``.
+The notice page, the manage page, the export and the Art. 14 mail all say a transfer
+through ``labels.transfer`` and a notice stating ``transfers = []`` through
+``labels.no_transfer``; a notice without the key is not spoken for.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def test_a_transfer_without_a_fallback_names_one_safeguard(domain: Any) -> None:
         assert "in Japan, under binding corporate rules." in labels.transfer(Transfer("Acme KK", "JP", "bcr"))
 
 
-def test_a_notice_without_transfers_says_so(domain: Any) -> None:
+def test_a_notice_stating_no_transfers_says_so(domain: Any) -> None:
     found = get_notice("mysoft")
-    assert found is not None and found.transfers == ()
+    assert found is not None and found.transfers == () and found.transfers_stated
     with force_locale("en"):
         assert labels.no_transfer() == "The data is not transferred outside the EU/EEA."
