@@ -201,5 +201,5 @@ def transfer(t: Transfer) -> str:
 
 
 def no_transfer() -> str:
-    """What a notice with no ``[[transfers]]`` says."""
+    """What a notice stating ``transfers = []`` says (one without the key says nothing)."""
     return str(_l("The data is not transferred outside the EU/EEA."))

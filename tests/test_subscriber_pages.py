@@ -232,6 +232,20 @@ def test_the_export_of_a_prospect_names_the_right_to_object(client, mailbox, run
     assert sub["relationship_text"] == "prospect"
     assert sub["source_text"] == f"imported from {PROSPECT_SOURCE}, collected Nov 20, 2026"
     assert "object at any time" in document["rights"] and "consent" not in document["rights"]
+    # Data portability (Art. 20) is a right on consent or contract, not on legitimate interest.
+    assert "elsewhere" not in document["rights"]
+    assert document["rights"].startswith("You may see your data and have it corrected or erased")
+
+
+def test_the_export_offers_to_take_the_data_elsewhere_only_with_a_subscription_on_consent(client, mailbox, runner):
+    manage = link_in(subscribe_and_confirm(client, mailbox, "munkeby", "ulla@firma.se", "Ulla"), "manage")
+    consented = download(client, mailbox, manage, "ulla@firma.se", query="?lang=en")
+    assert "take it elsewhere" in consented["rights"]
+    # The same person also imported by Mysoft as a prospect: the consent still counts.
+    import_prospect(runner, mailbox, "ulla@firma.se")
+    both = download(client, mailbox, manage, "ulla@firma.se", query="?lang=en")
+    assert {s["lawful_basis"] for s in both["subscriptions"]} == {"consent", "legitimate_interest"}
+    assert "take it elsewhere" in both["rights"] and "object at any time" in both["rights"]
 
 
 def test_the_command_line_export_keeps_its_shape(client, mailbox, runner):
