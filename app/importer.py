@@ -22,7 +22,8 @@ the person gets the GDPR Art. 14 information mail, with its unsubscribe link.
 Art. 14(3)(a) gives one month from obtaining the data for that mail: an import
 whose source date is older still runs (the people must be informed all the
 more), but ``late_for_art14`` words the warning the CLI and the dashboard show,
-and ``uninformed_contacts`` lists who has still not been sent the mail.
+and ``uninformed_contacts`` lists who has still not been sent the mail (as far as
+the evidence, kept since ``art14_evidence_since``, can tell).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from datetime import date, datetime, timedelta
 from typing import IO, Any, NamedTuple
 
 from flask_babel import gettext
-from sqlalchemy import exists, insert, select
+from sqlalchemy import ColumnElement, exists, func, insert, select
 
 from . import ledger, outbox, provider_sync
 from .addresses import InvalidInput, clean_name, email_hash, normalise_email
@@ -46,7 +47,7 @@ from .consent import EARLIEST_CONTACT
 from .database import unit_of_work
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, Subscription, Suppression, new_ref, utcnow
+from .models import ConsentEvent, ServiceMark, Subscription, Suppression, new_ref, utcnow
 from .notices import LAWFUL_BASES, Notice
 from .vocabulary import LawfulBasis, Status
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 ART14 = "art14"  # the information mail to people whose data was not collected from them
-ART14_INFORMED = "art14_informed"  # the evidence that the mail was handed to the transport
+ART14_INFORMED = "art14_informed"  # the evidence that the mail was handed to a mail server
 IMPORT_SOURCE_PREFIX = "import: "  # how an imported subscription's source begins
 MAX_FIELD = 1000
 csv.field_size_limit(64 * 1024)
@@ -89,12 +90,17 @@ class ImportSpec:
 
     @property
     def informs_under_art14(self) -> bool:
-        """Whether the contacts were not collected from the person: Art. 14 then applies, not Art. 13."""
-        return self.lawful_basis != LawfulBasis.CONSENT
+        """Whether the import sends the Art. 14 mail: the contacts were not collected from the
+        person (Art. 14 applies, not Art. 13) and the notice has this service inform them."""
+        return self.notice.inform_imported and self.lawful_basis != LawfulBasis.CONSENT
 
-    def art14_warning(self, today: date) -> str | None:
-        """``late_for_art14`` for this import, when Art. 14 applies to it."""
-        return late_for_art14(self.source_date, today) if self.informs_under_art14 else None
+    def art14_warning(self, today: date, *, before_import: bool = False) -> str | None:
+        """``late_for_art14`` for this import, when it sends the Art. 14 mail; worded as what
+        will happen for a dry run or ``before_import`` (an upload not yet mapped), as what
+        happens now for a real import."""
+        if not self.informs_under_art14:
+            return None
+        return late_for_art14(self.source_date, today, importing=not (self.dry_run or before_import))
 
     def check(self) -> None:
         if self.lawful_basis not in LAWFUL_BASES:
@@ -120,16 +126,26 @@ def one_month_after(day: date) -> date:
     return date(year, month, min(day.day, (following - timedelta(days=1)).day))
 
 
-def late_for_art14(source_date: date, today: date) -> str | None:
+def late_for_art14(source_date: date, today: date, *, importing: bool = True) -> str | None:
     """The warning for contacts obtained more than one month before ``today``, else None.
 
     GDPR Art. 14(3)(a): people whose data was not collected from them are informed
     within a reasonable period, at the latest within one month of obtaining it. The
     text is translated (the request's language, or ``force_locale``) for the dashboard.
+    ``importing`` False words it for a dry run or an upload: nothing is imported or
+    mailed yet, so it says what to do rather than what is happening.
     """
     deadline = one_month_after(source_date)
     if today <= deadline:
         return None
+    if not importing:
+        return gettext(
+            "The contacts were obtained on %(day)s, more than one month ago: the deadline of GDPR Art. 14(3)(a)"
+            " to inform them, one month after obtaining their data, passed on %(deadline)s. Inform them as soon"
+            " as they are imported (the import sends the Art. 14 mail), and record why it was late.",
+            day=source_date.isoformat(),
+            deadline=deadline.isoformat(),
+        )
     return gettext(
         "The contacts were obtained on %(day)s, more than one month ago: the deadline of GDPR Art. 14(3)(a)"
         " to inform them, one month after obtaining their data, passed on %(deadline)s. They are imported"
@@ -150,29 +166,54 @@ class Uninformed:
     days_since: int
 
 
+ART14_EVIDENCE_SINCE = "art14_evidence_since"  # the service mark: from when the evidence is recorded
+
+
+def art14_evidence_since() -> datetime | None:
+    """From when ``art14_informed`` evidence is recorded (migration 0007 sets it at upgrade).
+
+    Earlier code sent the mail and recorded nothing, so a contact imported before this
+    time without evidence may well have been informed. None when the mark is missing
+    (a database emptied by hand): every import is then read as recorded.
+    """
+    mark = db.session.get(ServiceMark, ART14_EVIDENCE_SINCE)
+    return mark.at if mark is not None else None
+
+
+def _without_evidence(notices: list[str]) -> list[ColumnElement[bool]]:
+    """Imported on legitimate interest, still held and subscribed, with no ``art14_informed``
+    event (read from the ledger through its (subscription_ref, type, at) index)."""
+    informed = exists().where(ConsentEvent.subscription_ref == Subscription.ref, ConsentEvent.type == ART14_INFORMED)
+    return [
+        Subscription.notice.in_(notices),
+        Subscription.lawful_basis == LawfulBasis.LEGITIMATE_INTEREST,
+        Subscription.status == Status.SUBSCRIBED,
+        Subscription.source.startswith(IMPORT_SOURCE_PREFIX, autoescape=True),
+        ~informed,
+    ]
+
+
 def uninformed_contacts(slugs: Iterable[str], older_than_days: int = 25, limit: int = 50) -> list[Uninformed]:
     """Contacts imported on legitimate interest at least ``older_than_days`` ago, still held and
     subscribed, with no ``art14_informed`` evidence: the oldest first, at most ``limit``.
 
     25 days leaves time to act before the month of Art. 14(3)(a) is out. The import
     time is ``confirmed_at``, which the import writes (``created_at`` may be the day
-    the CRM first added the contact). The evidence is read from the ledger through
-    its (subscription_ref, type, at) index.
+    the CRM first added the contact). Only imports from ``art14_evidence_since`` on are
+    listed: before it, no evidence was kept, and ``unknown_if_informed`` counts those.
     """
     notices = list(slugs)
     if not notices:
         return []
     now = utcnow()
-    informed = exists().where(ConsentEvent.subscription_ref == Subscription.ref, ConsentEvent.type == ART14_INFORMED)
+    since = art14_evidence_since()
+    recorded = [Subscription.confirmed_at >= since] if since is not None else []
     rows = db.session.execute(
         select(Subscription.ref, Subscription.notice, Subscription.email, Subscription.confirmed_at)
         .where(
-            Subscription.notice.in_(notices),
-            Subscription.lawful_basis == LawfulBasis.LEGITIMATE_INTEREST,
-            Subscription.status == Status.SUBSCRIBED,
-            Subscription.source.startswith(IMPORT_SOURCE_PREFIX, autoescape=True),
+            *_without_evidence(notices),
+            *recorded,
             Subscription.confirmed_at <= now - timedelta(days=older_than_days),
-            ~informed,
         )
         .order_by(Subscription.confirmed_at, Subscription.id)
         .limit(limit)
@@ -182,6 +223,19 @@ def uninformed_contacts(slugs: Iterable[str], older_than_days: int = 25, limit: 
         for ref, notice, email, imported_at in rows
         if imported_at is not None
     ]
+
+
+def unknown_if_informed(slugs: Iterable[str]) -> int:
+    """How many contacts imported before ``art14_evidence_since`` have no ``art14_informed``
+    event: the code of the time sent their mail without recording it, so whether they were
+    informed is known only to the mail server's log, not here."""
+    notices = list(slugs)
+    since = art14_evidence_since()
+    if not notices or since is None:
+        return 0
+    before = select(func.count()).select_from(Subscription)
+    before = before.where(*_without_evidence(notices), Subscription.confirmed_at < since)
+    return int(db.session.execute(before).scalar_one())
 
 
 @dataclass

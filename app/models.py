@@ -187,6 +187,20 @@ class ProviderDelivery(Model):
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class ServiceMark(Model):
+    """A moment in the service's own history that later code must know, by name.
+
+    ``art14_evidence_since``: from when ``art14_informed`` evidence is recorded. Contacts
+    imported before it were mailed by code that recorded nothing, so their having no
+    evidence says nothing about whether they were informed.
+    """
+
+    __tablename__ = "service_marks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+
+
 class ProviderCursor(Model):
     """Where a poller stopped reading a provider's report, and when it last asked."""
 

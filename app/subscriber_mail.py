@@ -76,10 +76,14 @@ def send_subscriber_mail(job: OutboxJob) -> None:
     # End the read transaction before network I/O: an open SQLite snapshot
     # would hold back the WAL checkpoint that completes an erasure.
     db.session.rollback()
-    mail.transport().send(composed)
+    transport = mail.transport()
+    transport.send(composed)
     if template == "confirmation":
         _record_sent(ref, notice)
-    elif template == ART14:
+    elif template == ART14 and isinstance(transport, mail.SmtpTransport):
+        # Evidence that the person was informed only when a mail server took the mail: one
+        # written to the development folder (no SMTP_HOST) informs nobody, and the contact
+        # stays on the dashboard's list of the uninformed.
         _record_informed(ref, notice, sent_at=utcnow())
 
 
@@ -125,7 +129,7 @@ def _informed(ref: str) -> bool:
 
 
 def _record_informed(ref: str, notice: Notice, sent_at: datetime) -> None:
-    """The evidence that the Art. 14 information reached the transport, once per subscription.
+    """The evidence that the Art. 14 information reached a mail server, once per subscription.
 
     Only after a send that did not raise: a failed send records nothing and is
     retried. The subscription row is locked, so two runs of the job (a lease taken

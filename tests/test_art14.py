@@ -15,16 +15,17 @@ import logging
 import re
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from flask_babel import force_locale
 from sqlalchemy import select, update
 
-from app import import_jobs, importer, mail
+from app import create_app, import_jobs, importer, mail
 from app.extensions import db
-from app.models import ConsentEvent, OutboxJob, Subscription, utcnow
+from app.models import ConsentEvent, OutboxJob, ServiceMark, Subscription, utcnow
 
-from .support import PUBLIC_URL, SmtpSink
+from .support import PUBLIC_URL, REPO, Mailbox, SmtpSink
 
 SOURCE = "https://www.bolag.se/om-oss/kontakt"
 MAIL_FROM = "nyheter@news.example.org"
@@ -120,6 +121,20 @@ def test_a_failed_send_records_nothing_and_the_retry_that_succeeds_records_once(
     assert len(informed_events(app)) == 1
 
 
+def test_a_mail_written_to_the_development_folder_informs_nobody_and_records_nothing(app, runner, smtp):
+    app.config["SMTP_HOST"] = ""  # as without SMTP_HOST: mail goes to instance/mail/
+    evidence_kept_since(app, days=60)
+    import_harvested(runner, ["ada@bolag.se"])
+    run_outbox(runner)
+    written = Mailbox(Path(app.config["MAIL_DIR"])).to("ada@bolag.se")
+    assert len(written) == 1 and smtp.messages("ada@bolag.se") == []  # written, never handed to a server
+    assert informed_events(app) == []
+    assert exported_events(runner, "ada@bolag.se", "art14_informed") == []
+    imported_days_ago(app, "ada@bolag.se", 26)
+    with app.app_context():
+        assert [u.email for u in importer.uninformed_contacts(["mysoft"])] == ["ada@bolag.se"]
+
+
 def test_someone_who_opted_out_or_was_erased_before_the_send_gets_nothing_and_no_event(app, client, runner, smtp):
     import_harvested(runner, ["otto@bolag.se", "eva@bolag.se"])
     with app.app_context():
@@ -211,6 +226,44 @@ def test_a_dashboard_import_of_contacts_obtained_over_a_month_ago_logs_the_warni
     assert len(exported_events(runner, "ada@bolag.se", "imported")) == 1
 
 
+def test_a_dry_run_of_late_contacts_says_what_to_do_when_they_are_imported(app, runner, smtp):
+    stale = date.today() - timedelta(days=40)
+    result = import_harvested(runner, ["ada@bolag.se"], "--dry-run", source_date=stale)
+    warning = result.stderr
+    assert f"passed on {importer.one_month_after(stale).isoformat()}" in warning
+    assert "Inform them as soon as they are imported" in warning
+    assert "imported all the same" not in warning and "goes out now" not in warning
+    run_outbox(runner)
+    assert smtp.messages() == [] and json.loads(result.stdout)["dry_run"] is True
+
+
+def notices_without_art14(folder: Path) -> Path:
+    """The shipped notices, with Mysoft no longer sending the Art. 14 mail to imported contacts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (REPO / "notices").glob("*.toml"):
+        text = source.read_text(encoding="utf-8")
+        if source.stem == "mysoft":
+            assert "inform_imported = true" in text
+            text = text.replace("inform_imported = true", "inform_imported = false")
+        (folder / source.name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_no_lateness_warning_where_no_art14_mail_would_go_out(app_env, app, tmp_path, smtp):
+    quiet = create_app(env={**app_env, "NOTICES_DIR": str(notices_without_art14(tmp_path / "notices"))})
+    try:
+        runner = quiet.test_cli_runner()
+        result = import_harvested(runner, ["ada@bolag.se"], source_date=date.today() - timedelta(days=40))
+        assert json.loads(result.stdout)["added"] == 1
+        assert "Art. 14" not in result.stderr
+        run_outbox(runner)
+        assert smtp.messages("ada@bolag.se") == []  # indeed no mail
+    finally:
+        with quiet.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
 def test_an_import_on_consent_is_no_art14_case_and_does_not_warn(app, runner):
     stale = (date.today() - timedelta(days=400)).isoformat()
     args = ["contacts", "import", "-", "--notice", "mysoft", "--source", "fair 2025", "--source-date", stale]
@@ -239,7 +292,43 @@ def imported_days_ago(app, address: str, days: float) -> None:  # type: ignore[n
         db.session.commit()
 
 
+def evidence_kept_since(app, days: float) -> datetime:  # type: ignore[no-untyped-def]
+    """Set when the service began to record Art. 14 mails (migration 0007 sets it at upgrade)."""
+    at = utcnow() - timedelta(days=days)
+    with app.app_context():
+        db.session.merge(ServiceMark(name=importer.ART14_EVIDENCE_SINCE, at=at))
+        db.session.commit()
+    return at
+
+
+def imported_by_older_code(app, address: str, days: float) -> None:  # type: ignore[no-untyped-def]
+    """As the code before the evidence made a contact: imported ``days`` ago, its Art. 14 job
+    done and its payload wiped, and no ``art14_informed`` event."""
+    with app.app_context():
+        ref = db.session.execute(select(Subscription.ref).where(Subscription.email == address)).scalar_one()
+        db.session.execute(
+            update(OutboxJob)
+            .where(OutboxJob.subscription_ref == ref, OutboxJob.kind == "mail")
+            .values(state="done", payload={})
+        )
+        db.session.commit()
+    imported_days_ago(app, address, days)
+
+
+def test_contacts_imported_before_the_evidence_was_kept_are_counted_apart_not_called_uninformed(app, runner):
+    evidence_kept_since(app, days=30)
+    import_harvested(runner, ["old@bolag.se", "older@bolag.se", "new@bolag.se"])  # no worker: none sent
+    imported_by_older_code(app, "old@bolag.se", 40)
+    imported_by_older_code(app, "older@bolag.se", 300)
+    imported_days_ago(app, "new@bolag.se", 26)
+    with app.app_context():
+        assert [u.email for u in importer.uninformed_contacts(["mysoft"])] == ["new@bolag.se"]
+        assert importer.unknown_if_informed(["mysoft"]) == 2
+        assert importer.unknown_if_informed(["munkeby"]) == 0
+
+
 def test_contacts_imported_25_days_ago_and_not_yet_informed_are_listed(app, runner, smtp):
+    evidence_kept_since(app, days=60)
     import_harvested(runner, ["informed@bolag.se"])
     run_outbox(runner)  # informed at once
     smtp.stop()  # the rest are not: the mail server is down

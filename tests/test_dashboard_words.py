@@ -21,6 +21,7 @@ from app.extensions import db
 from app.models import ContactImport, OutboxJob, Subscription, utcnow
 
 from .support import link_in, subscribe_and_confirm
+from .test_art14 import evidence_kept_since, imported_by_older_code
 from .test_dashboard import create_user, form_token, log_in, subscription_ref
 from .test_dashboard_import import upload
 
@@ -251,6 +252,7 @@ def test_the_subscribers_list_names_each_notice(app, client, mailbox, marketer):
 def test_imported_contacts_not_informed_after_25_days_are_listed_for_their_controller(
     app, client, marketer, runner, tmp_path
 ):
+    evidence_kept_since(app, days=60)
     contacts = tmp_path / "contacts.csv"
     contacts.write_text("email\nwaiting@bolag.se\nrecent@bolag.se\n")
     imported = runner.invoke(
@@ -279,6 +281,25 @@ def test_imported_contacts_not_informed_after_25_days_are_listed_for_their_contr
     assert 'id="art14"' not in other.get("/dashboard/").get_data(as_text=True)  # another controller's people
 
 
+def test_contacts_imported_before_art14_mails_were_recorded_are_not_called_uninformed(app, marketer, runner):
+    evidence_kept_since(app, days=30)
+    imported = runner.invoke(
+        args=["contacts", "import", "-", "--notice", "mysoft", "--source", "https://www.bolag.se/om-oss"],
+        input="email\nold@bolag.se\nolder@bolag.se\n",
+    )
+    assert imported.exit_code == 0, imported.output
+    imported_by_older_code(app, "old@bolag.se", 40)  # mailed by the older code, which recorded nothing
+    imported_by_older_code(app, "older@bolag.se", 200)
+    page = marketer.get("/dashboard/?lang=en").get_data(as_text=True)
+    card = page.split('id="art14"', 1)[1].split("</section>", 1)[0]
+    assert "old@bolag.se" not in card and "older@bolag.se" not in card and "Not yet informed" not in card
+    assert figure(card, "art14-unknown") == (
+        "2 contacts were imported before this service recorded Art. 14 mails: whether they were informed is"
+        " not known here; check the mail server's log."
+    )
+    assert "not yet informed" not in text_of(card.split("</h2>", 1)[0]).lower()
+
+
 def test_an_upload_of_contacts_obtained_over_a_month_ago_warns_of_art14(app, marketer):
     marketer.get("/dashboard/?lang=en")  # the dashboard remembers the language chosen
     today = utcnow().date()
@@ -286,5 +307,7 @@ def test_an_upload_of_contacts_obtained_over_a_month_ago_warns_of_art14(app, mar
     answer = upload(marketer, b"E-post\nada@firma.se\n", source_date=stale)
     warned = text_of(marketer.get(answer.headers["Location"]).get_data(as_text=True))
     assert f"The contacts were obtained on {stale}, more than one month ago" in warned
+    # Nothing is imported or mailed yet: the warning says what to do, not what is happening.
+    assert "Inform them as soon as they are imported" in warned and "goes out now" not in warned
     answer = upload(marketer, b"E-post\nbo@firma.se\n", source_date=today.isoformat())
     assert "more than one month ago" not in marketer.get(answer.headers["Location"]).get_data(as_text=True)

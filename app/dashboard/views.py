@@ -84,6 +84,8 @@ def overview() -> ResponseReturnValue:
         versions={notice.slug: queries.versions(notice) for notice in notices},
         review_due={notice.slug: queries.review_due(notice) for notice in notices},
         uninformed=importer.uninformed_contacts(mine, older_than_days=UNINFORMED_AFTER_DAYS),
+        # Imported before the service kept Art. 14 evidence: not known to be uninformed.
+        unknown_if_informed=importer.unknown_if_informed(mine),
         uninformed_days=UNINFORMED_AFTER_DAYS,
     )
 
@@ -376,7 +378,7 @@ def import_upload() -> ResponseReturnValue:
                 problem = str(exc)
             else:
                 # Contacts obtained over a month ago: Art. 14(3)(a)'s deadline to inform them has passed.
-                late = facts.art14_warning(date.today())
+                late = facts.art14_warning(date.today(), before_import=True)  # nothing imported yet
                 if late:
                     flash(late, "warning")
                 return redirect(url_for("dashboard.import_status", import_id=record.id))
