@@ -80,7 +80,9 @@ def _card(sub: Subscription, notice: Notice) -> Card:
         since_label, since = _("Consent given"), _day(sub.confirmed_at) or ""
     else:
         since_label, since = _("Added on"), _day(sub.created_at) or ""
-    transfers = [labels.transfer(t) for t in notice.transfers] or [labels.no_transfer()]
+    # A notice that states nothing about transfers claims nothing (see notices/munkeby.toml).
+    stated = notice.transfers_stated
+    transfers = ([labels.transfer(t) for t in notice.transfers] or [labels.no_transfer()]) if stated else []
     return Card(
         sub=sub,
         notice=notice,
