@@ -317,7 +317,15 @@ class Service:
         return subscription["status"]
 
 
-# Chromium as the browser tests run it: headless, no sandbox (containers), nothing fetched on its own.
+@contextmanager
+def serving(env: dict[str, str], port: int, log: Path, workers: int = 2) -> Iterator[Service]:
+    """gunicorn started and answering /healthz for the block, stopped however the block ends."""
+    server = Service(env, port, log, workers)
+    try:
+        server.wait_until_healthy()
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

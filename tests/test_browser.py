@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .browser.harness import launched_chromium, mail_link, screenshot_dir
-from .support import Service, SmtpSink, free_port
+from .support import Service, SmtpSink, free_port, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -54,12 +54,8 @@ def app_env(app_env: dict[str, str], smtp: SmtpSink, web_port: int) -> dict[str,
 
 @pytest.fixture
 def service(app, app_env: dict[str, str], web_port: int, tmp_path: Path) -> Iterator[Service]:  # type: ignore[no-untyped-def]
-    server = Service(app_env, web_port, tmp_path / "gunicorn.log")
-    try:
-        server.wait_until_healthy()
+    with serving(app_env, web_port, tmp_path / "gunicorn.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .support import Service, SmtpSink, free_port
+from .support import Service, SmtpSink, free_port, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -56,12 +56,8 @@ def app_env(app_env: dict[str, str], smtp: SmtpSink, web_port: int) -> dict[str,
 def service(app, app_env: dict[str, str], web_port: int, tmp_path: Path) -> Iterator[Service]:  # type: ignore[no-untyped-def]
     # Depending on `app` migrates the database and empties it; gunicorn then
     # serves that same database with the same settings.
-    server = Service(app_env, web_port, tmp_path / "gunicorn.log")
-    try:
-        server.wait_until_healthy()
+    with serving(app_env, web_port, tmp_path / "gunicorn.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def browser() -> requests.Session:

@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
-from .browser.harness import axe_source, axe_violations, blocking, launched_chromium, mail_link, overflow
+from .browser.harness import axe_source, axe_violations, blocking, launched_chromium, mail_link, overflow, sign_up
 from .browser.harness import screenshot_dir as shots_folder
 from .conftest import base_env
-from .support import Service, SmtpSink, free_port
+from .support import Service, SmtpSink, free_port, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -108,12 +108,10 @@ def site(chromium: Any, axe: str, sqlite_template: Path, tmp_path_factory: pytes
         MAILCHIMP_API_URL=NOWHERE,
         APSIS_API_URL=NOWHERE,
     )
-    service = Service(env, port, folder / "gunicorn.log")
     try:
-        service.wait_until_healthy()
-        yield Site(service, smtp, env, folder)
+        with serving(env, port, folder / "gunicorn.log") as service:
+            yield Site(service, smtp, env, folder)
     finally:
-        service.stop()
         smtp.stop()
 
 
@@ -130,7 +128,7 @@ def people(site: Site, chromium: Any) -> Site:
     context = chromium.new_context(locale="sv-SE")
     try:
         page = context.new_page()
-        sign_up(page, site, "munkeby", SUBJECT, "Lisa Ek")
+        sign_up(page, site.url, "munkeby", SUBJECT, "Lisa Ek")
         site.links["confirm"] = mail_link(site.smtp, SUBJECT, "confirm", site.url)
         site.links["expired"] = expired_confirm_link(site, site.links["confirm"])
         page.goto(site.links["confirm"])
@@ -142,7 +140,7 @@ def people(site: Site, chromium: Any) -> Site:
         site.links["erase"] = data_link(page, site, site.links["manage"], SUBJECT, "erase")
         for _ in range(2):  # a list longer than one row
             other = site.address("reader")
-            sign_up(page, site, "mysoft", other)
+            sign_up(page, site.url, "mysoft", other)
             page.goto(mail_link(site.smtp, other, "confirm", site.url))
             page.click("main button[type=submit]")
             page.wait_for_load_state()
@@ -193,20 +191,10 @@ def expired_confirm_link(site: Site, mailed: str) -> str:
     return f"{site.url}/confirm/{token}"
 
 
-def sign_up(page: Any, site: Site, slug: str, address: str, name: str | None = None) -> None:
-    page.goto(f"{site.url}/{slug}/subscribe")
-    page.fill("input[name=email]", address)
-    if name is not None:
-        page.fill("input[name=name]", name)
-    page.check("input[name=consent]")
-    page.click("main button[type=submit]")
-    page.wait_for_url("**/subscribe/sent**")
-
-
 def subscriber(page: Any, site: Site) -> tuple[str, str]:
     """A new confirmed Munkeby subscriber: their address and the manage link of their welcome mail."""
     address = site.address("reader")
-    sign_up(page, site, "munkeby", address)
+    sign_up(page, site.url, "munkeby", address)
     page.goto(mail_link(site.smtp, address, "confirm", site.url))
     page.click("main button[type=submit]")
     page.wait_for_load_state()
@@ -256,12 +244,12 @@ def sign_up_with_errors(page: Any, site: Site) -> None:
 
 
 def sent(page: Any, site: Site) -> None:
-    sign_up(page, site, "mysoft", site.address("new"))
+    sign_up(page, site.url, "mysoft", site.address("new"))
 
 
 def confirmed(page: Any, site: Site) -> None:
     address = site.address("new")
-    sign_up(page, site, "munkeby", address)
+    sign_up(page, site.url, "munkeby", address)
     page.goto(mail_link(site.smtp, address, "confirm", site.url))
     page.click("main button[type=submit]")
     page.wait_for_load_state()
@@ -270,7 +258,7 @@ def confirmed(page: Any, site: Site) -> None:
 def stale_link(page: Any, site: Site) -> None:
     """A confirmation link pressed after the person unsubscribed with the same mail's link."""
     address = site.address("new")
-    sign_up(page, site, "munkeby", address)
+    sign_up(page, site.url, "munkeby", address)
     confirm = mail_link(site.smtp, address, "confirm", site.url)
     page.goto(mail_link(site.smtp, address, "unsubscribe", site.url))
     page.click("main button[type=submit]")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from .browser.harness import launched_chromium, mail_link
-from .support import Service, SmtpSink, free_port
+from .browser.harness import launched_chromium, mail_link, sign_up
+from .support import Service, SmtpSink, free_port, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -51,12 +51,8 @@ def app_env(app_env: dict[str, str], smtp: SmtpSink, web_port: int) -> dict[str,
 
 @pytest.fixture
 def service(app, app_env: dict[str, str], web_port: int, tmp_path: Path) -> Iterator[Service]:  # type: ignore[no-untyped-def]
-    server = Service(app_env, web_port, tmp_path / "gunicorn.log")
-    try:
-        server.wait_until_healthy()
+    with serving(app_env, web_port, tmp_path / "gunicorn.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 MEASURE = """() => {
@@ -106,16 +102,6 @@ class Layout:
     def visit(self, url: str, name: str) -> None:
         self.page.goto(url)
         self.check(name)
-
-
-def sign_up(page: Any, url: str, slug: str, address: str, name: str | None = None) -> None:
-    page.goto(f"{url}/{slug}/subscribe")
-    page.fill("input[name=email]", address)
-    if name is not None:
-        page.fill("input[name=name]", name)
-    page.check("input[name=consent]")
-    page.click("button[type=submit]")
-    page.wait_for_url("**/subscribe/sent**")
 
 
 def test_every_subscriber_page_fits_a_phone(service, smtp, chromium, tmp_path):  # type: ignore[no-untyped-def]

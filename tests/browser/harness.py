@@ -80,6 +80,17 @@ def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, timeout: float
         time.sleep(0.02)
 
 
+def sign_up(page: Any, base: str, slug: str, address: str, name: str | None = None) -> None:
+    """Sign up on ``slug``'s form as a person does: fill it in, tick the box, send, see the answer."""
+    page.goto(f"{base}/{slug}/subscribe")
+    page.fill("input[name=email]", address)
+    if name is not None:
+        page.fill("input[name=name]", name)
+    page.check("input[name=consent]")
+    page.click("main button[type=submit]")
+    page.wait_for_url("**/subscribe/sent**")
+
+
 def inject_axe(page: Any, source: str) -> None:
     """Load axe-core into the page.
 
