@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, s
     register_blueprints(app)
     register_errorhandlers(app)
     register_security(app)
+    register_operations(app)
     register_mail_signing(app)
     register_commands(app)
     prepare_database(app)
@@ -44,15 +43,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, s
 
 
 def configure_logging(app: Flask) -> None:
-    # Logs go to stderr so commands keep stdout for their data.
-    root = logging.getLogger()
-    if not any(getattr(h, "_consent_service", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._consent_service = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from .logs import configure
+
+    configure(app)
 
 
 def load_notice_files(app: Flask) -> None:
@@ -123,6 +116,13 @@ def register_security(app: Flask) -> None:
     from .security import register_security_headers
 
     register_security_headers(app)
+
+
+def register_operations(app: Flask) -> None:
+    from . import metrics, readiness
+
+    metrics.init_app(app)
+    readiness.init_app(app)
 
 
 def register_mail_signing(app: Flask) -> None:

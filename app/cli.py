@@ -451,6 +451,8 @@ def retention_purge(dry_run: bool) -> None:
 
 
 def register(app: Flask) -> None:
+    from .backup import backup_cli
+
     groups = (
         outbox_cli,
         ledger_cli,
@@ -461,6 +463,7 @@ def register(app: Flask) -> None:
         contacts_cli,
         retention_cli,
         mail_cli,
+        backup_cli,
     )
     for group in groups:
         app.cli.add_command(group)

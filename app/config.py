@@ -11,6 +11,7 @@ A message about a secret never shows its value.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -331,6 +332,33 @@ def _notice_prefixes(directory: str) -> list[str]:
     return [path.stem.upper().replace("-", "_") for path in sorted(Path(directory).glob("*.toml"))]
 
 
+def _networks(name: str, env: Mapping[str, str], default: str) -> tuple[str, ...]:
+    """A comma-separated list of addresses or networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``)."""
+    raw = env.get(name, "").strip() or default
+    networks = []
+    for part in raw.split(","):
+        try:
+            networks.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError:
+            message = f"{name} must list IP addresses or networks separated by commas, not {part.strip()!r}"
+            raise ConfigError(message) from None
+    return tuple(networks)
+
+
+def _operations(env: Mapping[str, str]) -> dict[str, Any]:
+    """What an operator's tools read: the log format, who may scrape metrics, readiness."""
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, not {log_format!r}")
+    return {
+        "LOG_FORMAT": log_format,
+        # /metrics answers only these clients (after ProxyFix); everyone else gets 404.
+        "METRICS_ALLOW": _networks("METRICS_ALLOW", env, "127.0.0.1/32,::1/128"),
+        # /readyz fails when the outbox worker has not reported for longer than this.
+        "WORKER_HEARTBEAT_MAX_AGE": _int("WORKER_HEARTBEAT_MAX_AGE", env, 300, 10),
+    }
+
+
 def _web(production: bool) -> dict[str, Any]:
     # Only the dashboard has a session (app/dashboard/auth.py): its cookie goes to the
     # dashboard's paths only, so a marketer's browser does not send it to subscribers' pages.
@@ -371,5 +399,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         **_limits(env),
         **_outbox(env, instance),
         **_providers(env),
+        **_operations(env),
         **_web(production),
     }

@@ -1,0 +1,9 @@
+"""Prometheus metrics at ``/metrics``."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Register the request instruments and the ``/metrics`` route."""
