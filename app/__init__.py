@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,12 +12,15 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import labels
 from .config import REPO_ROOT, load_settings
+from .logs import configure_stderr
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Flask:
     """Build the app. ``env`` replaces ``os.environ`` (tests); ``test_config`` overrides last."""
     if env is None:
         load_dotenv(REPO_ROOT / ".env", override=False)
+    # Before the settings are read, so their own warnings come out in the chosen format.
+    configure_stderr((os.environ if env is None else env).get("LOG_FORMAT", ""))
     settings = load_settings(dict(env) if env is not None else None)
     app = Flask(
         __name__,

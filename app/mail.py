@@ -250,9 +250,9 @@ class FolderTransport:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(composed.as_sent())
-        # The links carry tokens, never the address; logging them lets a
-        # developer follow a sign-up without a mail server.
-        log.info("mail written to %s; links: %s", path.name, composed.links)
+        # The file, not its links: links carry tokens, and no log line holds one. A developer
+        # opens the file (or `instance/mail/`) to follow a sign-up without a mail server.
+        log.info("%s mail written to %s", composed.kind, path)
 
 
 def transport() -> Transport:

@@ -27,6 +27,9 @@ from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
 from .support import PUBLIC_URL, Mailbox, SettledClient, SmtpSink
 
+# Every log line the suite produces is read for addresses, tokens and secrets (tests/log_audit.py).
+pytest_plugins = ["tests.log_audit"]
+
 # Every app a test builds hands its test client's requests' mail over before returning.
 Flask.test_client_class = SettledClient
 

@@ -53,9 +53,13 @@ class SettledClient(FlaskClient):
         return response
 
 
+# (args, stderr) of every CLI run, read by the log audit (tests/log_audit.py) after each test.
+CLI_OUTPUT: list[tuple[tuple[str, ...], str]] = []
+
+
 def run_flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``flask --app wsgi ARGS`` in a process of its own, as an operator runs it."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", *args],
         cwd=REPO,
         env=env,
@@ -63,6 +67,8 @@ def run_flask(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=60,
     )
+    CLI_OUTPUT.append((args, result.stderr))
+    return result
 
 
 def notices_with_rule(folder: Path, slug: str, rule: str) -> Path:
