@@ -24,10 +24,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 from flask_babel import force_locale
 
-from . import accounts, consent, importer, ledger, outbox, report_poller, retention
+from . import accounts, consent, importer, ledger, outbox, report_poller, retention, service_marks
 from .addresses import InvalidInput, normalise_email
 from .extensions import db
 from .notices import LAWFUL_BASES, get_notice
+from .service_marks import LEDGER_VERIFY_FAILED, LEDGER_VERIFY_OK, WORKER_HEARTBEAT
 
 FC = TypeVar("FC", bound=Callable[..., Any])  # a click command, as its decorators pass it on
 
@@ -75,12 +76,36 @@ def mail_dkim_keygen(selector: str, domain: str, kind: str, out: Path | None) ->
     )
 
 
+HEARTBEAT_SECONDS = 15  # well inside WORKER_HEARTBEAT_MAX_AGE (300 s), which /readyz checks
+
+
+def _beat() -> None:
+    """Tell /readyz and /metrics this worker is alive; a failed write never stops the work."""
+    try:
+        service_marks.touch(WORKER_HEARTBEAT)
+        db.session.commit()
+    except Exception:  # the database may be away for a moment; the next pass beats again
+        db.session.rollback()
+        current_app.logger.warning("the outbox worker's heartbeat could not be written", exc_info=True)
+
+
+def _record_verification(ok: bool) -> None:
+    """The chain check's outcome, for /metrics and its alert."""
+    try:
+        service_marks.touch(LEDGER_VERIFY_OK if ok else LEDGER_VERIFY_FAILED)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        current_app.logger.warning("the chain check's outcome could not be recorded", exc_info=True)
+
+
 @outbox_cli.command("run")
 @click.option("--once", is_flag=True, help="Drain what is due now, then exit.")
 def outbox_run(once: bool) -> None:
     """Work through the outbox; runs until SIGTERM/SIGINT unless --once."""
     if once:
         total = 0
+        _beat()
         while done := outbox.run_due():
             total += done
         click.echo(json.dumps({"processed": total}))
@@ -98,8 +123,12 @@ def outbox_run(once: bool) -> None:
     click.echo("outbox worker started", err=True)
     interval = current_app.config["LEDGER_CHECKPOINT_SECONDS"]
     last = {"at": 0.0}
+    beat = {"at": 0.0}
 
     def checkpoint_if_due() -> None:
+        if time.monotonic() - beat["at"] >= HEARTBEAT_SECONDS:
+            beat["at"] = time.monotonic()
+            _beat()
         if time.monotonic() - last["at"] >= interval:
             last["at"] = time.monotonic()
             try:
@@ -154,6 +183,8 @@ def ledger_verify(sign_head: bool) -> None:
     """Check the whole evidence chain, the head's signature and the signed checkpoint; name the first
     broken event. A chain that verifies moves the checkpoint to its head."""
     result = ledger.sign_head(db.session) if sign_head else ledger.check(db.session)
+    db.session.rollback()  # the reads' transaction
+    _record_verification(result.ok)
     if not result.ok:
         if result.broken_seq is None:
             click.echo(f"BROKEN: {result.reason} ({result.count} events in the chain)", err=True)

@@ -14,6 +14,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .extensions import db
 from .models import ServiceMark, utcnow
 
+WORKER_HEARTBEAT = "outbox_worker_heartbeat"  # each pass of `outbox run`, at most every 15 s
+LEDGER_VERIFY_OK = "ledger_verify_ok"  # the last time `ledger verify` passed
+LEDGER_VERIFY_FAILED = "ledger_verify_failed"  # the last time it failed
+
 
 def touch(name: str, at: datetime | None = None) -> None:
     """Set mark ``name`` to ``at`` (now by default), in the caller's transaction.
