@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import requests
 
+from .. import metrics
 from ..config import APSIS_DEFAULT_URL
 from ..notices import Notice
 from . import (
@@ -62,6 +63,12 @@ def _json(response: requests.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProviderRetry(f"APSIS answered {response.status_code} with JSON that is not an object")
     return body
+
+
+def _operation(method: str, path: str) -> str:
+    """The call's path as a template, for metrics: no address (a profile key) ever in a label."""
+    template = re.sub(r"/profiles/[^/?]+", "/profiles/{profile}", path.split("?")[0])
+    return f"{method} {re.sub(r'/keyspaces/[^/]+', '/keyspaces/{keyspace}', template)}"
 
 
 def _apsis_error(response: requests.Response) -> bool:
@@ -204,13 +211,19 @@ class ApsisProvider:
             headers["Content-Type"] = "application/merge-patch+json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        operation = _operation(method, path)
         try:
             data = None if body is None else json.dumps(body).encode()
             if data is not None:
                 headers.setdefault("Content-Type", "application/json")
-            return self.session.request(method, self.base_url + path, data=data, headers=headers, timeout=self.timeout)
+            response = self.session.request(
+                method, self.base_url + path, data=data, headers=headers, timeout=self.timeout
+            )
         except requests.RequestException as exc:
+            metrics.provider_call("apsis", operation, None)
             raise ProviderRetry(f"APSIS unreachable: {type(exc).__name__}") from None
+        metrics.provider_call("apsis", operation, response.status_code)
+        return response
 
     def _fail(self, response: requests.Response, what: str) -> NoReturn:
         try:

@@ -25,6 +25,7 @@ import mailchimp_marketing
 import requests
 from mailchimp_marketing.api_client import ApiClientError
 
+from .. import metrics
 from ..notices import Notice
 from . import (
     CONCURRENT_CALLS,
@@ -139,10 +140,12 @@ class MailchimpProvider:
     def _call(self, fn: Any, *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
         """Run one client call, on one of the account's 10 connections; turn every failure
         shape into our three outcomes."""
+        operation = getattr(fn, "__name__", "call")
         try:
             with account_limits.connection_slot(self.limits_uri, self.account, ACCOUNT_CONNECTIONS):
                 result = fn(*args, **kwargs)
         except ApiClientError as exc:
+            metrics.provider_call("mailchimp", operation, exc.status_code)
             if exc.status_code is None:
                 raise ProviderRetry(f"Mailchimp unreachable: {exc.text}") from None
             problem = _problem(exc)
@@ -160,6 +163,8 @@ class MailchimpProvider:
                 reason = f"Mailchimp 400 {title}: {explained}" if explained else f"Mailchimp 400 {title}"
                 raise ProviderPermanent(reason) from None
             raise ProviderRetry(f"Mailchimp {exc.status_code} {title}".strip()) from None
+        status = result.status_code if isinstance(result, requests.Response) else 200
+        metrics.provider_call("mailchimp", operation, status)
         if isinstance(result, requests.Response) and result.status_code >= 400:
             if result.status_code == 404 and missing_ok:
                 return None

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 from flask import Response, abort, current_app, jsonify, request
 
-from .. import addresses, consent
+from .. import addresses, consent, metrics
 from ..errors import json_error
 from ..extensions import csrf
 from ..models import utc_naive
@@ -83,6 +83,17 @@ def _secret_matches(setting: str, given: str) -> bool:
     return hmac.compare_digest(
         hashlib.sha256(expected.encode()).digest(), hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
     )
+
+
+@bp.after_request
+def _count_delivery(response: Response) -> Response:
+    """Each delivery by provider and result: its outcome when answered 200, its status otherwise."""
+    provider = (request.endpoint or "").rsplit(".", 1)[-1]
+    if provider in ("mailchimp", "apsis"):
+        body = response.get_json(silent=True) if response.status_code == 200 else None
+        outcome = body.get("status") if isinstance(body, dict) else None
+        metrics.webhook_delivery(provider, str(outcome) if outcome else f"http_{response.status_code}")
+    return response
 
 
 def _answer(outcome: str, status: int = 200) -> Response:
