@@ -23,11 +23,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 from flask_babel import force_locale
+from sqlalchemy import func, select
 
 from . import accounts, consent, importer, ledger, outbox, report_poller, retention, service_marks
 from .addresses import InvalidInput, normalise_email
 from .extensions import db
+from .models import ConsentEvent
 from .notices import LAWFUL_BASES, get_notice
+from .progress import Progress
 from .service_marks import LEDGER_VERIFY_FAILED, LEDGER_VERIFY_OK, WORKER_HEARTBEAT
 
 FC = TypeVar("FC", bound=Callable[..., Any])  # a click command, as its decorators pass it on
@@ -182,7 +185,15 @@ def _checkpoint(create: bool = False) -> dict[str, Any]:
 def ledger_verify(sign_head: bool) -> None:
     """Check the whole evidence chain, the head's signature and the signed checkpoint; name the first
     broken event. A chain that verifies moves the checkpoint to its head."""
-    result = ledger.sign_head(db.session) if sign_head else ledger.check(db.session)
+    events = db.session.execute(select(func.max(ConsentEvent.seq))).scalar() or 0
+    with Progress("verify", total=events, unit="events") as bar:
+        reporting = ledger.walk_progress.set(bar.advance)
+        try:
+            result = ledger.sign_head(db.session) if sign_head else ledger.check(db.session)
+        finally:
+            ledger.walk_progress.reset(reporting)
+        if result.ok:
+            bar.set(result.count)
     db.session.rollback()  # the reads' transaction
     _record_verification(result.ok)
     if not result.ok:
@@ -445,9 +456,6 @@ def contacts_import(
         added_column=added_column,
     )
 
-    def progress(result: importer.ImportResult) -> None:
-        click.echo(f"{result.rows} rows read, {result.counts['added']} to add", err=True)
-
     try:
         spec.check()
         # Operators read the command's output in English, like its other messages.
@@ -457,7 +465,13 @@ def contacts_import(
             click.echo(f"warning: {late}", err=True)
         with _rereadable(file) as binary:
             importer.check_file(binary)
-            result = importer.run_import(spec, importer.TextLines(binary), progress)
+            start = binary.tell()
+            size = binary.seek(0, os.SEEK_END) - start
+            binary.seek(start)
+            with Progress("import", total=size, unit="bytes") as bar:
+                result = importer.run_import(
+                    spec, importer.TextLines(binary), lambda _result: bar.set(binary.tell() - start)
+                )
     except importer.ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"dry_run": dry_run, **result.as_dict()}))
@@ -478,7 +492,12 @@ def _rereadable(stream: IO[bytes]) -> IO[bytes]:
 @click.option("--dry-run", is_flag=True, help="List each row that would go and why (with its address); change nothing.")
 def retention_purge(dry_run: bool) -> None:
     """Apply every notice's retention rules; safe to run from cron (a second run changes nothing)."""
-    click.echo(json.dumps(retention.purge(dry_run=dry_run).as_dict(), indent=2 if dry_run else None))
+    if dry_run:
+        click.echo(json.dumps(retention.purge(dry_run=True).as_dict(), indent=2))
+        return
+    with Progress("purge", total=retention.due_count(), unit="rows") as bar:
+        report = retention.purge(progress=bar.advance)
+    click.echo(json.dumps(report.as_dict()))
 
 
 def register(app: Flask) -> None:

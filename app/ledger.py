@@ -18,8 +18,9 @@ import multiprocessing
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -341,8 +342,13 @@ def _verify_chain(session: AnySession, head: Head, processes: int | None, parall
         starts = [1 + i * size for i in range(processes)]
         ends = [start - 1 for start in starts[1:]] + [head.seq]
         address = url.render_as_string(hide_password=False)
+        report = walk_progress.get()
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_walk_range, [address] * processes, starts, ends))
+            futures = [pool.submit(_walk_range, address, start, end) for start, end in zip(starts, ends, strict=True)]
+            for future in as_completed(futures):
+                if report is not None:
+                    report(future.result().count)
+            parts = [future.result() for future in futures]
     result = _join(parts, 0, GENESIS)
     if not result.ok:
         return result
@@ -395,10 +401,19 @@ def _missing(expected: int, found: int) -> str:
     return f"event {expected} is missing (next found: {found})"
 
 
+# Told how many events a walk has checked, as it goes (``ledger verify``'s progress bar).
+# Set for the walk in this process only; ranges walked in other processes report when done.
+walk_progress: ContextVar[Callable[[int], None] | None] = ContextVar("walk_progress", default=None)
+WALK_REPORT_EVERY = 5000
+
+
 def _walk(conn: Connection, first: int, last: int | None) -> _Part:
     """Check the events from seq ``first`` on (to ``last``) against each other."""
     part = _Part()
+    report = walk_progress.get()
     for event in _events(conn, first - 1, last):
+        if report is not None and part.count % WALK_REPORT_EVERY == 0 and part.count:
+            report(WALK_REPORT_EVERY)
         seq = event[_SEQ]
         if part.count == 0:  # the range's first event: its link to the one before is the caller's
             part.first_seq, part.first_prev = seq, event[_PREV]

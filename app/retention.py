@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -134,7 +134,17 @@ def review_due_query(notice: Notice, now: datetime | None = None) -> Select[Any]
     )
 
 
-def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
+def due_count(now: datetime | None = None) -> int:
+    """How many subscriptions the next purge removes: the total of its progress bar."""
+    now = now or utcnow()
+    queries = (_due(notice, rule, now) for notice in notices().values() for rule in PURGE_RULES)
+    return sum(_count(query) for query in queries if query is not None)
+
+
+def purge(
+    dry_run: bool = False, now: datetime | None = None, progress: Callable[[int], None] | None = None
+) -> Report:
+    """Apply every notice's rules; ``progress`` is told each batch's count as it goes."""
     now = now or utcnow()
     report = Report(dry_run=dry_run)
     for notice in notices().values():
@@ -150,6 +160,8 @@ def purge(dry_run: bool = False, now: datetime | None = None) -> Report:
             started = time.perf_counter()
             for count in _purge_batches(notice, rule, query):
                 report.add(notice.slug, rule, count)
+                if progress is not None:
+                    progress(count)
             done = report.purged.get(notice.slug, {}).get(rule, 0)
             log.info("retention: %s %s purged %d in %.1f s", notice.slug, rule, done, time.perf_counter() - started)
         review = review_due_query(notice, now)
