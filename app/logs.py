@@ -116,6 +116,9 @@ def configure_stderr(log_format: str) -> None:
     # The development server logs each request line, path and all (tokens ride in paths);
     # the "request finished" line says the same with the route's template.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # Flask-Limiter names the client's IP address in each refusal it logs at INFO; the
+    # "request finished" line already shows the 429, and an IP address is personal data.
+    logging.getLogger("flask-limiter").setLevel(logging.WARNING)
 
 
 def configure(app: Flask) -> None:
