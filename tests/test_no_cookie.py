@@ -191,7 +191,8 @@ def test_no_public_answer_sets_a_cookie(app, runner, mailbox, browser):
     answers: dict[tuple[str, str], int] = {}
     for method, path, body in requests:
         answer = client.open(path, method=method, data=body, headers=headers)
-        assert answer.status_code < 500, (method, path, answer.status_code)
+        # /readyz answers 503 by design while no outbox worker runs (none does here).
+        assert answer.status_code < 500 or (path == "/readyz" and answer.status_code == 503), (method, path)
         assert answer.headers.getlist("Set-Cookie") == [], (browser, method, path, answer.headers)
         answers.setdefault((method, path), answer.status_code)
         answer.close()  # a static file is sent from an open file
