@@ -32,6 +32,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 from flask import current_app
@@ -115,7 +116,7 @@ def _revision() -> list[str]:
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
+    with sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True) as src, sqlite3.connect(target) as dst:
         pages = src.execute("PRAGMA page_count").fetchone()[0]
         with Progress("backup", total=pages, unit="pages") as bar:
             src.backup(dst, pages=PAGES_PER_STEP, progress=lambda _status, remaining, total: bar.set(total - remaining))
