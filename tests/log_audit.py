@@ -35,9 +35,11 @@ ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Z
 SERVICE_ADDRESSES = {"nyhetsbrev@localhost"}
 PATTERNS = {
     "e-mail address": ADDRESS,
-    # A token in a link's path: /unsubscribe/<token>, /manage/<token>, /confirm/<token> ...
-    "link token": re.compile(r"/(?:unsubscribe|manage|confirm|data|u|m|c)/[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_.-]{6,}"),
-    # itsdangerous's three dot-separated base64 parts, wherever they stand.
+    # A token in a link's path (/unsubscribe/<token>, /manage/data/<token> ...; a route
+    # template's "<token>" is not one), and a link token wherever it stands: notice~data~signature.
+    "link path": re.compile(r"/(?:unsubscribe|manage(?:/data)?|confirm)/[A-Za-z0-9._~=-]{8,}"),
+    "link token": re.compile(r"\b[a-z][a-z0-9-]{0,31}~[A-Za-z0-9_=-]{8,}~[A-Za-z0-9_=~-]{8,}"),
+    # itsdangerous's three dot-separated base64 parts (the data links), wherever they stand.
     "signed token": re.compile(r"\b[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{16,}\b"),
     "API token": re.compile(r"cst_[A-Za-z0-9_-]{16,}"),
     # A webhook's secret path segment, and the keys and secrets the tests configure

@@ -111,7 +111,16 @@ def test_under_gunicorn_every_line_on_stderr_is_json(app, app_env: dict[str, str
     assert "not-a-real-token" not in log.read_text()
 
 
-def test_the_log_audit_fails_a_run_whose_logs_hold_an_address(tmp_path: Path):
+LEAKS = {
+    "e-mail address": ADDRESS,
+    "link path": "/unsubscribe/munkeby~" + "A" * 22 + "~" + "B" * 27,
+    "link token": "mysoft~" + "C" * 22 + "~" + "D" * 27,
+    "API token": "cst_" + "E" * 43,
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(LEAKS))
+def test_the_log_audit_fails_a_run_whose_logs_hold_personal_data_or_a_token(pattern: str, tmp_path: Path):
     test_file = tmp_path / "test_leaky.py"
     test_file.write_text(
         textwrap.dedent(
@@ -119,7 +128,7 @@ def test_the_log_audit_fails_a_run_whose_logs_hold_an_address(tmp_path: Path):
             import logging
 
             def test_leaks():
-                logging.getLogger("app.leaky").warning("sent to %s", "{ADDRESS}")
+                logging.getLogger("app.leaky").warning("handled %s", "{LEAKS[pattern]}")
             """
         )
     )
@@ -130,5 +139,5 @@ def test_the_log_audit_fails_a_run_whose_logs_hold_an_address(tmp_path: Path):
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed" in result.stdout
-    assert "test_leaks: e-mail address (logged...)" in result.stdout
-    assert ADDRESS not in result.stdout  # the report itself leaks nothing
+    assert f"test_leaks: {pattern} (" in result.stdout
+    assert LEAKS[pattern] not in result.stdout  # the report itself leaks nothing
