@@ -7,10 +7,10 @@ has one stored form and one hash however it was written.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import unicodedata
+from collections.abc import Callable
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from flask import current_app
@@ -108,5 +108,10 @@ def clean_name(raw: str | None) -> str | None:
 
 def email_hash(normalised_email: str) -> str:
     """Keyed hash of an address: the suppression key, stable across key rotation."""
+    return email_hasher()(normalised_email)
+
+
+def email_hasher() -> Callable[[str], str]:
+    """``email_hash`` with the running app's pepper read once: for hashing a file's addresses."""
     pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
-    return hmac.new(pepper, normalised_email.encode("utf-8"), hashlib.sha256).hexdigest()
+    return lambda normalised_email: hmac.digest(pepper, normalised_email.encode("utf-8"), "sha256").hex()

@@ -173,6 +173,9 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
     events: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     now = utcnow()
+    stamp = _stamp(now)
+    # Items often share one facts mapping (an import's, a purge's): each is encoded once.
+    encoded: dict[int, str] = {}
     for item in items:
         seq += 1
         digest = None
@@ -183,20 +186,30 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
             details.append(
                 {"seq": seq, "subscription_ref": item.subscription_ref, "salt": salt, "details": details_json}
             )
-        event = {
-            "seq": seq,
-            "at": now,
-            "type": item.type,
-            "notice": item.notice,
-            "notice_version": item.notice_version,
-            "subscription_ref": item.subscription_ref,
-            "channel": item.channel,
-            "facts": canonical(dict(item.facts)),
-            "details_digest": digest,
-            "prev_hash": prev,
-        }
-        event["hash"] = prev = record_hash(event)
-        events.append(event)
+        facts = encoded.get(id(item.facts))
+        if facts is None:
+            facts = encoded[id(item.facts)] = canonical(dict(item.facts))
+        # The record's values in _FIELDS order, as record_hash reads them.
+        values = (
+            stamp, item.channel, digest, facts, item.notice, item.notice_version, prev, seq,
+            item.subscription_ref, item.type,
+        )  # fmt: skip
+        prev = _sha256(_record_text(values))
+        events.append(
+            {
+                "seq": seq,
+                "at": now,
+                "type": item.type,
+                "notice": item.notice,
+                "notice_version": item.notice_version,
+                "subscription_ref": item.subscription_ref,
+                "channel": item.channel,
+                "facts": facts,
+                "details_digest": digest,
+                "prev_hash": values[_PREV],
+                "hash": prev,
+            }
+        )
     uow.send_many(_INSERT_EVENTS, events)
     uow.send_many(_INSERT_DETAILS, details)
     signature = _sign(key, _HEAD_SALT, seq, prev) if vouched else None

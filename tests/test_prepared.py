@@ -45,6 +45,37 @@ def test_a_prepared_insert_stores_what_a_core_insert_stores(app, orm):
         db.session.remove()
 
 
+@pytest.mark.parametrize("orm", [True, False])
+def test_many_rows_in_one_call_store_what_core_stores_for_each(app, orm):
+    """``send_many`` builds its rows column by column: each row's values, defaults and types as Core's."""
+    jobs = [
+        {"kind": "mail", "notice": notice, "payload": {"n": i, "å": [i, None]}, "subscription_ref": f"{i:032d}"}
+        for i, notice in enumerate(["munkeby", None, "mysoft", "munkeby"])
+    ]
+    with app.app_context():
+        before = utcnow()
+        with unit_of_work() as uow:
+            core_rows = [{**job, "subscription_ref": "c" + job["subscription_ref"][1:]} for job in jobs]
+            uow.conn.execute(insert(JOBS), core_rows)
+        with unit_of_work(orm=orm) as uow:
+            uow.send_many(PREPARED_INSERT, jobs)
+        for job in jobs:
+            ref = job["subscription_ref"]
+            core, prepared = _stored("c" + ref[1:]), _stored(ref)
+            for column in ("next_attempt_at", "created_at"):
+                assert isinstance(prepared[column], datetime) and prepared[column] >= before
+                core.pop(column), prepared.pop(column)
+            assert prepared == {**core, "subscription_ref": ref}
+            assert prepared["payload"] == job["payload"] and prepared["notice"] == job["notice"]
+        with unit_of_work(orm=orm) as uow:  # a value written into the statement, on every row
+            uow.send_many(PREPARED_CANCEL, [{"ref": job["subscription_ref"]} for job in jobs[:2]])
+        states = [_stored(job["subscription_ref"])["state"] for job in jobs]
+        payloads = [_stored(job["subscription_ref"])["payload"] for job in jobs]
+        assert states == ["done", "done", "pending", "pending"]
+        assert payloads[:2] == [{}, {}] and payloads[2] == jobs[2]["payload"]
+        db.session.remove()
+
+
 def test_a_prepared_select_reads_the_types_core_reads(app):
     with app.app_context():
         with unit_of_work(orm=False) as uow:
