@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import ClauseElement, Connection, Dialect, Executable
+from sqlalchemy import ClauseElement, Connection, Dialect, Executable, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -84,6 +84,10 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 from .extensions import db
+
+# From this many rows, ``send_many`` of an INSERT uses COPY on PostgreSQL: several times the
+# rows a second of a multi-row INSERT (bench/README.md, contact import).
+COPY_FROM = 200
 
 
 class Prepared:
@@ -98,8 +102,12 @@ class Prepared:
     """
 
     def __init__(self, statement: Executable) -> None:
+        # An INSERT that answers nothing: on PostgreSQL, many rows at once go by COPY.
+        self.copy_into: str | None = None
         if isinstance(statement, Insert) and not statement._returning:
             statement = statement.inline()  # no implicit RETURNING of the new key
+            if isinstance(statement.table, Table) and statement._values is None:
+                self.copy_into = statement.table.name
         self.statement = statement
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
@@ -159,6 +167,14 @@ class _Plan:
         """``values`` of each parameter set (all with this plan's keys), built column by column:
         an import or a purge sends thousands of rows in one call, and per column the lookups
         and the bind processor run as one ``map`` instead of a dict merge per row."""
+        columns = self._columns(params)
+        if self.positional:
+            return list(zip(*(columns[name] for name in self.names), strict=True))
+        names = list(columns)
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+    def _columns(self, params: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Each bound value's column of values, as the driver takes them (see ``values_many``)."""
         count = len(params)
         columns: dict[str, list[Any]] = {key: [value] * count for key, value in self.fixed.items()}
         for key in params[0]:
@@ -169,10 +185,7 @@ class _Plan:
         for key, process in self.bind.items():
             if key in columns:
                 columns[key] = list(map(process, columns[key]))
-        if self.positional:
-            return list(zip(*(columns[name] for name in self.names), strict=True))
-        names = list(columns)
-        return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+        return columns
 
     def rows(self, cursor: Any) -> list[Any]:
         make, processors = self.row, self.result
@@ -244,8 +257,18 @@ class UnitOfWork:
         with _as_sqlalchemy_errors(plan.sql, self.dialect):
             if len(rows) == 1:  # executemany's own set-up costs more than one statement
                 self._driver_cursor().execute(plan.sql, plan.values(rows[0]))
+            elif len(rows) >= COPY_FROM and self.dialect.name == "postgresql" and statement.copy_into is not None:
+                self._copy(statement.copy_into, plan._columns(rows))
             else:
                 self._driver_cursor().executemany(plan.sql, plan.values_many(rows))
+
+    def _copy(self, table: str, columns: dict[str, list[Any]]) -> None:
+        """Rows into ``table`` through PostgreSQL's COPY (the values as ``values_many`` makes them)."""
+        quote = self.dialect.identifier_preparer.quote
+        names = ", ".join(quote(name) for name in columns)
+        with self._driver_cursor().copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy:
+            for row in zip(*columns.values(), strict=True):
+                copy.write_row(row)
 
     def _driver_cursor(self) -> Any:
         if self._cursor is None:

@@ -8,7 +8,7 @@ the subscription row is erased.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
@@ -33,7 +33,14 @@ def utc_naive(iso_text: str) -> datetime | None:
 
 
 def new_ref() -> str:
-    return uuid.uuid4().hex
+    """A subscription's public reference: 128 random bits as 32 lower-case hex digits."""
+    return secrets.token_hex(16)
+
+
+def new_refs(count: int) -> list[str]:
+    """``count`` references from one read of the system's random source (an import's batch)."""
+    digits = secrets.token_hex(16 * count)
+    return [digits[i : i + 32] for i in range(0, 32 * count, 32)]
 
 
 class NoticeVersion(Model):
@@ -226,7 +233,7 @@ class User(UserMixin, Model):
     notices: Mapped[str] = mapped_column(String(200), default="", server_default="")
     active: Mapped[bool] = mapped_column(default=True)
     # Changes with the password: every session made before then ends.
-    session_key: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
+    session_key: Mapped[str] = mapped_column(String(32), default=new_ref)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
 

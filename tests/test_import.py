@@ -12,7 +12,9 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
+from app import importer
 from app.extensions import db
+from app.importer import BATCH_SIZE
 from app.models import ConsentEvent, OutboxJob, Subscription
 
 from .support import REPO, link_in, subscribe_and_confirm, text_body, unsubscribe_path
@@ -138,12 +140,13 @@ def test_bad_files_and_mappings_are_refused_clearly(app, runner, tmp_path):
     assert counts(app) == (0, 0, 0)
 
 
-GOOD_ROWS = "".join(f"person{i}@firma.se;Person {i}\n" for i in range(1500))  # more than one batch of 1,000
+GOOD = BATCH_SIZE + 500  # more than one batch
+GOOD_ROWS = "".join(f"person{i}@firma.se;Person {i}\n" for i in range(GOOD))
 MALFORMED = {
     "a header field over 64 KiB": (b"E-post;" + b"x" * 70_000 + b"\n" + b"ada@firma.se;Ada\n", "at line 1"),
     "a field over 64 KiB after a whole batch": (
         ("E-post;Namn\n" + GOOD_ROWS + "bad@firma.se;" + "x" * 70_000 + "\n").encode(),
-        "at line 1502",
+        f"at line {GOOD + 2}",
     ),
     "an Excel export in Windows-1252": (
         "E-post;Namn\nåsa@firma.se;Åsa Öberg\n".encode("cp1252"),
@@ -151,7 +154,7 @@ MALFORMED = {
     ),
     "Windows-1252 after a whole batch": (
         ("E-post;Namn\n" + GOOD_ROWS).encode() + "örjan@firma.se;Örjan\n".encode("cp1252"),
-        "line 1502 is not UTF-8",
+        f"line {GOOD + 2} is not UTF-8",
     ),
     "UTF-16 (NUL bytes)": ("E-post;Namn\nada@firma.se;Ada\n".encode("utf-16"), "NUL byte"),
     "one endless line": (b"E-post\n" + b"a" * (2**20 + 10) + b"\n", "line 2 is longer than 1 MiB"),
@@ -182,12 +185,43 @@ def test_a_file_piped_to_standard_input_is_checked_whole_before_anything_is_writ
         )
 
     refused = flask_import(MALFORMED["Windows-1252 after a whole batch"][0])
-    assert refused.returncode == 1 and b"line 1502 is not UTF-8" in refused.stderr
+    assert refused.returncode == 1 and f"line {GOOD + 2} is not UTF-8".encode() in refused.stderr
     assert b"Traceback" not in refused.stderr
     assert counts(app) == (0, 0, 0)
     done = flask_import(("E-post;Namn\n" + GOOD_ROWS).encode())
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["added"] == 1500
+    assert json.loads(done.stdout)["added"] == GOOD
+    assert counts(app) == (GOOD, GOOD, 2 * GOOD)  # each once: a subscription, an event, a sync and an Art. 14 mail
+    verified = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "ledger", "verify"], cwd=REPO, env=app_env, capture_output=True
+    )
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_a_batch_that_fails_stops_the_import_with_its_error_and_keeps_what_was_written(app, tmp_path, monkeypatch):
+    """The batches are written by a thread of their own: its failure reaches the caller, the
+    batches after it are not written, and nothing waits for ever."""
+    written = []
+    real = importer._import_batch
+
+    def second_fails(spec, batch, result):  # type: ignore[no-untyped-def]
+        if written:
+            raise RuntimeError("the database went away")
+        real(spec, batch, result)
+        written.append(len(batch))
+
+    monkeypatch.setattr(importer, "_import_batch", second_fails)
+    path = tmp_path / "contacts.csv"
+    path.write_text("E-post;Namn\n" + GOOD_ROWS + "".join(f"more{i}@firma.se;M\n" for i in range(BATCH_SIZE)))
+    with app.app_context():
+        spec = importer.ImportSpec(
+            app.extensions["notices"]["mysoft"], "E-post", None, "legitimate_interest", SOURCE,
+            datetime(2026, 11, 1).date(), None, "test",
+        )  # fmt: skip
+        with path.open("rb") as binary, pytest.raises(RuntimeError, match="went away"):
+            importer.run_import(spec, importer.TextLines(binary))
+    assert written == [BATCH_SIZE]
+    assert counts(app)[0] == BATCH_SIZE
 
 
 def test_each_notice_allows_only_its_own_import_bases(app, runner, tmp_path):

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from app.database import unit_of_work
 from app.extensions import db
-from app.fastpath import Prepared
+from app.fastpath import COPY_FROM, Prepared
 from app.models import OutboxJob, Subscription, utcnow
 
 JOBS = OutboxJob.__table__
@@ -73,6 +73,30 @@ def test_many_rows_in_one_call_store_what_core_stores_for_each(app, orm):
         payloads = [_stored(job["subscription_ref"])["payload"] for job in jobs]
         assert states == ["done", "done", "pending", "pending"]
         assert payloads[:2] == [{}, {}] and payloads[2] == jobs[2]["payload"]
+        db.session.remove()
+
+
+def test_a_large_send_stores_what_core_stores(app):
+    """From ``COPY_FROM`` rows an INSERT goes by COPY on PostgreSQL: the same rows as Core's."""
+    count = COPY_FROM + 50
+    jobs = [
+        {"kind": "mail", "notice": "munkeby" if i % 3 else None, "subscription_ref": f"{i:032d}",
+         "payload": {"n": i, "text": "tab\there, new\nline, back\\slash, quote\" å"}}
+        for i in range(count)
+    ]  # fmt: skip
+    with app.app_context():
+        with unit_of_work() as uow:
+            core_rows = [{**job, "subscription_ref": "c" + job["subscription_ref"][1:]} for job in jobs]
+            uow.conn.execute(insert(JOBS), core_rows)
+        with unit_of_work(orm=False) as uow:
+            uow.send_many(PREPARED_INSERT, jobs)
+        for job in jobs[:: count // 7]:
+            ref = job["subscription_ref"]
+            core, prepared = _stored("c" + ref[1:]), _stored(ref)
+            for column in ("next_attempt_at", "created_at"):
+                core.pop(column), prepared.pop(column)
+            assert prepared == {**core, "subscription_ref": ref}
+            assert prepared["payload"] == job["payload"]
         db.session.remove()
 
 
