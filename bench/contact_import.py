@@ -4,10 +4,13 @@ The database already holds 100,000 suppressed addresses (people who opted out) a
 subscriptions, all of them addresses that appear in the file, so every row is looked up
 against both. The command runs as an operator runs it (``flask --app wsgi contacts import``,
 its own process); its wall time and its peak resident memory (the child's ``ru_maxrss``)
-are measured. Goal: at most 60 s and at most 300 MB.
+are measured. Goal: at most 60 s and at most 300 MB. Meanwhile gunicorn serves the same
+database and a prober sends one-click unsubscribes and consent lookups for people already
+held (``harness.Prober``): the service must answer throughout, and the table keeps their
+latency before and during the import.
 
 Run: .venv/bin/python bench/contact_import.py [--rows N] [--database sqlite|postgresql://...]
-Prints a table and appends it to bench/results.md.
+Prints its table (``bench/run.py`` writes bench/results.md).
 """
 
 from __future__ import annotations
@@ -19,17 +22,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, label, report, service_env, settle_statistics, subscription_row  # noqa: E402
+from harness import (  # noqa: E402  (bench/ is on the path)
+    Prober,
+    empty_database,
+    label,
+    ms,
+    report,
+    service_env,
+    settle_statistics,
+    subscription_row,
+)
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.addresses import email_hash  # noqa: E402
 from app.extensions import db  # noqa: E402
+from app.mail import unsubscribe_link  # noqa: E402
 from app.models import Subscription, Suppression, utcnow  # noqa: E402
+from tests.support import Service, free_port  # noqa: E402
 
 # Runs the command as its only child and prints that child's peak resident set: measured in
 # this process instead, the figure would be the largest of every child it ever waited for.
@@ -45,21 +60,33 @@ def address(i: int) -> str:
     return f"contact{i}@import.example"
 
 
-def prepare(env: dict[str, str], folder: Path, rows: int) -> Path:
-    """The CSV file, and the suppressions and subscriptions its rows meet."""
+PROBED = 2_000  # held subscribers whose one-click links the prober uses
+
+
+def prepare(env: dict[str, str], folder: Path, rows: int) -> tuple[Path, list[str], list[str]]:
+    """The CSV file, and the suppressions and subscriptions its rows meet; the unsubscribe
+    paths and the addresses of a few held subscribers, for the prober."""
     app = create_app(env=env)
     now = utcnow()
     with app.app_context():
         empty_database()
         version = app.extensions["notices"]["munkeby"].version
         suppressions, held = [], []
+        paths: list[str] = []
+        addresses: list[str] = []
+        step = max(1, rows // HELD_EVERY // PROBED)
         for i in range(rows):
             if i % SUPPRESSED_EVERY == 0:
                 suppressions.append(
                     {"notice": "munkeby", "email_hash": email_hash(address(i)), "reason": "opt_out", "created_at": now}
                 )
             elif i % HELD_EVERY == 1:
-                held.append(subscription_row(address(i), email_hash(address(i)), "munkeby", version, "subscribed", now))
+                row = subscription_row(address(i), email_hash(address(i)), "munkeby", version, "subscribed", now)
+                held.append(row)
+                if (i // HELD_EVERY) % step == 0:
+                    link = unsubscribe_link("munkeby", row["ref"], row["email_hash"])
+                    paths.append(urlsplit(link).path)
+                    addresses.append(address(i))
             if len(suppressions) >= 20_000 or len(held) >= 20_000 or i == rows - 1:
                 if suppressions:
                     db.session.execute(insert(Suppression), suppressions)
@@ -79,39 +106,56 @@ def prepare(env: dict[str, str], folder: Path, rows: int) -> Path:
                     f"{address(i)};Kontakt {i};Företag {i % 997} AB\n" for i in range(start, min(start + 50_000, rows))
                 )
             )
-    return path
+    return path, paths, addresses
 
 
 def run(database: str, rows: int) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = service_env(folder / "instance", database)
-        csv_path = prepare(env, folder, rows)
+        csv_path, paths, addresses = prepare(env, folder, rows)
         size_mb = csv_path.stat().st_size / 1e6
-        started = time.monotonic()
-        command = [
-            *(sys.executable, "-m", "flask", "--app", "wsgi", "contacts", "import", str(csv_path)),
-            *("--notice", "munkeby", "--basis", "consent", "--source", "CRM export", "--proof", "CRM consent log"),
-            *("--email-column", "E-post", "--name-column", "Namn"),
-        ]
-        done = subprocess.run(
-            [sys.executable, "-c", MEASURED, *command],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        seconds = time.monotonic() - started
+        service = Service(env, free_port(), folder / "gunicorn.log")
+        try:
+            service.wait_until_healthy()
+            made = service.flask("tokens", "create", "bench", "--scope", "read", "--notice", "munkeby")
+            prober = Prober(service.url, paths, addresses, json.loads(made.stdout)["token"])
+            prober.start()
+            time.sleep(3)  # latency before the import
+            began = time.perf_counter()
+            seconds, done = timed_import(env, csv_path)
+            ended = time.perf_counter()
+            time.sleep(1)
+            prober.stop.set()
+            prober.join()
+        finally:
+            service.stop()
         if done.returncode != 0:
             raise SystemExit(f"import failed:\n{done.stdout}\n{done.stderr[-3000:]}")
         peak_mb = int(done.stderr.strip().splitlines()[-1].removeprefix("peak-kb ")) / 1024
         result = json.loads(done.stdout.strip().splitlines()[-1])
+        before = [s for t, s in prober.samples if t < began]
+        during = [s for t, s in prober.samples if began <= t <= ended]
     counts = ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in result.items() if key != "dry_run")
+    errors = json.dumps(prober.errors) if prober.errors else 0
     return [
         f"| contacts import of {rows:,} rows ({size_mb:.0f} MB CSV), {label(database)} | {seconds:.1f} s, "
-        f"peak memory {peak_mb:.0f} MB | <= 60 s, <= 300 MB | {counts} |"
+        f"peak memory {peak_mb:.0f} MB | <= 60 s, <= 300 MB | {counts} |",
+        f"| service during the import, {label(database)} | {ms(during)} ({len(during)} probes, errors: {errors}) "
+        f"| answers throughout | before: {ms(before)} |",
     ]
+
+
+def timed_import(env: dict[str, str], csv_path: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """``contacts import`` in a process of its own: its wall time, and its answer (peak memory on stderr)."""
+    command = [
+        *(sys.executable, "-m", "flask", "--app", "wsgi", "contacts", "import", str(csv_path)),
+        *("--notice", "munkeby", "--basis", "consent", "--source", "CRM export", "--proof", "CRM consent log"),
+        *("--email-column", "E-post", "--name-column", "Namn"),
+    ]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", MEASURED, *command], cwd=REPO, env=env, capture_output=True, text=True)
+    return time.monotonic() - started, done
 
 
 def main() -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import requests
 
 REPO = Path(__file__).resolve().parent.parent
 PEPPER = "bench-pepper-" + "p" * 32
@@ -106,3 +110,45 @@ def percentile(ordered: list[float], share: float) -> float:
 def report(title: str, rows: list[str]) -> None:
     """Print one benchmark's table (``bench/run.py`` is what writes bench/results.md)."""
     print(f"\n## {title} ({time.strftime('%Y-%m-%d')})\n\n" + "\n".join([*HEADER, *rows]))
+
+
+class Prober(threading.Thread):
+    """Alternates a one-click unsubscribe (``paths``) and a consent lookup (``addresses``),
+    recording each latency: whether the service answers while a long command runs."""
+
+    def __init__(self, url: str, paths: list[str], addresses: list[str], token: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.paths, self.addresses, self.token = url, paths, addresses, token
+        self.samples: list[tuple[float, float]] = []  # (start, seconds)
+        self.errors: dict[str, int] = {}  # by status code, or the exception's name
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {self.token}"}
+        for i, path in enumerate(self.paths):
+            if self.stop.is_set():
+                return
+            began = time.perf_counter()
+            try:
+                if i % 2:
+                    address = self.addresses[i % len(self.addresses)]
+                    answer = session.get(self.url + "/api/v1/consent", params={"email": address}, headers=headers)
+                else:
+                    answer = session.post(self.url + path, data={"List-Unsubscribe": "One-Click"})
+                if answer.status_code != 200:
+                    self.errors[str(answer.status_code)] = self.errors.get(str(answer.status_code), 0) + 1
+            except requests.RequestException as exc:
+                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+            self.samples.append((began, time.perf_counter() - began))
+            time.sleep(0.05)  # about 15 requests a second: under the API limit of 600 a minute
+
+
+def ms(values: list[float]) -> str:
+    """The probes' latencies in a line: median, p99 and the slowest."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p99 = percentile(ordered, 0.99)
+    median = statistics.median(ordered)
+    return f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"

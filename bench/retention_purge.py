@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-
-import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness import (  # noqa: E402  (bench/ is on the path)
+    Prober,
     empty_database,
     flask_command,
     label,
-    percentile,
+    ms,
     report,
     service_env,
     settle_statistics,
@@ -93,47 +90,6 @@ def fill(env: dict[str, str], rows: int, expired: int) -> tuple[list[str], float
     return probes, time.perf_counter() - started
 
 
-class Prober(threading.Thread):
-    """Alternates a one-click unsubscribe and a consent lookup, recording each latency."""
-
-    def __init__(self, url: str, paths: list[str], token: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.paths, self.token = url, paths, token
-        self.samples: list[tuple[float, float]] = []  # (start, seconds)
-        self.errors: dict[str, int] = {}  # by status code, or the exception's name
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        session = requests.Session()
-        headers = {"Authorization": f"Bearer {self.token}"}
-        for i, path in enumerate(self.paths):
-            if self.stop.is_set():
-                return
-            began = time.perf_counter()
-            try:
-                if i % 2:
-                    answer = session.get(
-                        self.url + "/api/v1/consent", params={"email": f"person{i}@bench.example"}, headers=headers
-                    )
-                else:
-                    answer = session.post(self.url + path, data={"List-Unsubscribe": "One-Click"})
-                if answer.status_code != 200:
-                    self.errors[str(answer.status_code)] = self.errors.get(str(answer.status_code), 0) + 1
-            except requests.RequestException as exc:
-                self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
-            self.samples.append((began, time.perf_counter() - began))
-            time.sleep(0.05)  # about 15 requests a second: under the API limit of 600 a minute
-
-
-def ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    ordered = sorted(values)
-    p99 = percentile(ordered, 0.99)
-    median = statistics.median(ordered)
-    return f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
-
-
 def run(database: str, rows: int, expired: int) -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         instance = Path(folder) / "instance"
@@ -144,7 +100,7 @@ def run(database: str, rows: int, expired: int) -> list[str]:
             service.wait_until_healthy()
             both = ("--notice", "munkeby", "--notice", "mysoft")
             token = json.loads(service.flask("tokens", "create", "bench", "--scope", "read", *both).stdout)["token"]
-            prober = Prober(service.url, probes, token)
+            prober = Prober(service.url, probes, [f"person{i}@bench.example" for i in range(len(probes))], token)
             prober.start()
             time.sleep(3)  # latency before the purge
             began = time.perf_counter()
