@@ -103,11 +103,11 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         # An INSERT that answers nothing: on PostgreSQL, many rows at once go by COPY.
-        self.copy_into: str | None = None
+        self.copy_into: Table | None = None
         if isinstance(statement, Insert) and not statement._returning:
             statement = statement.inline()  # no implicit RETURNING of the new key
             if isinstance(statement.table, Table) and statement._values is None:
-                self.copy_into = statement.table.name
+                self.copy_into = statement.table
         self.statement = statement
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
@@ -262,11 +262,12 @@ class UnitOfWork:
             else:
                 self._driver_cursor().executemany(plan.sql, plan.values_many(rows))
 
-    def _copy(self, table: str, columns: dict[str, list[Any]]) -> None:
-        """Rows into ``table`` through PostgreSQL's COPY (the values as ``values_many`` makes them)."""
-        quote = self.dialect.identifier_preparer.quote
-        names = ", ".join(quote(name) for name in columns)
-        with self._driver_cursor().copy(f"COPY {quote(table)} ({names}) FROM STDIN") as copy:
+    def _copy(self, table: Table, columns: dict[str, list[Any]]) -> None:
+        """Rows into ``table`` through PostgreSQL's COPY (the values as ``values_many`` makes them,
+        keyed by column key; COPY names the columns themselves)."""
+        preparer = self.dialect.identifier_preparer
+        names = ", ".join(preparer.quote(table.c[key].name) for key in columns)
+        with self._driver_cursor().copy(f"COPY {preparer.format_table(table)} ({names}) FROM STDIN") as copy:
             for row in zip(*columns.values(), strict=True):
                 copy.write_row(row)
 

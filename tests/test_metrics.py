@@ -168,11 +168,15 @@ def test_under_gunicorn_the_figures_are_whole_across_workers_and_include_the_cli
     port = free_port()
     env = {**app_env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "PUBLIC_URL": f"http://127.0.0.1:{port}"}
     with serving(env, port, tmp_path / "gunicorn-metrics.log", workers=3) as server:
-        # Ten clients at once, a new connection for each request: the workers share them.
+        # Ten clients at once, a new connection for each request, in rounds of 30 until more than
+        # one worker has answered (on a busy host one worker can win every accept of a round).
+        sent, serving_pids = 0, set()
         with ThreadPoolExecutor(10) as pool:
-            answers = list(pool.map(lambda _: requests.get(server.url + "/", timeout=10).status_code, range(30)))
-        assert answers == [200] * 30
-        serving_pids = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
+            while len(serving_pids) < 2 and sent < 600:
+                answers = list(pool.map(lambda _: requests.get(server.url + "/", timeout=10).status_code, range(30)))
+                assert answers == [200] * 30
+                sent += 30
+                serving_pids = {p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}
         # A CLI process writes its own figures into the same folder.
         assert run_flask(env, "ledger", "verify").returncode == 0
         # Several scrapes, each on a new connection, so more than one worker answers them.
@@ -181,7 +185,7 @@ def test_under_gunicorn_the_figures_are_whole_across_workers_and_include_the_cli
     for text in scrapes:
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for f in text_string_to_metric_families(text) for s in f.samples}
-        assert value(samples, "consent_http_requests_total", route="/", method="GET", status="200") == 30
+        assert value(samples, "consent_http_requests_total", route="/", method="GET", status="200") == sent
     assert value(samples, "consent_ledger_verify_ok") == 1
     # The chain check's progress, counted in the CLI's own process, read through the web's scrape.
     assert value(samples, "consent_task_done", task="verify") == value(samples, "consent_task_total", task="verify")
