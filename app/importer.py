@@ -393,7 +393,7 @@ class _BatchWriter:
 
     Reading, checking and hashing the file's rows is Python work; writing a batch is mostly
     the database's (SQLite's C code, PostgreSQL's server), during which the interpreter is
-    free: with the two overlapped, a million contacts take about half the time (bench/README.md).
+    free: overlapped, the file is read while the previous batch is written (bench/README.md).
     At most two batches wait, so memory stays bounded. The writer has its own app context and
     session; each batch is its own transaction, as before, and ``progress`` is called from
     the writer after each. A failure stops the writing; the next ``put`` or ``close`` raises it.
