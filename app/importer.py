@@ -32,16 +32,13 @@ import codecs
 import csv
 import json
 import logging
-import queue
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import IO, Any, NamedTuple
 
-from flask import Flask, current_app
 from flask_babel import gettext
 from sqlalchemy import ColumnElement, exists, func, insert, select
 
@@ -354,7 +351,6 @@ def run_import(
     result = ImportResult()
     seen: set[str] = set()
     batch: list[Row] = []
-    writer = _BatchWriter(spec, result, progress)
     try:
         for row in rows:
             result.rows += 1
@@ -373,79 +369,19 @@ def run_import(
             seen.add(email)
             batch.append(Row(email, name, last_contact, relationship, added))
             if len(batch) >= BATCH_SIZE:
-                writer.put(batch)
+                _import_batch(spec, batch, result)
                 batch = []
-        if batch:
-            writer.put(batch)
+                if progress:
+                    progress(result)
     except csv.Error as exc:
         raise ImportError_(f"the file is not valid CSV near row {result.rows + 1}: {exc}") from None
     except UnicodeDecodeError:
         raise ImportError_(f"row {result.rows + 1}: {MUST_BE_UTF8}") from None
-    finally:
-        writer.close()  # the batches handed over are written (or the writer's failure is raised)
+    if batch:
+        _import_batch(spec, batch, result)
     if progress:
         progress(result)
     return result
-
-
-class _BatchWriter:
-    """Writes the batches ``run_import`` hands over, in a thread of its own.
-
-    Reading, checking and hashing the file's rows is Python work; writing a batch is mostly
-    the database's (SQLite's C code, PostgreSQL's server), during which the interpreter is
-    free: overlapped, the file is read while the previous batch is written (bench/README.md).
-    At most two batches wait, so memory stays bounded. The writer has its own app context and
-    session; each batch is its own transaction, as before, and ``progress`` is called from
-    the writer after each. A failure stops the writing; the next ``put`` or ``close`` raises it.
-    In-memory SQLite (a database per connection) is written inline.
-    """
-
-    def __init__(self, spec: ImportSpec, result: ImportResult, progress: Callable[[ImportResult], None] | None):
-        self.spec, self.result, self.progress = spec, result, progress
-        self._failure: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        url = db.engine.url
-        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-            return
-        self._queue: queue.Queue[list[Row] | None] = queue.Queue(maxsize=2)
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._run, args=(app,), name="import-writer", daemon=True)
-        self._thread.start()
-
-    def _write(self, batch: list[Row]) -> None:
-        _import_batch(self.spec, batch, self.result)
-        if self.progress:
-            self.progress(self.result)
-
-    def _run(self, app: Flask) -> None:
-        with app.app_context():
-            try:
-                while (batch := self._queue.get()) is not None:
-                    if self._failure is None:
-                        self._write(batch)
-            except BaseException as exc:
-                self._failure = exc
-                while self._queue.get() is not None:  # let ``put`` go on until ``close``
-                    pass
-            finally:
-                db.session.remove()
-
-    def put(self, batch: list[Row]) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._thread is None:
-            self._write(batch)
-        else:
-            self._queue.put(batch)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
 
 
 class Row(NamedTuple):

@@ -199,8 +199,8 @@ def test_a_file_piped_to_standard_input_is_checked_whole_before_anything_is_writ
 
 
 def test_a_batch_that_fails_stops_the_import_with_its_error_and_keeps_what_was_written(app, tmp_path, monkeypatch):
-    """The batches are written by a thread of their own: its failure reaches the caller, the
-    batches after it are not written, and nothing waits for ever."""
+    """Each batch is its own transaction: a failing one ends the import with its error, the
+    batches before it stay and none after it is written."""
     written = []
     real = importer._import_batch
 
