@@ -111,6 +111,7 @@ def outbox_run(once: bool) -> None:
         _beat()
         while done := outbox.run_due():
             total += done
+        ledger.sequence_pending(wait=True)
         click.echo(json.dumps({"processed": total}))
         return
     stop = threading.Event()
@@ -129,6 +130,7 @@ def outbox_run(once: bool) -> None:
     beat = {"at": 0.0}
 
     def checkpoint_if_due() -> None:
+        ledger.sequence_pending(wait=True)  # what the web processes left unchained
         if time.monotonic() - beat["at"] >= HEARTBEAT_SECONDS:
             beat["at"] = time.monotonic()
             _beat()
@@ -213,6 +215,37 @@ def ledger_verify(sign_head: bool) -> None:
     except (OSError, ledger.AnchorError) as exc:
         click.echo(f"the checkpoint could not be written ({exc}); the chain itself verified", err=True)
         sys.exit(2)
+
+
+@ledger_cli.command("sequence")
+@click.option("--follow", is_flag=True, help="Keep chaining events as they are written, until SIGTERM/SIGINT.")
+@click.option(
+    "--batch",
+    default=ledger.SEQUENCE_BATCH,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Events chained in one transaction.",
+)
+def ledger_sequence(follow: bool, batch: int) -> None:
+    """Give evidence events written by requests their place in the chain (web processes do this
+    after their answer, and the outbox worker on every pass; this is a dedicated sequencer)."""
+    stop = threading.Event()
+    if follow:
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+        signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    chained = 0
+    while True:
+        try:
+            chained += ledger.sequence_pending(wait=True, batch=batch)
+        except Exception:
+            if not follow:
+                raise
+            current_app.logger.exception("chaining failed; trying again")
+        if not follow or stop.wait(1.0):
+            break
+    waiting = ledger.pending(db.session)
+    db.session.rollback()
+    click.echo(json.dumps({"chained": chained, "pending": waiting.count}))
 
 
 @ledger_cli.command("checkpoint")

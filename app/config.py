@@ -255,6 +255,8 @@ def _outbox(env: Mapping[str, str], instance: Path) -> dict[str, Any]:
         # database's users cannot write. The outbox worker renews it this often.
         "LEDGER_CHECKPOINT_FILE": env.get("LEDGER_CHECKPOINT_FILE") or str(instance / "ledger-checkpoint.json"),
         "LEDGER_CHECKPOINT_SECONDS": _int("LEDGER_CHECKPOINT_SECONDS", env, 300, 1),
+        # How long written evidence may wait for its place in the chain (the sequencer's promise).
+        "LEDGER_MAX_MERGE_DELAY_SECONDS": _int("LEDGER_MAX_MERGE_DELAY_SECONDS", env, 60, 1),
         "OUTBOX_LEASE_SECONDS": _int("OUTBOX_LEASE_SECONDS", env, 120, 5),
         "OUTBOX_CLAIM_SIZE": _int("OUTBOX_CLAIM_SIZE", env, 5000, 1),
     }

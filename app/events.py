@@ -53,7 +53,8 @@ def serialize_event(
 ) -> dict[str, Any]:
     """One event as a JSON-ready dictionary.
 
-    Always: ``seq``, ``type``, ``at`` (``event_time``), ``notice`` (``notice`` if given,
+    Always: ``seq`` (None while the event waits for its place in the chain: ``ledger.append``),
+    ``type``, ``at`` (``event_time``), ``notice`` (``notice`` if given,
     else the event's), ``notice_version``, ``channel`` and ``facts``. ``details`` only
     when ``detail`` is given; ``subscription_ref`` only ``with_ref``.
     """
@@ -75,12 +76,13 @@ def serialize_event(
 
 def with_details() -> Select[ConsentEvent, EventDetail]:
     """Events joined to their details; a row's detail is None where there are none (or they were erased)."""
-    return select(ConsentEvent, EventDetail).outerjoin(EventDetail, EventDetail.seq == ConsentEvent.seq)
+    return select(ConsentEvent, EventDetail).outerjoin(EventDetail, EventDetail.event_id == ConsentEvent.id)
 
 
 def events_of(refs: Collection[str]) -> list[tuple[ConsentEvent, EventDetail | None]]:
-    """The events of the given subscriptions with their details, in ledger order."""
+    """The events of the given subscriptions with their details, in the order they were written
+    (an event's place in the chain may follow a moment later)."""
     if not refs:
         return []
-    query = with_details().where(ConsentEvent.subscription_ref.in_(list(refs))).order_by(ConsentEvent.seq)
+    query = with_details().where(ConsentEvent.subscription_ref.in_(list(refs))).order_by(ConsentEvent.id)
     return [(event, detail) for event, detail in db.session.execute(query).all()]

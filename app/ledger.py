@@ -18,21 +18,22 @@ import multiprocessing
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import current_app
-from sqlalchemy import Connection, bindparam, create_engine, func, insert, select, update
+from sqlalchemy import Connection, bindparam, create_engine, func, insert, literal, select, update
 from sqlalchemy.pool import NullPool
 
 from .database import AnySession, UnitOfWork, unit_of_work
+from .extensions import db
 from .fastpath import Prepared
-from .models import ConsentEvent, EventDetail, LedgerHead, utcnow
+from .models import EVENT_IDS, ConsentEvent, EventDetail, LedgerHead, utcnow
 
 if TYPE_CHECKING:
     from .notices import Notice
@@ -140,28 +141,120 @@ class Evidence:
         )
 
 
-def append(uow: UnitOfWork, items: list[Evidence]) -> int:
-    """Append events at the chain's tip, inside the caller's transaction; answers the head's seq (0 if none given).
+# From this many events, ``append`` chains them in the caller's transaction (see there).
+CHAIN_AT_ONCE_FROM = 100
 
-    The head row is locked (``FOR UPDATE``; on SQLite the transaction already
-    holds the write lock), so concurrent writers queue and never fork the chain.
-    The events are written with one multi-row insert, not as ORM objects: a
-    purge or an import appends thousands at a time.
 
-    The new head is signed with the anchor key (see "the anchor" below), but only when
-    the head it extends carries this service's signature: otherwise the next sign-up
-    would vouch for a chain rewritten in the database. Such a head stays unsigned, and
-    ``ledger verify`` says so, until an operator has run ``ledger verify --sign-head``.
-    The chain's first events also write the first checkpoint, once committed.
+def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None) -> int:
+    """Record events inside the caller's transaction; answers how many.
+
+    A few events (a request's: a sign-up, an opt-out, a webhook's) are written pending:
+    each with its ``id`` and a ``content_hash`` keyed with the anchor key, and no lock on
+    the chain's head, so requests never queue behind one another on the ledger. Once the
+    transaction has committed, the sequencer is asked to chain them (``sequence_pending``:
+    after the answer in a request, at once elsewhere; the outbox worker and ``ledger
+    sequence`` pick up whatever is left). The evidence is durable from the commit; its
+    place in the chain follows within ``LEDGER_MAX_MERGE_DELAY_SECONDS``.
+
+    A batch of ``CHAIN_AT_ONCE_FROM`` or more (an import's, a purge's), or any batch when
+    ``chain`` is true, is chained here and now under the head's lock, as bulk work that
+    runs outside requests can afford: a second pass over a million rows would cost more
+    than the lock. Events pending meanwhile are chained after it.
+
+    The events and their details are written with one multi-row insert each, not as ORM
+    objects.
     """
     if not items:
         return 0
     uow.flush()  # pending ORM changes first, so the order of writes stays the caller's
-    found = uow.run(_READ_HEAD)
+    ids = _allocate_ids(uow, len(items))
+    key = anchor_key()
+    now = utcnow()
+    stamp = _stamp(now)
+    chain_now = len(items) >= CHAIN_AT_ONCE_FROM if chain is None else chain
+    records: list[tuple[Any, ...]] = []
+    details: list[dict[str, Any]] = []
+    # Items often share one facts mapping (an import's, a purge's): each is encoded once.
+    encoded: dict[int, str] = {}
+    for event_id, item in zip(ids, items, strict=True):
+        digest = None
+        if item.details:
+            salt = secrets.token_hex(16)
+            details_json = canonical(dict(item.details))
+            digest = details_digest(salt, details_json)
+            details.append(
+                {"event_id": event_id, "subscription_ref": item.subscription_ref, "salt": salt, "details": details_json}
+            )
+        facts = encoded.get(id(item.facts))
+        if facts is None:
+            facts = encoded[id(item.facts)] = canonical(dict(item.facts))
+        # The record's values in _FIELDS order, as record_hash reads them; no place in the chain yet.
+        records.append(
+            (
+                stamp, item.channel, digest, facts, item.notice, item.notice_version, None, None,
+                item.subscription_ref, item.type,
+            )
+        )  # fmt: skip
+    if chain_now:
+        links: list[tuple[int | None, str | None, str | None]] = list(_chain(uow, key, records))
+        content_hashes: list[str | None] = [None] * len(records)
+    else:
+        links = [(None, None, None)] * len(records)
+        content_hashes = [_content_hash(key, values) for values in records]
+        uow.after_commit(_request_sequencing)
+    events = [
+        {
+            "id": event_id,
+            "seq": seq,
+            "at": now,
+            "type": values[_TYPE],
+            "notice": values[_NOTICE],
+            "notice_version": values[_NOTICE_VERSION],
+            "subscription_ref": values[_REF],
+            "channel": values[_CHANNEL],
+            "facts": values[_FACTS],
+            "details_digest": values[_DIGEST],
+            "prev_hash": prev_hash,
+            "hash": event_hash,
+            "content_hash": content_hash,
+        }
+        for event_id, values, (seq, prev_hash, event_hash), content_hash in zip(
+            ids, records, links, content_hashes, strict=True
+        )
+    ]
+    uow.send_many(_INSERT_EVENTS, events)
+    uow.send_many(_INSERT_DETAILS, details)
+    return len(items)
+
+
+def _allocate_ids(uow: UnitOfWork, count: int) -> list[int]:
+    """``count`` new event ids: from the id sequence on PostgreSQL (no lock: numbers a rolled-back
+    transaction took are skipped, nothing else); on SQLite the transaction already holds the
+    write lock, so the ids after the largest are this writer's alone."""
+    if uow.dialect.name == "postgresql":
+        return [row.id for row in uow.run(_NEXT_IDS, {"count": count})]
+    largest = uow.run(_LARGEST_ID)[0].id or 0
+    return list(range(largest + 1, largest + 1 + count))
+
+
+def _chain(
+    uow: UnitOfWork, key: bytes, records: list[tuple[Any, ...]], locked: list[Any] | None = None
+) -> list[tuple[int, str, str]]:
+    """Give ``records`` (values in ``_FIELDS`` order, seq and prev_hash empty) the next places in
+    the chain, inside the caller's transaction: answers (seq, prev_hash, hash) of each.
+
+    The head row is locked (``FOR UPDATE``; on SQLite the transaction already holds the write
+    lock), so two chaining writers queue and never fork the chain. The new head is signed with
+    the anchor key (see "the anchor" below), but only when the head it extends carries this
+    service's signature: otherwise the next event would vouch for a chain rewritten in the
+    database. Such a head stays unsigned, and ``ledger verify`` says so, until an operator has
+    run ``ledger verify --sign-head``. The chain's first events also write the first
+    checkpoint, once committed. ``locked``: the head row as the caller already read and locked it.
+    """
+    found = uow.run(_READ_HEAD) if locked is None else locked
     head = found[0] if found else None
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
     first_seq = seq
-    key = anchor_key()
     vouched = head is None or _head_is_signed(key, head.seq, head.hash, head.signature)
     if head is not None and not vouched and head.signature is not None:
         # Logged once: the head written below is unsigned, and it is ``ledger verify`` that reports that.
@@ -170,58 +263,162 @@ def append(uow: UnitOfWork, items: list[Evidence]) -> int:
             "been rewritten; new events stay unsigned until `ledger verify --sign-head`",
             head.seq,
         )
-    events: list[dict[str, Any]] = []
-    details: list[dict[str, Any]] = []
-    now = utcnow()
-    stamp = _stamp(now)
-    # Items often share one facts mapping (an import's, a purge's): each is encoded once.
-    encoded: dict[int, str] = {}
-    for item in items:
+    links = []
+    for values in records:
         seq += 1
-        digest = None
-        if item.details:
-            salt = secrets.token_hex(16)
-            details_json = canonical(dict(item.details))
-            digest = details_digest(salt, details_json)
-            details.append(
-                {"seq": seq, "subscription_ref": item.subscription_ref, "salt": salt, "details": details_json}
-            )
-        facts = encoded.get(id(item.facts))
-        if facts is None:
-            facts = encoded[id(item.facts)] = canonical(dict(item.facts))
-        # The record's values in _FIELDS order, as record_hash reads them.
-        values = (
-            stamp, item.channel, digest, facts, item.notice, item.notice_version, prev, seq,
-            item.subscription_ref, item.type,
-        )  # fmt: skip
-        prev = _sha256(_record_text(values))
-        events.append(
-            {
-                "seq": seq,
-                "at": now,
-                "type": item.type,
-                "notice": item.notice,
-                "notice_version": item.notice_version,
-                "subscription_ref": item.subscription_ref,
-                "channel": item.channel,
-                "facts": facts,
-                "details_digest": digest,
-                "prev_hash": values[_PREV],
-                "hash": prev,
-            }
-        )
-    uow.send_many(_INSERT_EVENTS, events)
-    uow.send_many(_INSERT_DETAILS, details)
+        chained = (*values[:_PREV], prev, seq, *values[_SEQ + 1 :])
+        event_hash = _sha256(_record_text(chained))
+        links.append((seq, prev, event_hash))
+        prev = event_hash
     signature = _sign(key, _HEAD_SALT, seq, prev) if vouched else None
     if head is None:
         uow.send(_START_HEAD, {"id": HEAD_ID, "seq": seq, "hash": prev, "signature": signature})
     else:
         uow.send(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev, "new_signature": signature})
-    if first_seq == 0 and vouched:
+    if first_seq == 0 and vouched and links:
         # A checkpoint must exist whenever events do, with or without a worker; only the
-        # chain's start writes a file, every later append leaves that to the worker.
+        # chain's start writes a file, every later one leaves that to the worker.
         uow.after_commit(functools.partial(_checkpoint_first_events, checkpoint_path(), key, seq, prev))
-    return seq
+    return links
+
+
+# --- the sequencer: pending events take their place in the chain ----------------
+#
+# Certificate Transparency logs answer a submission with a promise to include it within a
+# maximum merge delay, and sequence submissions in batches; the ledger does the same. A
+# request commits its event with a content hash keyed with the anchor key, which someone
+# with only database access cannot forge; ``sequence`` checks that hash before it gives
+# the event its place, so what is chained is what the request wrote. A pending event whose
+# content hash does not match is never chained: it stays pending, and ``ledger verify``,
+# ``/readyz`` and the metrics report it once it is older than the merge delay.
+
+_CONTENT_SALT = "newsletter-consent/ledger-content/v1"
+SEQUENCE_BATCH = 5000
+
+
+def _content_hash(key: bytes, values: tuple[Any, ...]) -> str:
+    """The keyed hash of a record's content: every chained field but its place (seq, prev_hash)."""
+    content = (*values[:_PREV], None, None, *values[_SEQ + 1 :])
+    text = _CONTENT_SALT + "\n" + _record_text(content)
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _request_sequencing() -> None:
+    """After a commit that left events pending: chain them (after the answer, in a request)."""
+    from . import after_response  # imported here: after_response must not import the ledger back
+
+    after_response.schedule_sequencing(sequence_pending)
+
+
+def sequence_pending(wait: bool = False, batch: int = SEQUENCE_BATCH) -> int:
+    """Chain every pending event, batch by batch; answers how many were chained.
+
+    Without ``wait`` (after a request's answer), a sequencer already holding the head is left
+    to it: it looks for pending events again after each commit, so an event committed while
+    it ran is chained by it, by the next one, or by the worker's next pass, never lost.
+    """
+    total = 0
+    while _has_pending():
+        done = sequence(batch, wait=wait)
+        if done is None:  # another sequencer holds the head; it looks again after its commit
+            break
+        total += done
+        if done == 0:  # only events whose content hash does not match are left
+            break
+    return total
+
+
+def _has_pending() -> bool:
+    """Whether any event waits for its place (the partial index answers at once)."""
+    with db.engine.connect() as conn:
+        return conn.execute(_ANY_PENDING).first() is not None
+
+
+def sequence(limit: int = SEQUENCE_BATCH, wait: bool = True) -> int | None:
+    """Chain up to ``limit`` pending events, oldest id first, in one transaction; answers how
+    many, or None when ``wait`` is false and another sequencer holds the head.
+
+    If the process dies before the commit, nothing of the batch is chained and the next run
+    chains it; an event is given its place by an UPDATE of a row whose ``seq`` is still
+    empty, under the head's lock, so it is never chained twice.
+    """
+    key = anchor_key()
+    with unit_of_work(orm=False) as uow:
+        # The head first: the pending rows read after it is locked are those no other
+        # sequencer is chaining (it has committed, and the rows it chained have a seq).
+        head = uow.run(_TRY_HEAD if not wait and uow.dialect.name == "postgresql" else _READ_HEAD)
+        if not head and uow.run(_ANY_HEAD):
+            return None  # locked by another sequencer
+        rows = uow.run(_PENDING, {"limit": limit})
+        good: list[tuple[int, tuple[Any, ...]]] = []
+        for row in rows:
+            if _genuine(key, row):
+                good.append((row.id, _pending_values(row)))
+            else:
+                _report_forged(row.id)
+        if not good:
+            return 0
+        links = _chain(uow, key, [values for _id, values in good], locked=head)
+        uow.send_many(
+            _PLACE_EVENT,
+            [
+                {"event_id": event_id, "new_seq": seq, "new_prev": prev_hash, "new_hash": event_hash}
+                for (event_id, _values), (seq, prev_hash, event_hash) in zip(good, links, strict=True)
+            ],
+        )
+    return len(good)
+
+
+def _pending_values(row: Any) -> tuple[Any, ...]:
+    """A pending row's record values in ``_FIELDS`` order (no seq or prev_hash yet)."""
+    return (
+        _stamp(row.at), row.channel, row.details_digest, row.facts, row.notice, row.notice_version, None, None,
+        row.subscription_ref, row.type,
+    )  # fmt: skip
+
+
+def _genuine(key: bytes, row: Any) -> bool:
+    """Whether a pending row is what this service wrote: its content hash matches."""
+    return row.content_hash is not None and _same(_content_hash(key, _pending_values(row)), row.content_hash)
+
+
+_reported_forged: set[int] = set()
+
+
+def _report_forged(event_id: int) -> None:
+    if event_id not in _reported_forged:
+        _reported_forged.add(event_id)
+        current_app.logger.error(
+            "pending evidence event id %s does not match its content hash: it was changed or written "
+            "outside this service, and is not chained",
+            event_id,
+        )
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Events not chained yet: how many, the oldest one's age, and how many are older than the bound."""
+
+    count: int
+    oldest_seconds: float | None
+    overdue: int
+    bound_seconds: float
+
+
+def pending(session: AnySession, notices: Collection[str] | None = None) -> Pending:
+    """What waits for the sequencer, against ``LEDGER_MAX_MERGE_DELAY_SECONDS``: all of it, or
+    (``notices``) the events under those notices only, for a controller's own staff."""
+    bound = float(current_app.config["LEDGER_MAX_MERGE_DELAY_SECONDS"])
+    now = utcnow()
+    scope = _PENDING_ONLY if notices is None else _PENDING_ONLY & _EV.c.notice.in_(sorted(notices))
+    count, oldest = session.execute(select(func.count(), func.min(_EV.c.at)).where(scope)).one()
+    overdue = 0
+    if oldest is not None and (now - oldest).total_seconds() > bound:
+        overdue = session.execute(
+            select(func.count()).where(scope, _EV.c.at < now - timedelta(seconds=bound))
+        ).scalar_one()
+    age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+    return Pending(count, age, overdue, bound)
 
 
 # Every evidence write runs these, prepared once (see bench/README.md and app/fastpath.py).
@@ -236,6 +433,29 @@ _MOVE_HEAD = Prepared(
 _START_HEAD = Prepared(insert(_HEAD))
 _INSERT_EVENTS = Prepared(insert(ConsentEvent.__table__))
 _INSERT_DETAILS = Prepared(insert(EventDetail.__table__))
+_TRY_HEAD = Prepared(_LOCKED_HEAD.with_for_update(skip_locked=True))
+_ANY_HEAD = Prepared(select(_HEAD.c.id).where(_HEAD.c.id == HEAD_ID))
+_EV = ConsentEvent.__table__
+_NEXT_IDS = Prepared(
+    select(func.nextval(literal(EVENT_IDS)).label("id")).select_from(func.generate_series(1, bindparam("count")))
+)
+_LARGEST_ID = Prepared(select(func.max(_EV.c.id).label("id")))
+_PENDING_ONLY = _EV.c.seq.is_(None)
+_PENDING = Prepared(
+    select(
+        _EV.c.id, _EV.c.at, _EV.c.channel, _EV.c.details_digest, _EV.c.facts, _EV.c.notice, _EV.c.notice_version,
+        _EV.c.subscription_ref, _EV.c.type, _EV.c.content_hash,
+    )
+    .where(_PENDING_ONLY)
+    .order_by(_EV.c.id)
+    .limit(bindparam("limit"))
+)  # fmt: skip
+_ANY_PENDING = select(_EV.c.id).where(_PENDING_ONLY).limit(1)
+_PLACE_EVENT = Prepared(
+    update(_EV)
+    .where(_EV.c.id == bindparam("event_id"), _PENDING_ONLY)
+    .values(seq=bindparam("new_seq"), prev_hash=bindparam("new_prev"), hash=bindparam("new_hash"))
+)
 
 
 class Head(NamedTuple):
@@ -262,11 +482,14 @@ class Verification:
     checkpoint_seq: int | None = None
     checkpoint_at: str | None = None
     signed_now: bool = False  # ``sign_head`` signed the recorded head
+    # ``verify`` and ``check``: events written but not chained yet, and the oldest one's age.
+    pending: int = 0
+    pending_oldest_seconds: float | None = None
 
 
 def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: int = 5000) -> Iterator[tuple[Any, ...]]:
-    """The events after seq ``after`` (up to ``upto``, if given) in chain order, as plain tuples:
-    the record's values in ``_FIELDS`` order, then its hash, its details' salt and text.
+    """The chained events after seq ``after`` (up to ``upto``, if given) in chain order, as plain
+    tuples: the record's values in ``_FIELDS`` order, then its hash, its details' salt and text.
 
     Plain tuples, not ORM objects or mappings: ``ledger verify`` walks every event ever written.
     Each query asks for one range of seqs, not "the next N": the plan then stays an index range
@@ -277,7 +500,9 @@ def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: in
         high = last + batch if upto is None else min(last + batch, upto)
         rows = conn.execute(_EVENT_RANGE, {"low": last, "high": high}).all()
         if rows:
-            yield from rows
+            details = _details_of(conn, [row[-1] for row in rows])
+            for row in rows:
+                yield (*row[:-1], *details.get(row[-1], _NO_DETAILS))
             last = high
             continue
         following = conn.execute(_NEXT_SEQ, {"low": last}).scalar()  # past a gap, or the end
@@ -286,24 +511,41 @@ def _events(conn: Connection, after: int = 0, upto: int | None = None, batch: in
         last = following - 1
 
 
+_NO_DETAILS = (None, None)
+
+
+def _details_of(conn: Connection, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """The salt and text of the details of those events (by event id) that still have them.
+
+    Events are mostly chained in the order their ids were given, so a range of seqs is a
+    near-dense range of ids, read as one index range; an event that waited long for its
+    place widens the range, and then the ids are asked for by name instead.
+    """
+    low, high = min(ids), max(ids)
+    if high - low < 2 * len(ids):
+        found = conn.execute(_DETAIL_RANGE, {"low": low, "high": high})
+    else:
+        found = conn.execute(_DETAIL_NAMED, {"ids": ids})
+    return {event_id: (salt, text) for event_id, salt, text in found}
+
+
 _E, _D = ConsentEvent.__table__.c, EventDetail.__table__.c
-# The range is stated for the details too: given only the join, PostgreSQL (with current
-# statistics) hashes the whole details table for every range instead of reading the same
-# range of its key (140 ms against 7 ms a range of 5,000 at a million events).
 _EVENT_RANGE = (
-    select(*(_E[name] for name in _FIELDS), _E.hash, _D.salt, _D.details)
-    .outerjoin(
-        EventDetail.__table__,
-        (_D.seq == _E.seq) & (_D.seq > bindparam("low")) & (_D.seq <= bindparam("high")),
-    )
+    select(*(_E[name] for name in _FIELDS), _E.hash, _E.id)
     .where(_E.seq > bindparam("low"), _E.seq <= bindparam("high"))
     .order_by(_E.seq)
 )
+_DETAIL_RANGE = select(_D.event_id, _D.salt, _D.details).where(
+    _D.event_id >= bindparam("low"), _D.event_id <= bindparam("high")
+)
+_DETAIL_NAMED = select(_D.event_id, _D.salt, _D.details).where(_D.event_id.in_(bindparam("ids", expanding=True)))
 _NEXT_SEQ = select(func.min(_E.seq)).where(_E.seq > bindparam("low"))
 
 
 # Where each value sits in a row of ``_events``: the record's fields, then hash, salt, details.
 _SEQ, _PREV, _DIGEST = _FIELDS.index("seq"), _FIELDS.index("prev_hash"), _FIELDS.index("details_digest")
+_TYPE, _NOTICE, _NOTICE_VERSION = _FIELDS.index("type"), _FIELDS.index("notice"), _FIELDS.index("notice_version")
+_REF, _CHANNEL, _FACTS = _FIELDS.index("subscription_ref"), _FIELDS.index("channel"), _FIELDS.index("facts")
 _HASH = len(_FIELDS)
 
 
@@ -339,7 +581,30 @@ def verify(session: AnySession, processes: int | None = None, parallel_from: int
     result = _verify_chain(session, head, processes, parallel_from)
     if result.ok and not _head_is_signed(anchor_key(), *head):
         return replace(result, ok=False, reason=UNSIGNED_HEAD)
-    return result
+    if not result.ok:
+        return result
+    waiting, problem = _pending_problem(session)
+    result = replace(result, pending=waiting.count, pending_oldest_seconds=waiting.oldest_seconds)
+    return replace(result, ok=False, reason=problem) if problem else result
+
+
+def _pending_problem(session: AnySession) -> tuple[Pending, str | None]:
+    """The events waiting for their place, and why they break the promise, if they do: one whose
+    content hash does not match (changed, or written behind the service's back), or events
+    older than the merge delay (no sequencer is running)."""
+    waiting = pending(session)
+    if not waiting.count:
+        return waiting, None
+    key = anchor_key()
+    for row in session.execute(_PENDING.statement, {"limit": waiting.count}):
+        if not _genuine(key, row):
+            return waiting, f"pending event id {row.id} does not match its content hash (changed, or not written here)"
+    if waiting.overdue:
+        return waiting, (
+            f"{waiting.overdue} events have waited more than {waiting.bound_seconds:g} s for their place in the "
+            "chain: no sequencer is running (`flask --app wsgi outbox run`, or `ledger sequence`)"
+        )
+    return waiting, None
 
 
 def _verify_chain(session: AnySession, head: Head, processes: int | None, parallel_from: int) -> Verification:

@@ -147,6 +147,7 @@ class DatabaseCollector(Collector):
     def _figures(self) -> Iterator[Metric]:
         from . import service_marks
         from .ledger import checkpoint_path
+        from .ledger import pending as ledger_pending
         from .models import ConsentEvent, OutboxJob, utcnow
         from .outbox import URGENT_KINDS
 
@@ -185,7 +186,10 @@ class DatabaseCollector(Collector):
         yield promise
 
         head = db.session.execute(
-            select(ConsentEvent.seq, ConsentEvent.at).order_by(ConsentEvent.seq.desc()).limit(1)
+            select(ConsentEvent.seq, ConsentEvent.at)
+            .where(ConsentEvent.seq.is_not(None))
+            .order_by(ConsentEvent.seq.desc())
+            .limit(1)
         ).first()
         events = GaugeMetricFamily("consent_ledger_events", "Events in the evidence chain.")
         events.add_metric([], head.seq if head else 0)
@@ -195,6 +199,23 @@ class DatabaseCollector(Collector):
             last.add_metric([], _age(head.at, now) or 0.0)
             yield last
         yield from self._checkpoint(checkpoint_path(), head.seq if head else 0)
+        waiting = ledger_pending(db.session)
+        unchained = GaugeMetricFamily(
+            "consent_ledger_pending_events", "Evidence events written and not chained yet (the sequencer's queue)."
+        )
+        unchained.add_metric([], waiting.count)
+        yield unchained
+        wait_age = GaugeMetricFamily(
+            "consent_ledger_pending_oldest_age_seconds",
+            "Age of the oldest evidence event waiting for its place in the chain (0 when none is).",
+        )
+        wait_age.add_metric([], waiting.oldest_seconds or 0.0)
+        yield wait_age
+        bound = GaugeMetricFamily(
+            "consent_ledger_max_merge_delay_seconds", "How long evidence may wait for its place in the chain."
+        )
+        bound.add_metric([], waiting.bound_seconds)
+        yield bound
 
         ok, failed = service_marks.read(service_marks.LEDGER_VERIFY_OK), service_marks.read(
             service_marks.LEDGER_VERIFY_FAILED

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Sequence, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .extensions import Model
@@ -103,20 +103,33 @@ class Subscription(Model):
     reviewed_at: Mapped[datetime | None]
 
 
-class ConsentEvent(Model):
-    """One link of the evidence chain. Holds nothing personal but a digest.
+EVENT_IDS = "consent_event_ids"
+_UNCHAINED = text("seq IS NULL")
 
-    ``hash`` covers every other column, including ``seq`` and ``prev_hash``,
-    so changing, removing or reordering an event breaks the chain.
+
+class ConsentEvent(Model):
+    """One piece of consent evidence: written pending, then chained. Holds nothing personal but a digest.
+
+    A request writes its event with ``id`` and a keyed ``content_hash`` of the record, and
+    nothing else: no lock on the chain's head. The sequencer (``ledger.sequence``) later gives
+    it its place in the chain, ``seq``, and ``prev_hash`` and ``hash``; ``hash`` covers every
+    column of the chained record, including ``seq`` and ``prev_hash``, so changing, removing
+    or reordering a chained event breaks the chain. Bulk work (an import, a purge) chains its
+    own events as it writes them; those carry no ``content_hash``.
     """
 
     __tablename__ = "consent_events"
     __table_args__ = (
         Index("ix_consent_events_ref_type_at", "subscription_ref", "type", "at"),
         Index("ix_consent_events_notice_type_at", "notice", "type", "at"),  # the dashboard's daily chart
+        # The sequencer's work list: only the few rows not chained yet are in it.
+        Index("ix_consent_events_pending", "id", sqlite_where=_UNCHAINED, postgresql_where=_UNCHAINED),
     )
 
-    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    # Allocated by ``ledger.append`` before the insert (its details row needs it): from this
+    # sequence on PostgreSQL, under the write lock on SQLite.
+    id: Mapped[int] = mapped_column(Sequence(EVENT_IDS), primary_key=True)
+    seq: Mapped[int | None] = mapped_column(unique=True)
     at: Mapped[datetime]
     type: Mapped[str] = mapped_column(String(40))
     notice: Mapped[str | None] = mapped_column(String(32))
@@ -125,8 +138,9 @@ class ConsentEvent(Model):
     channel: Mapped[str] = mapped_column(String(24))
     facts: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON
     details_digest: Mapped[str | None] = mapped_column(String(64))
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class EventDetail(Model):
@@ -134,7 +148,7 @@ class EventDetail(Model):
 
     __tablename__ = "event_details"
 
-    seq: Mapped[int] = mapped_column(ForeignKey("consent_events.seq"), primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("consent_events.id"), primary_key=True, autoincrement=False)
     subscription_ref: Mapped[str | None] = mapped_column(String(32), index=True)
     salt: Mapped[str] = mapped_column(String(32))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON

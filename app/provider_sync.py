@@ -74,12 +74,12 @@ def _members(subs: list[Subscription]) -> dict[str, Member]:
     refs = [sub.ref for sub in subs]
     rows = db.session.execute(
         select(ConsentEvent.subscription_ref, ConsentEvent.type, ConsentEvent.at, EventDetail.details)
-        .join(EventDetail, EventDetail.seq == ConsentEvent.seq)
+        .join(EventDetail, EventDetail.event_id == ConsentEvent.id)
         .where(
             ConsentEvent.subscription_ref.in_(refs),
             ConsentEvent.type.in_(("signup_requested", "consent_confirmed")),
         )
-        .order_by(ConsentEvent.seq.desc())
+        .order_by(ConsentEvent.id.desc())
     ).all()
     latest: dict[tuple[str | None, str], tuple[Any, dict[str, Any]]] = {}
     for ref, kind, at, details in rows:

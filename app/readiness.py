@@ -9,7 +9,9 @@
 - ``redis``: the rate limits' Redis answers a PING (passes as "not configured" without one);
 - ``worker``: an ``outbox run`` has reported within ``WORKER_HEARTBEAT_MAX_AGE`` (300 s):
   without a worker, retries, provider opt-outs and erasures at the providers wait, and the
-  48-hour opt-out promise is at risk.
+  48-hour opt-out promise is at risk;
+- ``ledger_sequencer``: no evidence event has waited longer than
+  ``LEDGER_MAX_MERGE_DELAY_SECONDS`` (60 s) for its place in the chain.
 
 The ledger's signed checkpoint is reported too, and does not fail readiness: a checkpoint
 older than a few renewal periods means the worker is not renewing it, which the worker check
@@ -108,6 +110,26 @@ def _worker() -> dict[str, Any]:
     return _check("worker", True, f"reported {age:.0f} s ago")
 
 
+def _sequencer() -> dict[str, Any]:
+    from .ledger import pending
+
+    try:
+        waiting = pending(db.session)
+    except Exception as exc:
+        db.session.rollback()
+        return _check("ledger_sequencer", False, f"cannot read the pending evidence ({type(exc).__name__})")
+    if waiting.overdue:
+        return _check(
+            "ledger_sequencer",
+            False,
+            f"{waiting.overdue} evidence events have waited more than {waiting.bound_seconds:g} s for their place in "
+            "the chain: start `flask --app wsgi outbox run` (or `ledger sequence --follow`)",
+        )
+    if not waiting.count:
+        return _check("ledger_sequencer", True, "no evidence waiting")
+    return _check("ledger_sequencer", True, f"{waiting.count} waiting, the oldest {waiting.oldest_seconds:.0f} s")
+
+
 def _checkpoint() -> dict[str, Any]:
     from .ledger import checkpoint_path
 
@@ -128,10 +150,12 @@ def readyz() -> ResponseReturnValue:
     database = _database()
     if database["ok"]:
         migrations, worker = _migrations(), _worker()
+        sequencer = _sequencer() if migrations["ok"] else _check("ledger_sequencer", False, "not checked: schema")
     else:  # without a database the checks that read it would only wait and say the same
         migrations = _check("migrations", False, "not checked: no database")
         worker = _check("worker", False, "not checked: no database")
-    checks = [database, migrations, _redis(), worker, _checkpoint()]
+        sequencer = _check("ledger_sequencer", False, "not checked: no database")
+    checks = [database, migrations, _redis(), worker, sequencer, _checkpoint()]
     ready = all(check["ok"] for check in checks)
     db.session.rollback()
     response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})

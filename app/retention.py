@@ -279,35 +279,35 @@ def _reduce_evidence(notice: Notice, now: datetime, dry_run: bool) -> int:
         # Read in a plain transaction: on SQLite a unit of work holds the write lock,
         # and this scan also passes over the proofs it keeps, run after run.
         rows = db.session.execute(
-            select(EventDetail.seq, ConsentEvent.subscription_ref, ConsentEvent.type)
-            .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
-            .where(ConsentEvent.notice == notice.slug, ConsentEvent.at < cutoff, EventDetail.seq > after)
-            .order_by(EventDetail.seq)
+            select(EventDetail.event_id, ConsentEvent.subscription_ref, ConsentEvent.type)
+            .join(ConsentEvent, ConsentEvent.id == EventDetail.event_id)
+            .where(ConsentEvent.notice == notice.slug, ConsentEvent.at < cutoff, EventDetail.event_id > after)
+            .order_by(EventDetail.event_id)
             .limit(BATCH)
         ).all()
         if not rows:
             break
-        after = rows[-1].seq
-        kept = _proof_seqs(db.session, {row.subscription_ref for row in rows if row.type in PROOF_EVENTS})
-        doomed = [row.seq for row in rows if row.seq not in kept]
+        after = rows[-1].event_id
+        kept = _proof_events(db.session, {row.subscription_ref for row in rows if row.type in PROOF_EVENTS})
+        doomed = [row.event_id for row in rows if row.event_id not in kept]
         db.session.rollback()  # end the read before taking the write lock
         if doomed and not dry_run:
             with unit_of_work() as uow:
                 # A detail another process deleted meanwhile is simply not there to delete.
-                uow.session.execute(delete(EventDetail).where(EventDetail.seq.in_(doomed)))
+                uow.session.execute(delete(EventDetail).where(EventDetail.event_id.in_(doomed)))
         reduced += len(doomed)
     db.session.remove()
     return reduced
 
 
-def _proof_seqs(session: AnySession, refs: set[str | None]) -> set[int]:
+def _proof_events(session: AnySession, refs: set[str | None]) -> set[int]:
     """The latest proof event of each kind for those refs that are still subscribed."""
     refs.discard(None)
     if not refs:
         return set()
     subscribed = select(Subscription.ref).where(Subscription.ref.in_(refs), Subscription.status == "subscribed")
     latest = session.execute(
-        select(func.max(ConsentEvent.seq))
+        select(func.max(ConsentEvent.id))
         .where(ConsentEvent.subscription_ref.in_(subscribed), ConsentEvent.type.in_(PROOF_EVENTS))
         .group_by(ConsentEvent.subscription_ref, ConsentEvent.type)
     ).scalars()

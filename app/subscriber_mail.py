@@ -121,7 +121,7 @@ def _record_sent(ref: str, notice: Notice) -> None:
 
 def _informed(ref: str) -> bool:
     found = db.session.execute(
-        select(ConsentEvent.seq)
+        select(ConsentEvent.id)
         .where(ConsentEvent.subscription_ref == ref, ConsentEvent.type == ART14_INFORMED)
         .limit(1)
     ).first()

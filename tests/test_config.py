@@ -82,7 +82,14 @@ def test_every_page_carries_the_security_headers(client):
 
 
 def test_health_check_answers(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    answer = client.get("/healthz").get_json()
+    assert answer["status"] == "ok"
+    assert answer["ledger"] == {
+        "pending_events": 0,
+        "oldest_pending_seconds": None,
+        "max_merge_delay_seconds": 60.0,
+        "within_merge_delay": True,
+    }
 
 
 def test_app_builds_from_the_environment_alone(tmp_path, monkeypatch):

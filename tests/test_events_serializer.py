@@ -41,7 +41,7 @@ def test_the_common_fields_and_each_option():
         "facts": {"human": True},
     }
     assert serialize_event(event, with_ref=True) == {**plain, "subscription_ref": "f" * 32}
-    detail = EventDetail(seq=7, subscription_ref="f" * 32, salt="s", details='{"ip":"127.0.0.1"}')
+    detail = EventDetail(event_id=7, subscription_ref="f" * 32, salt="s", details='{"ip":"127.0.0.1"}')
     assert serialize_event(event, detail) == {**plain, "details": {"ip": "127.0.0.1"}}
     assert serialize_event(event, notice="mysoft")["notice"] == "mysoft"
     assert event_time(datetime(2026, 1, 2, 9, 0, 0, 5)) == "2026-01-02T09:00:00.000005Z"

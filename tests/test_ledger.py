@@ -21,6 +21,13 @@ from app.models import ConsentEvent, EventDetail, LedgerHead
 from .support import sign_up, subscribe_and_confirm, unsubscribe_path
 from .test_dashboard import create_user, log_in, subscription_ref
 
+EVENT_IDS_WHERE = "SELECT id FROM consent_events WHERE"
+FIRST_EVENT_ID = select(ConsentEvent.id).where(ConsentEvent.seq == 1).scalar_subquery()
+
+
+def details_of(where: str) -> str:
+    """SQL deleting the personal details of the events ``where`` selects (details hang off the event's id)."""
+    return f"DELETE FROM event_details WHERE event_id IN ({EVENT_IDS_WHERE} {where})"
 
 def make_history(client, mailbox) -> None:  # type: ignore[no-untyped-def]
     for i in range(3):
@@ -64,14 +71,15 @@ def test_changed_field_is_found_and_named(app, client, mailbox, runner):
 
 def test_changed_personal_details_are_found(app, client, mailbox, runner):
     make_history(client, mailbox)
-    tamper(app, update(EventDetail).where(EventDetail.seq == 1).values(details='{"email":"x@evil.example"}'))
+    forged = update(EventDetail).where(EventDetail.event_id == FIRST_EVENT_ID)
+    tamper(app, forged.values(details='{"email":"x@evil.example"}'))
     result = verify(runner)
     assert result.exit_code == 1 and "BROKEN at event 1" in result.stderr
 
 
 def test_deleted_middle_event_is_found(app, client, mailbox, runner):
     make_history(client, mailbox)
-    tamper(app, "DELETE FROM event_details WHERE seq = 5", "DELETE FROM consent_events WHERE seq = 5")
+    tamper(app, details_of("seq = 5"), "DELETE FROM consent_events WHERE seq = 5")
     result = verify(runner)
     assert result.exit_code == 1 and "event 5 is missing" in result.stderr
 
@@ -88,7 +96,7 @@ def test_swapped_events_are_found(app, client, mailbox, runner):
 
 def test_truncated_tail_is_found_against_the_recorded_head(app, client, mailbox, runner):
     make_history(client, mailbox)
-    tamper(app, "DELETE FROM event_details WHERE seq >= 9", "DELETE FROM consent_events WHERE seq >= 9")
+    tamper(app, details_of("seq >= 9"), "DELETE FROM consent_events WHERE seq >= 9")
     with app.app_context():
         assert db.session.execute(select(LedgerHead.seq)).scalar_one() == 10
     result = verify(runner)
@@ -104,7 +112,7 @@ def test_a_tail_cut_with_the_head_moved_back_is_found_against_the_signed_checkpo
     # the head's signature verify again.
     tamper(
         app,
-        "DELETE FROM event_details WHERE seq > 10",
+        details_of("seq > 10"),
         "DELETE FROM consent_events WHERE seq > 10",
         update(LedgerHead).values(seq=copied.seq, hash=copied.hash, signature=copied.signature),
     )
@@ -198,7 +206,7 @@ def test_verify_says_so_when_the_checkpoint_cannot_be_written(app, client, mailb
 
 
 def _deleted(where: str) -> list[str]:
-    return [f"DELETE FROM event_details WHERE {where}", f"DELETE FROM consent_events WHERE {where}"]
+    return [details_of(where), f"DELETE FROM consent_events WHERE {where}"]
 
 
 # With two processes over 60 events the ranges are 1-30 and 31 on: these hit both sides of the seam.
@@ -206,7 +214,9 @@ TAMPERINGS = {
     "untouched": [],
     "a field inside the second range": ["UPDATE consent_events SET channel = 'x' WHERE seq = 40"],
     "the second range's first event": ["UPDATE consent_events SET channel = 'x' WHERE seq = 31"],
-    "details in the first range": ["UPDATE event_details SET details = '{}' WHERE seq = 7"],
+    "details in the first range": [
+        f"UPDATE event_details SET details = '{{}}' WHERE event_id IN ({EVENT_IDS_WHERE} seq = 7)"
+    ],
     "the event at the seam deleted": _deleted("seq = 31"),
     "the first range's last event deleted": _deleted("seq = 30"),
     "the whole second range deleted": _deleted("seq > 30"),
@@ -404,7 +414,7 @@ def test_sign_head_refuses_a_chain_that_does_not_verify(app, client, mailbox, ru
 def test_events_past_the_recorded_head_are_found(app, client, mailbox, runner):
     make_history(client, mailbox)
     head = recorded_head(app)
-    tamper(app, "DELETE FROM event_details WHERE seq = 10", update(LedgerHead).values(seq=9))
+    tamper(app, details_of("seq = 10"), update(LedgerHead).values(seq=9))
     with app.app_context():
         event_9 = db.session.execute(select(ConsentEvent.hash).where(ConsentEvent.seq == 9)).scalar_one()
     tamper(app, update(LedgerHead).values(hash=event_9, signature=head.signature))

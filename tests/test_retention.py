@@ -193,7 +193,7 @@ def test_old_evidence_loses_its_personal_details_except_the_proof_of_a_current_c
     with app.app_context():
         kinds_with_details = set(
             db.session.execute(
-                select(ConsentEvent.type).join(EventDetail, EventDetail.seq == ConsentEvent.seq)
+                select(ConsentEvent.type).join(EventDetail, EventDetail.event_id == ConsentEvent.id)
             ).scalars()
         )
     assert {"signup_requested", "consent_confirmed", "rectified"} <= kinds_with_details
@@ -206,7 +206,7 @@ def test_old_evidence_loses_its_personal_details_except_the_proof_of_a_current_c
     with app.app_context():
         left = set(
             db.session.execute(
-                select(ConsentEvent.type).join(EventDetail, EventDetail.seq == ConsentEvent.seq)
+                select(ConsentEvent.type).join(EventDetail, EventDetail.event_id == ConsentEvent.id)
             ).scalars()
         )
     assert left == {"signup_requested", "consent_confirmed"}  # still proving the consent relied on

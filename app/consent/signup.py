@@ -217,9 +217,9 @@ def _asked_from(uow: UnitOfWork, ref: str) -> dict[str, Any]:
     """The IP address and user agent of the request that asked for the latest confirmation mail."""
     found = uow.session.execute(
         select(EventDetail.details)
-        .join(ConsentEvent, ConsentEvent.seq == EventDetail.seq)
+        .join(ConsentEvent, ConsentEvent.id == EventDetail.event_id)
         .where(ConsentEvent.subscription_ref == ref, ConsentEvent.type.in_(CONFIRMATION_EVENTS))
-        .order_by(ConsentEvent.seq.desc())
+        .order_by(ConsentEvent.id.desc())
         .limit(1)
     ).scalar_one_or_none()
     try:

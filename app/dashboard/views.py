@@ -87,6 +87,7 @@ def overview() -> ResponseReturnValue:
         # Imported before the service kept Art. 14 evidence: not known to be uninformed.
         unknown_if_informed=importer.unknown_if_informed(mine),
         uninformed_days=UNINFORMED_AFTER_DAYS,
+        evidence_waiting=ledger.pending(db.session, notices=mine),
     )
 
 

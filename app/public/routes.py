@@ -6,9 +6,8 @@ from typing import Any
 from flask import Response, abort, current_app, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import gettext as _
-from sqlalchemy import text
 
-from .. import consent, tokens
+from .. import consent, ledger, tokens
 from ..addresses import InvalidInput, clean_name, normalise_email
 from ..extensions import client_ip, csrf, db, limiter
 from ..i18n import current_language
@@ -56,8 +55,19 @@ def index() -> ResponseReturnValue:
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    db.session.execute(text("SELECT 1"))
-    return {"status": "ok"}
+    """Liveness: the process answers and reaches its database. The evidence waiting for its place
+    in the chain is reported beside it (restarting a web process would not chain it: ``/readyz``
+    fails on it, and the metrics alert)."""
+    waiting = ledger.pending(db.session)
+    return {
+        "status": "ok",
+        "ledger": {
+            "pending_events": waiting.count,
+            "oldest_pending_seconds": None if waiting.oldest_seconds is None else round(waiting.oldest_seconds, 1),
+            "max_merge_delay_seconds": waiting.bound_seconds,
+            "within_merge_delay": waiting.overdue == 0,
+        },
+    }
 
 
 def _subscribe_limit() -> str:
