@@ -111,7 +111,7 @@ def outbox_run(once: bool) -> None:
         _beat()
         while done := outbox.run_due():
             total += done
-        ledger.sequence_pending(wait=True)
+        ledger.sequence_pending()
         click.echo(json.dumps({"processed": total}))
         return
     stop = threading.Event()
@@ -130,7 +130,7 @@ def outbox_run(once: bool) -> None:
     beat = {"at": 0.0}
 
     def checkpoint_if_due() -> None:
-        ledger.sequence_pending(wait=True)  # what the web processes left unchained
+        ledger.sequence_pending()  # what the web processes left unchained
         if time.monotonic() - beat["at"] >= HEARTBEAT_SECONDS:
             beat["at"] = time.monotonic()
             _beat()
@@ -236,7 +236,7 @@ def ledger_sequence(follow: bool, batch: int) -> None:
     chained = 0
     while True:
         try:
-            chained += ledger.sequence_pending(wait=True, batch=batch)
+            chained += ledger.sequence_pending(batch=batch)
         except Exception:
             if not follow:
                 raise

@@ -31,7 +31,6 @@ from sqlalchemy import Connection, bindparam, create_engine, func, insert, liter
 from sqlalchemy.pool import NullPool
 
 from .database import AnySession, UnitOfWork, unit_of_work
-from .extensions import db
 from .fastpath import Prepared
 from .models import EVENT_IDS, ConsentEvent, EventDetail, LedgerHead, utcnow
 
@@ -148,18 +147,22 @@ CHAIN_AT_ONCE_FROM = 100
 def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None) -> int:
     """Record events inside the caller's transaction; answers how many.
 
-    A few events (a request's: a sign-up, an opt-out, a webhook's) are written pending:
-    each with its ``id`` and a ``content_hash`` keyed with the anchor key, and no lock on
-    the chain's head, so requests never queue behind one another on the ledger. Once the
-    transaction has committed, the sequencer is asked to chain them (``sequence_pending``:
-    after the answer in a request, at once elsewhere; the outbox worker and ``ledger
-    sequence`` pick up whatever is left). The evidence is durable from the commit; its
-    place in the chain follows within ``LEDGER_MAX_MERGE_DELAY_SECONDS``.
+    On PostgreSQL, a few events (a request's: a sign-up, an opt-out, a webhook's) are
+    written pending: each with its ``id`` and a ``content_hash`` keyed with the anchor key,
+    and no lock on the chain's head, so requests in any number of processes and hosts never
+    queue behind one another on the ledger. Once the transaction has committed, the
+    sequencer is asked to chain them (``sequence_pending``: after the answer in a request,
+    at once elsewhere; the outbox worker and ``ledger sequence`` pick up whatever is left).
+    The evidence is durable from the commit; its place in the chain follows within
+    ``LEDGER_MAX_MERGE_DELAY_SECONDS``.
 
-    A batch of ``CHAIN_AT_ONCE_FROM`` or more (an import's, a purge's), or any batch when
-    ``chain`` is true, is chained here and now under the head's lock, as bulk work that
-    runs outside requests can afford: a second pass over a million rows would cost more
-    than the lock. Events pending meanwhile are chained after it.
+    They are chained here and now, under the head's lock, when ``chain`` is true; when
+    there are ``CHAIN_AT_ONCE_FROM`` or more (an import's, a purge's: bulk work outside
+    requests, for which a second pass over a million rows would cost more than the lock);
+    and on SQLite, where the transaction already holds the database's one write lock, so
+    chaining costs no extra waiting and a second transaction would (bench/README.md).
+    Events pending meanwhile are chained after them. A request's events carry their
+    content hash either way.
 
     The events and their details are written with one multi-row insert each, not as ORM
     objects.
@@ -171,7 +174,8 @@ def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None)
     key = anchor_key()
     now = utcnow()
     stamp = _stamp(now)
-    chain_now = len(items) >= CHAIN_AT_ONCE_FROM if chain is None else chain
+    bulk = len(items) >= CHAIN_AT_ONCE_FROM
+    chain_now = (bulk or uow.dialect.name == "sqlite") if chain is None else chain
     records: list[tuple[Any, ...]] = []
     details: list[dict[str, Any]] = []
     # Items often share one facts mapping (an import's, a purge's): each is encoded once.
@@ -195,12 +199,13 @@ def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None)
                 item.subscription_ref, item.type,
             )
         )  # fmt: skip
+    # A pending event needs its content hash; a request's carries it even when chained at once.
+    hashed = not (bulk and chain_now)
+    content_hashes: list[str | None] = [_content_hash(key, v) for v in records] if hashed else [None] * len(records)
     if chain_now:
         links: list[tuple[int | None, str | None, str | None]] = list(_chain(uow, key, records))
-        content_hashes: list[str | None] = [None] * len(records)
     else:
         links = [(None, None, None)] * len(records)
-        content_hashes = [_content_hash(key, values) for values in records]
         uow.after_commit(_request_sequencing)
     events = [
         {
@@ -310,33 +315,23 @@ def _request_sequencing() -> None:
     after_response.schedule_sequencing(sequence_pending)
 
 
-def sequence_pending(wait: bool = False, batch: int = SEQUENCE_BATCH) -> int:
+def sequence_pending(batch: int = SEQUENCE_BATCH) -> int:
     """Chain every pending event, batch by batch; answers how many were chained.
 
-    Without ``wait`` (after a request's answer), a sequencer already holding the head is left
-    to it: it looks for pending events again after each commit, so an event committed while
-    it ran is chained by it, by the next one, or by the worker's next pass, never lost.
+    Each run waits for the head's lock: a run that starts after a commit chains what that
+    commit wrote, unless a run before it already has, so nothing committed is left behind
+    (runs after many requests' commits in one process collapse into one: ``after_response``).
     """
     total = 0
-    while _has_pending():
-        done = sequence(batch, wait=wait)
-        if done is None:  # another sequencer holds the head; it looks again after its commit
-            break
+    while True:
+        done = sequence(batch)
         total += done
-        if done == 0:  # only events whose content hash does not match are left
-            break
-    return total
+        if done < batch:  # all chained (or only events whose content hash does not match are left)
+            return total
 
 
-def _has_pending() -> bool:
-    """Whether any event waits for its place (the partial index answers at once)."""
-    with db.engine.connect() as conn:
-        return conn.execute(_ANY_PENDING).first() is not None
-
-
-def sequence(limit: int = SEQUENCE_BATCH, wait: bool = True) -> int | None:
-    """Chain up to ``limit`` pending events, oldest id first, in one transaction; answers how
-    many, or None when ``wait`` is false and another sequencer holds the head.
+def sequence(limit: int = SEQUENCE_BATCH) -> int:
+    """Chain up to ``limit`` pending events, oldest id first, in one transaction; answers how many.
 
     If the process dies before the commit, nothing of the batch is chained and the next run
     chains it; an event is given its place by an UPDATE of a row whose ``seq`` is still
@@ -346,9 +341,7 @@ def sequence(limit: int = SEQUENCE_BATCH, wait: bool = True) -> int | None:
     with unit_of_work(orm=False) as uow:
         # The head first: the pending rows read after it is locked are those no other
         # sequencer is chaining (it has committed, and the rows it chained have a seq).
-        head = uow.run(_TRY_HEAD if not wait and uow.dialect.name == "postgresql" else _READ_HEAD)
-        if not head and uow.run(_ANY_HEAD):
-            return None  # locked by another sequencer
+        head = uow.run(_READ_HEAD)
         rows = uow.run(_PENDING, {"limit": limit})
         good: list[tuple[int, tuple[Any, ...]]] = []
         for row in rows:
@@ -433,8 +426,6 @@ _MOVE_HEAD = Prepared(
 _START_HEAD = Prepared(insert(_HEAD))
 _INSERT_EVENTS = Prepared(insert(ConsentEvent.__table__))
 _INSERT_DETAILS = Prepared(insert(EventDetail.__table__))
-_TRY_HEAD = Prepared(_LOCKED_HEAD.with_for_update(skip_locked=True))
-_ANY_HEAD = Prepared(select(_HEAD.c.id).where(_HEAD.c.id == HEAD_ID))
 _EV = ConsentEvent.__table__
 _NEXT_IDS = Prepared(
     select(func.nextval(literal(EVENT_IDS)).label("id")).select_from(func.generate_series(1, bindparam("count")))
@@ -450,7 +441,6 @@ _PENDING = Prepared(
     .order_by(_EV.c.id)
     .limit(bindparam("limit"))
 )  # fmt: skip
-_ANY_PENDING = select(_EV.c.id).where(_PENDING_ONLY).limit(1)
 _PLACE_EVENT = Prepared(
     update(_EV)
     .where(_EV.c.id == bindparam("event_id"), _PENDING_ONLY)
