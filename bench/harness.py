@@ -98,6 +98,54 @@ def flask_command(env: dict[str, str], *args: str) -> subprocess.CompletedProces
     )
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # the fields after the command name
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time the processes have used, their reaped children's included (Linux ``/proc``)."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    return total / _TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (a gunicorn master and its workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def postgres_processes() -> list[int]:
+    """The PostgreSQL server's processes on this machine (the benchmarks run it locally)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def label(database: str) -> str:
     return "SQLite" if database == "sqlite" else "PostgreSQL"
 

@@ -34,7 +34,18 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, label, report, service_env, settle_statistics, subscription_row  # noqa: E402  (bench/ is on the path)
+from harness import (  # noqa: E402  (bench/ is on the path)
+    cpu_seconds,
+    empty_database,
+    flask_command,
+    label,
+    postgres_processes,
+    process_tree,
+    report,
+    service_env,
+    settle_statistics,
+    subscription_row,
+)
 from sqlalchemy import insert  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -205,12 +216,22 @@ def run(database: str, seconds: int, workers: int) -> list[str]:
             }
             figures = {}
             for what, (lines, headers) in routes.items():
+                web, server_side = process_tree(server.pid), postgres_processes()
+                before = cpu_seconds(web), cpu_seconds(server_side)
                 figures[what] = wrk(url, folder / "script.lua", request_file(folder, "r", lines), seconds, headers)
+                time.sleep(1.0)  # what runs after the answers (mail, chaining the evidence) is the request's too
+                after = cpu_seconds(web), cpu_seconds(server_side)
                 figures[what]["people"] = len(lines)
+                figures[what]["web_cpu_ms"] = 1000 * (after[0] - before[0]) / max(figures[what]["requests"], 1)
+                figures[what]["db_cpu_ms"] = 1000 * (after[1] - before[1]) / max(figures[what]["requests"], 1)
         finally:
             server.terminate()
             server.wait(timeout=20)
+        chain = chain_after_the_load(env)
     base = figures["trivial GET /bench/ok"]
+    cpu = (lambda f: f", CPU a request: web {f['web_cpu_ms']:.2f} ms, database {f['db_cpu_ms']:.2f} ms") if (
+        database != "sqlite"
+    ) else (lambda f: f", CPU a request: {f['web_cpu_ms']:.2f} ms")
     goals = {"one-click unsubscribe POST": 0.5, "Mailchimp webhook POST (unsubscribe)": 0.4, "subscribe POST": 0.3}
     lines = []
     for what, f in figures.items():
@@ -222,10 +243,22 @@ def run(database: str, seconds: int, workers: int) -> list[str]:
             f"| {what}, {label(database)}, {workers} worker(s) | {f['rps']:.0f} req/s ({ratio:.0%}), "
             f"p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms ({f['p99_ms'] / base['p99_ms']:.1f}x) | {goal} | "
             f"{f['requests']:.0f} requests in {seconds} s, {f['errors']:.0f} errors"
-            f"{'' if what.startswith('trivial') or f['requests'] <= f['people'] else ', some people twice'} |"
+            f"{'' if what.startswith('trivial') or f['requests'] <= f['people'] else ', some people twice'}{cpu(f)} |"
         )
+    where = f"{label(database)}, {workers} worker(s)"
+    lines.append(f"| evidence chain after the load, {where} | {chain} | all chained, verifies | |")
     print(json.dumps(figures, indent=2), file=sys.stderr)
     return lines
+
+
+def chain_after_the_load(env: dict[str, str]) -> str:
+    """What the web processes left unchained (the sequencer runs after each answer), then ``ledger verify``."""
+    sequenced = flask_command(env, "ledger", "sequence")
+    verified = flask_command(env, "ledger", "verify")
+    if sequenced.returncode or verified.returncode:
+        return f"NOT VERIFIED: {(sequenced.stderr + verified.stderr).strip()[-300:]}"
+    left = json.loads(sequenced.stdout)["chained"]
+    return f"{left} left for `ledger sequence` after the web processes; {verified.stdout.strip()}"
 
 
 def main() -> None:
