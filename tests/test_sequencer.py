@@ -165,7 +165,8 @@ def test_a_sequencer_killed_mid_batch_and_two_racing_lose_nothing_and_chain_noth
         process = _sequencer(app_env, batch)
         time.sleep(rng.uniform(0.5, 2.5))
         if process.poll() is not None:
-            break  # finished before the kill
+            process.communicate(timeout=30)  # finished before the kill; close its pipes
+            break
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
         kills += 1
