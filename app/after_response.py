@@ -9,9 +9,11 @@ which claims and runs each like the outbox worker does. If the process dies
 first, the job is still in the outbox and ``outbox run`` sends it; the claim
 makes sure only one of them does.
 
-The same thread chains the evidence a request wrote (``ledger.sequence_pending``):
-a request commits its events pending and never waits for the chain's head. Many
-requests' calls for it while one is queued make one run.
+A second thread chains the evidence requests wrote (``ledger.sequence_pending``):
+a request commits its events pending and never waits for the chain's head. Runs
+start at most every ``SEQUENCE_GAP_SECONDS``, so under load one run chains what
+many requests wrote (a run costs about as much as chaining ten events; bench/README.md),
+and a run waiting for its turn covers every request that asks meanwhile.
 
 Outside a request (CLI commands, the worker itself) there is no answer to
 protect, and the job runs at once.
@@ -24,26 +26,33 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
+from functools import partial
 
 from flask import Flask, current_app, g, has_request_context
 
 log = logging.getLogger(__name__)
 
 DRAIN_AT_EXIT_SECONDS = 10.0
+SEQUENCE_GAP_SECONDS = 0.1  # between the starts of two chaining runs of one process
 
 
 class Sender:
-    """One daemon thread per process (started on first use, and again after a fork)."""
+    """Two daemon threads per process, one for mail and one for the chain (started on first
+    use, and again after a fork)."""
 
     def __init__(self, app: Flask, run: Callable[[int], None]) -> None:
         self.app = app
         self.run = run
-        self._jobs: queue.SimpleQueue[int | Callable[[], object]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._busy = 0
         self._sequencing_queued = False
+        self._sequence: Callable[[], object] | None = None
+        self._last_sequenced = 0.0
+        self._hurry = 0  # callers of wait_idle: a run waiting for its gap starts at once
         self._idle = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._pid = 0
 
     def submit(self, job_id: int) -> None:
@@ -53,59 +62,87 @@ class Sender:
         self._jobs.put(job_id)
 
     def submit_sequencing(self, sequence: Callable[[], object]) -> None:
-        """Chain pending evidence on this thread; a run already queued (not yet started) covers this call."""
+        """Chain pending evidence on the chaining thread; a run not yet started covers this call."""
         with self._idle:
             self._ensure_thread()
+            self._sequence = sequence
             if self._sequencing_queued:
                 return
             self._sequencing_queued = True
             self._busy += 1
-        self._jobs.put(sequence)
+            self._idle.notify_all()
 
     def _ensure_thread(self) -> None:
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+        if self._pid != os.getpid() or not all(thread.is_alive() for thread in self._threads):
             self._start()
 
     def _start(self) -> None:
         self._jobs = queue.SimpleQueue()
         self._busy = 0
         self._sequencing_queued = False
+        self._hurry = 0
         self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._work, name="after-response-sender", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name="after-response-sender", daemon=True),
+            threading.Thread(target=self._chain, name="after-response-chain", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
         atexit.register(self.drain, DRAIN_AT_EXIT_SECONDS)
 
     def _work(self) -> None:
         jobs = self._jobs
         while True:
-            job = jobs.get()
+            job_id = jobs.get()
             try:
-                if isinstance(job, int):
-                    with self.app.app_context():
-                        self.run(job)
-                else:
-                    with self._idle:
-                        self._sequencing_queued = False  # evidence committed from now on needs another run
-                    with self.app.app_context():
-                        job()
-            except Exception:  # the outbox keeps the job, the ledger the evidence; the worker picks both up
-                if isinstance(job, int):
-                    log.exception("sending outbox job %s after the response failed; the worker will retry", job)
-                else:
-                    log.exception("chaining evidence after the response failed; the worker will chain it")
+                with self.app.app_context():
+                    self.run(job_id)
+            except Exception:  # the outbox keeps the job; the worker retries it
+                log.exception("sending outbox job %s after the response failed; the worker will retry", job_id)
             finally:
-                with self._idle:
-                    self._busy -= 1
-                    self._idle.notify_all()
+                self._done()
+
+    def _chain(self) -> None:
+        while True:
+            with self._idle:
+                self._idle.wait_for(lambda: self._sequencing_queued)
+                # Let more requests' evidence gather, unless someone waits for the work to be done.
+                due = self._last_sequenced + SEQUENCE_GAP_SECONDS
+                self._idle.wait_for(partial(self._may_chain, due), max(0.0, due - time.monotonic()))
+                self._sequencing_queued = False  # evidence committed from now on needs another run
+                sequence = self._sequence
+                self._last_sequenced = time.monotonic()
+            try:
+                if sequence is not None:
+                    with self.app.app_context():
+                        sequence()
+            except Exception:  # the evidence is committed; the worker or the next run chains it
+                log.exception("chaining evidence after the response failed; the worker will chain it")
+            finally:
+                self._done()
+
+    def _may_chain(self, due: float) -> bool:
+        return self._hurry > 0 or time.monotonic() >= due
+
+    def _done(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every job handed over so far has run; False on timeout."""
+        """Block until every job handed over so far has run, a chaining run waiting for its gap
+        started at once; False on timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+            self._hurry += 1
+            self._idle.notify_all()
+            try:
+                return self._idle.wait_for(lambda: self._busy == 0, timeout)
+            finally:
+                self._hurry -= 1
 
     def drain(self, timeout: float) -> None:
         """At process exit: let the jobs already handed over finish, for at most ``timeout``."""
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+        if self._threads and self._pid == os.getpid() and all(thread.is_alive() for thread in self._threads):
             if not self.wait_idle(timeout):
                 log.warning("process exiting with mail still unsent; the outbox worker will send it")
 
