@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import contact_import  # noqa: E402
 import dashboard_search  # noqa: E402
 import http_routes  # noqa: E402
+import ledger_sequence  # noqa: E402
 import ledger_verify  # noqa: E402
 import provider_sync  # noqa: E402
 import retention_purge  # noqa: E402
@@ -47,6 +48,7 @@ def suites(scale: float) -> dict[str, Callable[[str], list[str]]]:
         "import": lambda db: contact_import.run(db, n(1_000_000)),
         "purge": lambda db: retention_purge.run(db, n(1_000_000), n(100_000)),
         "verify": lambda db: ledger_verify.run(db, n(1_000_000)),
+        "sequence": lambda db: ledger_sequence.run(db, n(200_000)),
         "dashboard": lambda db: dashboard_search.run(db, n(1_000_000), 100),
     }
 
@@ -77,7 +79,9 @@ def postgres_ready(url: str) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="row counts times this (default 1: the goals' sizes)")
-    parser.add_argument("--only", default="", help="comma-separated: http,sync,import,purge,verify,dashboard,scaling")
+    parser.add_argument(
+        "--only", default="", help="comma-separated: http,sync,import,purge,verify,sequence,dashboard,scaling"
+    )
     parser.add_argument("--postgres", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_POSTGRES))
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
