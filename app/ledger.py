@@ -322,11 +322,14 @@ def sequence_pending(batch: int = SEQUENCE_BATCH) -> int:
     commit wrote, unless a run before it already has, so nothing committed is left behind
     (runs after many requests' commits in one process collapse into one: ``after_response``).
     """
-    total = 0
+    total, after = 0, 0
     while True:
-        done = sequence(batch)
+        done, seen, after = _sequence_after(batch, after)
         total += done
-        if done < batch:  # all chained (or only events whose content hash does not match are left)
+        # Every event up to ``after`` is chained now, or does not match its content hash and
+        # stays pending: the next batch starts past them, so no number of changed events
+        # stops the genuine ones behind them from being chained.
+        if seen < batch:
             return total
 
 
@@ -337,12 +340,19 @@ def sequence(limit: int = SEQUENCE_BATCH) -> int:
     chains it; an event is given its place by an UPDATE of a row whose ``seq`` is still
     empty, under the head's lock, so it is never chained twice.
     """
+    return _sequence_after(limit, 0)[0]
+
+
+def _sequence_after(limit: int, after: int) -> tuple[int, int, int]:
+    """``sequence`` for the pending events with an id above ``after``: answers how many were
+    chained, how many were read, and the highest id read (``after`` when none)."""
     key = anchor_key()
     with unit_of_work(orm=False) as uow:
         # The head first: the pending rows read after it is locked are those no other
         # sequencer is chaining (it has committed, and the rows it chained have a seq).
         head = uow.run(_READ_HEAD)
-        rows = uow.run(_PENDING, {"limit": limit})
+        rows = list(uow.run(_PENDING, {"limit": limit, "after": after}))
+        last = rows[-1].id if rows else after
         good: list[tuple[int, tuple[Any, ...]]] = []
         for row in rows:
             if _genuine(key, row):
@@ -350,7 +360,7 @@ def sequence(limit: int = SEQUENCE_BATCH) -> int:
             else:
                 _report_forged(row.id)
         if not good:
-            return 0
+            return 0, len(rows), last
         links = _chain(uow, key, [values for _id, values in good], locked=head)
         uow.send_many(
             _PLACE_EVENT,
@@ -359,7 +369,7 @@ def sequence(limit: int = SEQUENCE_BATCH) -> int:
                 for (event_id, _values), (seq, prev_hash, event_hash) in zip(good, links, strict=True)
             ],
         )
-    return len(good)
+    return len(good), len(rows), last
 
 
 def _pending_values(row: Any) -> tuple[Any, ...]:
@@ -437,7 +447,7 @@ _PENDING = Prepared(
         _EV.c.id, _EV.c.at, _EV.c.channel, _EV.c.details_digest, _EV.c.facts, _EV.c.notice, _EV.c.notice_version,
         _EV.c.subscription_ref, _EV.c.type, _EV.c.content_hash,
     )
-    .where(_PENDING_ONLY)
+    .where(_PENDING_ONLY, _EV.c.id > bindparam("after"))
     .order_by(_EV.c.id)
     .limit(bindparam("limit"))
 )  # fmt: skip
@@ -586,7 +596,7 @@ def _pending_problem(session: AnySession) -> tuple[Pending, str | None]:
     if not waiting.count:
         return waiting, None
     key = anchor_key()
-    for row in session.execute(_PENDING.statement, {"limit": waiting.count}):
+    for row in session.execute(_PENDING.statement, {"limit": waiting.count, "after": 0}):
         if not _genuine(key, row):
             return waiting, f"pending event id {row.id} does not match its content hash (changed, or not written here)"
     if waiting.overdue:

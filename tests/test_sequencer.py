@@ -200,3 +200,20 @@ def test_events_of_a_request_are_chained_after_its_answer(app, client, mailbox):
         assert ledger.check(db.session).ok
         assert db.session.execute(text("SELECT count(*) FROM consent_events WHERE content_hash IS NULL")).scalar() == 0
         db.session.remove()
+
+
+def test_changed_events_filling_a_whole_batch_do_not_stop_the_genuine_ones_behind_them(app, app_env, monkeypatch):
+    write_pending(app, monkeypatch, 7)
+    with app.app_context():
+        ids = list(db.session.execute(select(ConsentEvent.id).order_by(ConsentEvent.id)).scalars())
+        # The three oldest pending events changed in the database: more than one batch of them.
+        db.session.execute(update(ConsentEvent).where(ConsentEvent.id.in_(ids[:3])).values(channel="forged"))
+        db.session.commit()
+        db.session.remove()
+    result = run_flask(app_env, "ledger", "sequence", "--batch", "2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"chained": 4, "pending": 3}
+    with app.app_context():
+        left = db.session.execute(select(ConsentEvent.id).where(ConsentEvent.seq.is_(None))).scalars()
+        assert sorted(left) == ids[:3]
+        db.session.remove()
