@@ -122,7 +122,7 @@ def _spec(record: ContactImport) -> ImportSpec:
 
 
 @outbox.handler(JOB_KIND)
-def run_contact_import(job: OutboxJob) -> None:
+def run_contact_import(job: outbox.ClaimedJob) -> None:
     import_id, job_id = int(job.payload.get("import", 0)), job.id
     record = db.session.get(ContactImport, import_id)
     if record is None or record.state not in ("queued", "running"):

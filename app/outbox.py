@@ -42,7 +42,7 @@ WAIT_FOR_CONFIGURATION_SECONDS = 60
 # they are claimed before anything else that is due.
 URGENT_KINDS = ("sync_optout",)
 
-Handler = Callable[[OutboxJob], None]
+Handler = Callable[["ClaimedJob"], None]
 HANDLERS: dict[str, Handler] = {}
 # A batch handler takes many jobs at once and answers, per job id, None (done)
 # or the exception that says why not. Provider sync uses it to batch calls.
@@ -90,9 +90,10 @@ def run_after_commit(
     """A job this process runs once the unit of work has committed (a subscriber's mail, so
     sign-up works with no worker running): in a request, after its answer (``after_response``);
     elsewhere at once. If that attempt fails or never comes, ``outbox run`` does the job."""
-    job = enqueue(uow.session, kind, notice=notice, subscription_ref=subscription_ref, payload=payload)
-    uow.session.flush()
-    job_id = job.id
+    [row] = uow.run(
+        _INSERT_ONE, {"kind": kind, "notice": notice, "subscription_ref": subscription_ref, "payload": payload}
+    )
+    job_id = row.id
     uow.after_commit(lambda: after_response.schedule(job_id, run_now))
 
 
@@ -102,6 +103,7 @@ def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
 
 
 _INSERT = Prepared(insert(OutboxJob.__table__))
+_INSERT_ONE = Prepared(insert(OutboxJob.__table__).returning(OutboxJob.__table__.c.id))
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -188,23 +190,21 @@ def _without_personal(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if not k.startswith("personal_")}
 
 
-def _finish(job_id: int, error: Exception | None) -> None:
+def _finish(job: ClaimedJob, error: Exception | None) -> None:
+    if error is None:
+        _finish_done(job)
+    else:
+        _finish_failed(job.id, error)
+
+
+def _finish_failed(job_id: int, error: Exception) -> None:
+    """A failed job: retried later with backoff, or a dead letter."""
     with unit_of_work() as uow:
         job = uow.session.get(OutboxJob, job_id)
         if job is None or job.state != "running":
             return
         now = utcnow()
         job.locked_until = None
-        if error is None:
-            job.state, job.finished_at, job.last_error = "done", now, None
-            # A finished job keeps no personal data (e.g. an address to delete);
-            # the old row image must then leave the SQLite files too.
-            kept = _without_personal(job.payload)
-            if kept != job.payload:
-                job.payload = kept
-                if job.kind not in PERSONAL_COPY_KINDS:
-                    uow.after_commit(wipe_free_space)
-            return
         job.last_error = describe(error)
         if isinstance(error, WaitForConfiguration):
             job.state, job.attempts = "pending", max(job.attempts - 1, 0)
@@ -224,10 +224,22 @@ def _finish(job_id: int, error: Exception | None) -> None:
         job.state, job.next_attempt_at = "pending", now + timedelta(seconds=delay)
 
 
-def _process(job_id: int) -> None:
-    job = db.session.get(OutboxJob, job_id)
-    if job is None:
-        return
+def _finish_done(job: ClaimedJob) -> None:
+    """A job done, in one statement (unless it is no longer ours: cancelled, discarded).
+
+    A finished job keeps no personal data (e.g. an address to delete); the old row image
+    must then leave the SQLite files too. Nothing changes a running job's payload but the
+    job's end, so the claimed copy is the stored one.
+    """
+    kept = _without_personal(job.payload)
+    with unit_of_work(orm=False) as uow:
+        uow.send(_DONE, {"job_id": job.id, "at": utcnow(), "payload": kept})
+        if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
+            uow.after_commit(wipe_free_space)
+
+
+def _process(job: ClaimedJob) -> None:
+    """Run a claimed job's handler with the job as the claim answered it (no second read)."""
     fn = HANDLERS.get(job.kind)
     error: Exception | None
     try:
@@ -238,16 +250,23 @@ def _process(job_id: int) -> None:
     except Failure as exc:
         error = exc
     except Exception as exc:  # unknown failures are retried, never dropped
-        log.exception("outbox job %s (%s) failed", job_id, job.kind)
+        log.exception("outbox job %s (%s) failed", job.id, job.kind)
         error = exc
     db.session.rollback()
-    _finish(job_id, error)
+    _finish(job, error)
 
 
 def run_now(job_id: int) -> None:
-    """Claim and run one job, unless a worker took it first."""
-    for job in _claim([job_id], 1):  # not there if a worker took it first
-        _process(job.id)
+    """Claim and run a job this process has just committed, unless a worker took it first.
+
+    The claim is one prepared statement on the job's key: the due-jobs query of ``_claim``
+    (its ordering and its subquery) has nothing to choose between here.
+    """
+    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
+    with unit_of_work(orm=False) as uow:
+        rows = uow.run(_CLAIM_ONE, {"job_id": job_id, "until": utcnow() + lease})
+    for row in rows:  # none if a worker took it first
+        _process(ClaimedJob(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts))
 
 
 def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> None:
@@ -268,7 +287,7 @@ def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> No
                 uow.after_commit(wipe_free_space)
     for job_id, error in results.items():
         if error is not None:
-            _finish(job_id, error)
+            _finish_failed(job_id, error)
 
 
 def _process_batch(fn: BatchHandler, jobs: list[ClaimedJob]) -> None:
@@ -288,7 +307,7 @@ def run_due(limit: int | None = None) -> int:
     for job in claimed:
         fn = BATCH_HANDLERS.get(job.kind)
         if fn is None:
-            _process(job.id)
+            _process(job)
         else:
             batches.setdefault(fn, []).append(job)
     for fn, jobs in batches.items():
@@ -350,6 +369,18 @@ _FORGET_FINISHED = Prepared(
         _JOBS.last_error != "cancelled",
     )
     .values(last_error=None)
+)
+# A job done (``_finish_done``), and a job this process has just written claimed (``run_now``).
+_DONE = Prepared(
+    update(OutboxJob.__table__)
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.state == "running")
+    .values(state="done", finished_at=bindparam("at"), locked_until=None, last_error=None, payload=bindparam("payload"))
+)
+_CLAIM_ONE = Prepared(
+    update(OutboxJob.__table__)
+    .where(_JOBS.id == bindparam("job_id"), _JOBS.state == "pending")
+    .values(state="running", locked_until=bindparam("until"), attempts=_JOBS.attempts + 1)
+    .returning(_JOBS.id, _JOBS.kind, _JOBS.notice, _JOBS.subscription_ref, _JOBS.payload, _JOBS.attempts)
 )
 _CANCEL_MAIL = Prepared(
     update(OutboxJob.__table__)

@@ -21,7 +21,7 @@ from .extensions import db
 from .failures import Permanent
 from .importer import ART14, ART14_INFORMED
 from .ledger import Evidence
-from .models import ConsentEvent, OutboxJob, Subscription, utcnow
+from .models import ConsentEvent, Subscription, utcnow
 from .notices import Notice, get_notice
 
 # Which status a subscription must still have for each mail to make sense (None: any).
@@ -35,7 +35,7 @@ STATUS_FOR = {
 
 
 @outbox.handler("mail")
-def send_subscriber_mail(job: OutboxJob) -> None:
+def send_subscriber_mail(job: outbox.ClaimedJob) -> None:
     template = job.payload.get("template")
     if template == "erased":
         mail.transport().send(_last_mail(job))
@@ -87,7 +87,7 @@ def send_subscriber_mail(job: OutboxJob) -> None:
         _record_informed(ref, notice, sent_at=utcnow())
 
 
-def _last_mail(job: OutboxJob) -> mail.Composed:
+def _last_mail(job: outbox.ClaimedJob) -> mail.Composed:
     """The mail confirming an erasure, to the address the job itself carries."""
     notice = get_notice(job.notice)
     to, ehash = job.payload.get("personal_email"), job.payload.get("email_hash")
