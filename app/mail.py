@@ -9,22 +9,29 @@ Transports: SMTP when ``SMTP_HOST`` is set; otherwise each message is written
 to ``instance/mail/`` and its links are logged, so the service works with no
 mail server. Files there are named by an address-hash prefix so an erasure can
 remove them as well.
+
+The message is written as bytes here (``_MimeWriter``), not through the email
+package's ``EmailMessage``: every header of a subscriber mail is one the service
+sets itself, and parsing each back into a structured header, then folding and
+encoding it again, cost more CPU than the rest of a sign-up (bench/README.md).
+What a receiver reads is checked on the wire by ``tests/test_mail_wire.py``.
 """
 
 from __future__ import annotations
 
+import binascii
 import logging
 import os
+import re
 import secrets
 import smtplib
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.policy import EmailPolicy
+from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from babel.lists import format_list
 from flask import current_app, render_template
@@ -50,37 +57,10 @@ TRANSACTIONAL = ("data_export", "data_erase", "erased")
 # The mails that answer a request the person made (a sign-up, a data request).
 AUTO_REPLIES = ("confirmation", *TRANSACTIONAL)
 
-# Structured fields a receiver parses as written (RFC 2369, RFC 8058, RFC 5322 msg-id).
-# RFC 2047 encoded-words are not allowed in them, yet the stdlib folder turns any header
-# longer than 78 characters into encoded-words: these go out verbatim instead.
-VERBATIM_HEADERS = frozenset({"list-id", "list-unsubscribe", "list-unsubscribe-post", "message-id"})
+# Structured fields a receiver parses as written (RFC 2369, RFC 8058, RFC 5322 msg-id):
+# RFC 2047 encoded-words are not allowed in them, so they go out as one line of ASCII,
+# never folded or encoded (``_MimeWriter.verbatim``), or not at all.
 MAX_HEADER_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
-
-
-class MailPolicy(EmailPolicy):
-    """The SMTP policy, except that ``VERBATIM_HEADERS`` are written exactly as set."""
-
-    def _verbatim(self, name: str, value: Any) -> str:
-        text = str(value)
-        line = f"{name}: {text}"
-        if not text.isascii() or "\r" in text or "\n" in text or len(line) > MAX_HEADER_LINE:
-            raise ValueError(f"{name} must be one line of ASCII of at most {MAX_HEADER_LINE} characters")
-        return line + self.linesep
-
-    def fold(self, name: str, value: Any) -> str:
-        if name.lower() in VERBATIM_HEADERS:
-            return self._verbatim(name, value)
-        return super().fold(name, value)
-
-    def fold_binary(self, name: str, value: Any) -> bytes:
-        if name.lower() in VERBATIM_HEADERS:
-            return self._verbatim(name, value).encode("ascii")
-        return super().fold_binary(name, value)
-
-
-SMTP_POLICY = MailPolicy(linesep="\r\n")
-# An internationalised address (RFC 6531) needs the SMTPUTF8 policy.
-SMTPUTF8_POLICY = SMTP_POLICY.clone(utf8=True)
 
 
 def public_link(path: str) -> str:
@@ -105,16 +85,111 @@ def sender_domain() -> str:
 
 @dataclass
 class Composed:
-    message: EmailMessage
+    raw: bytes  # the message as composed, CRLF line ends, unsigned
+    to: str
+    message_id: str  # without its angle brackets
+    smtputf8: bool  # the recipient's address is not ASCII: RFC 6531 (SMTPUTF8) is needed
     links: dict[str, str]
     kind: str
     email_hash: str
 
     def as_sent(self) -> bytes:
         """The bytes that go on the wire (and into the folder): signed when DKIM is set up."""
-        raw = self.message.as_bytes()
         signer = current_app.extensions.get("dkim_signer")
-        return signer.sign(raw) if signer is not None else raw
+        return signer.sign(self.raw) if signer is not None else self.raw
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+FOLD_AT = 78  # RFC 5322 section 2.1.1: lines SHOULD be no longer
+
+
+class _MimeWriter:
+    """A multipart/alternative message of one text and one HTML part, as bytes.
+
+    Headers are written as RFC 5322 and RFC 2047 have them: text that is not ASCII
+    (a subject, a display name) as encoded-words, folded below 78 characters; the
+    structured fields (``verbatim``) exactly as given, one line of ASCII.
+    Each part is UTF-8, 7bit when it is ASCII in short lines, quoted-printable
+    otherwise (lines of at most 76 characters, so any relay carries it unchanged and
+    a DKIM body hash holds).
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def text(self, name: str, value: str) -> None:
+        """Unstructured text (RFC 5322 3.6.5): encoded-words where it is not ASCII."""
+        value = _CONTROL.sub(" ", value).strip()
+        if value.isascii():
+            self.lines.append(_fold_ascii(name, value))
+        else:
+            encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=FOLD_AT - 2)
+            self.lines.append(f"{name}: {encoded}\r\n".encode("ascii"))
+
+    def mailbox(self, name: str, display: str, address: str, *, utf8: bool = False) -> None:
+        """One address, with an optional display name (a phrase, or encoded-words)."""
+        if _CONTROL.search(address) or not address or any(c in address for c in " <>,;\"()"):
+            raise ValueError(f"{name}: not a single plain address")
+        display = _CONTROL.sub(" ", display).strip()
+        if not display:
+            line = f"{name}: {address}"
+        elif display.isascii():
+            line = f"{name}: {formataddr((display, 'x@x')).rpartition(' <')[0]}\r\n <{address}>"
+        else:
+            words = Header(display, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=FOLD_AT - 2)
+            line = f"{name}: {words}\r\n <{address}>"
+        if not utf8 and not address.isascii():
+            raise ValueError(f"{name}: an address that is not ASCII needs SMTPUTF8")
+        self.lines.append(line.encode("utf-8") + b"\r\n")
+
+    def verbatim(self, name: str, value: str) -> None:
+        line = f"{name}: {value}"
+        if not value.isascii() or _CONTROL.search(value) or len(line) > MAX_HEADER_LINE:
+            raise ValueError(f"{name} must be one line of ASCII of at most {MAX_HEADER_LINE} characters")
+        self.lines.append(line.encode("ascii") + b"\r\n")
+
+    def alternative(self, text_body: str, html_body: str) -> bytes:
+        """The headers so far, then the two parts; the message's bytes."""
+        parts = [_part("plain", text_body), _part("html", html_body)]
+        boundary = "=_" + secrets.token_hex(16)
+        while any(boundary.encode("ascii") in part for part in parts):  # never, with 128 random bits
+            boundary = "=_" + secrets.token_hex(16)
+        delimiter = b"--" + boundary.encode("ascii")
+        return b"".join(
+            [
+                *self.lines,
+                b"MIME-Version: 1.0\r\n",
+                f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode("ascii"),
+                b"\r\n",
+                # The CRLF before a delimiter belongs to it (RFC 2046 5.1.1): each part keeps its own last line end.
+                *(delimiter + b"\r\n" + part + b"\r\n" for part in parts),
+                delimiter + b"--\r\n",
+            ]
+        )
+
+
+def _fold_ascii(name: str, value: str) -> bytes:
+    """``name: value`` folded at spaces below ``FOLD_AT`` where it can be (a longer word stays whole)."""
+    lines, line = [], f"{name}:"
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > FOLD_AT and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _part(subtype: str, body: str) -> bytes:
+    """One UTF-8 text part: its headers, a blank line and its encoded body."""
+    data = body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").encode("utf-8") + b"\n"
+    data = data.replace(b"\n", b"\r\n")
+    if data.isascii() and max(map(len, data.split(b"\r\n"))) <= FOLD_AT:
+        cte = "7bit"
+    else:
+        cte, data = "quoted-printable", binascii.b2a_qp(data, istext=True)
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+    return head.encode("ascii") + data
 
 
 def compose(
@@ -168,29 +243,30 @@ def compose(
         text_body = render_template(f"mail/{kind}.txt", **context)
         html_body = render_template(f"mail/{kind}.html", **context)
 
-    msg = EmailMessage(policy=SMTP_POLICY if to.isascii() else SMTPUTF8_POLICY)
+    msg = _MimeWriter()
+    utf8 = not to.isascii()
     sender_name, sender_addr = parseaddr(current_app.config["MAIL_FROM"])
-    msg["From"] = formataddr((sender_name or notice.controller["name"], sender_addr))
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(datetime.now(UTC))  # "+0000": "-0000" would mean "zone unknown"
+    msg.mailbox("From", sender_name or notice.controller["name"], sender_addr)
+    msg.mailbox("To", "", to, utf8=utf8)
+    msg.text("Subject", subject)
+    msg.verbatim("Date", format_datetime(datetime.now(UTC)))  # "+0000": "-0000" would mean "zone unknown"
     # Random from ``secrets``: make_msgid would draw on the shared ``random`` state and
     # put the host's process id into every message.
-    msg["Message-ID"] = f"<{secrets.token_hex(16)}@{sender_domain()}>"
-    msg["Content-Language"] = lang
+    message_id = f"{secrets.token_hex(16)}@{sender_domain()}"
+    msg.verbatim("Message-ID", f"<{message_id}>")
+    msg.verbatim("Content-Language", lang)  # RFC 3282: the language the person reads (sv, en)
     if kind not in TRANSACTIONAL:
         # RFC 2919: one list per notice, named under the sending domain. Without it a
         # List-Unsubscribe reads to filters as half a list's headers.
-        msg["List-Id"] = f"<{notice.slug}.{sender_domain()}>"
-        msg["List-Unsubscribe"] = f"<{links['unsubscribe']}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg.verbatim("List-Id", f"<{notice.slug}.{sender_domain()}>")
+        msg.verbatim("List-Unsubscribe", f"<{links['unsubscribe']}>")
+        msg.verbatim("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
     if kind in AUTO_REPLIES:
         # RFC 3834: made by a machine in answer to the person's own request, so vacation
         # responders and the like do not answer it. List mail (welcome, Art. 14) is not.
-        msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(text_body)
-    msg.add_alternative(html_body, subtype="html")
-    return Composed(msg, links, kind, email_hash)
+        msg.verbatim("Auto-Submitted", "auto-generated")
+    raw = msg.alternative(text_body, html_body)
+    return Composed(raw, to, message_id, utf8, links, kind, email_hash)
 
 
 class Transport(Protocol):
@@ -223,8 +299,8 @@ class SmtpTransport:
                     client.login(self.user, self.password)
                 # The bytes as composed (and signed), not a re-rendering by send_message:
                 # a DKIM signature covers exactly these.
-                options = [] if composed.message.policy is SMTP_POLICY else ["SMTPUTF8", "BODY=8BITMIME"]
-                client.sendmail(self.sender, [str(composed.message["To"])], composed.as_sent(), mail_options=options)
+                options = ["SMTPUTF8", "BODY=8BITMIME"] if composed.smtputf8 else []
+                client.sendmail(self.sender, [composed.to], composed.as_sent(), mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(500 <= code < 600 for code in codes):
@@ -245,7 +321,7 @@ class FolderTransport:
     def send(self, composed: Composed) -> None:
         # A mail holds the address and live links: readable by the service's user only.
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        msgid = composed.message["Message-ID"].strip("<>").split("@")[0]
+        msgid = composed.message_id.split("@")[0]
         path = self.directory / f"{composed.email_hash[:16]}-{msgid}-{composed.kind}.eml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:

@@ -176,16 +176,19 @@ class SmtpSink:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[tuple[str, list[str], bytes]] = []  # (MAIL FROM, RCPT TO, content)
+        self.mail_options: list[list[str]] = []  # the MAIL FROM parameters of each message (SMTPUTF8, ...)
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         with self._lock:
             self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.mail_options.append(list(envelope.mail_options))
         return "250 OK"
 
     def start(self) -> None:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        # As a current MTA does, it takes internationalised addresses (RFC 6531) when asked.
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True)
         self._controller.start()
 
     def stop(self) -> None:

@@ -100,6 +100,7 @@ def check_mail(raw: bytes, kind: str, slug: str) -> str | None:
     assert re.fullmatch(r"<[0-9a-f]{32}@" + re.escape(SENDER_DOMAIN) + ">", one(headers, "Message-ID"))
     assert parsedate_to_datetime(one(headers, "Date")).tzinfo is not None
     assert one(headers, "MIME-Version") == "1.0"
+    assert one(headers, "Content-Language") == "sv"  # RFC 3282: the language the person signed up in
     assert one(headers, "Content-Type").startswith("multipart/alternative;")
     # RFC 3834: only the answers to the person's own request say they were made by a machine.
     auto = [v for n, v in headers if n.lower() == "auto-submitted"]
@@ -238,6 +239,58 @@ def test_links_keep_working_after_the_address_changes(app, client, smtp):
         consent.rectify(ref, None, "new@firma.se", consent.Facts(channel="cli", actor="test"))
     assert one_click(client, url).status_code == 200
     assert status(app, "munkeby", "new@firma.se") == "unsubscribed"
+
+
+def test_an_english_sign_up_gets_an_english_mail_that_says_so(client, smtp):
+    token = csrf_token(client, "/munkeby/subscribe?lang=en")
+    data = {"csrf_token": token, "email": "eng@firma.se", "consent": "y"}
+    assert client.post("/munkeby/subscribe?lang=en", data=data).status_code == 303
+    headers = raw_headers(last_to(smtp, "eng@firma.se"))
+    assert one(headers, "Content-Language") == "en"
+    assert decoded(one(headers, "Subject")) == "Please confirm your subscription to Munkeby Systems newsletter"
+
+
+def test_an_internationalised_address_gets_its_mail_over_smtputf8_and_it_reads_right(app, client, smtp):
+    """RFC 6531: the address goes raw in UTF-8, and the server is asked for SMTPUTF8."""
+    assert sign_up(client, "munkeby", "Åsa@Exämple.SE").status_code == 303
+    address = "åsa@xn--exmple-cua.se"  # as the service keeps it (the domain in its ASCII form)
+    raw = last_to(smtp, address)
+    assert "SMTPUTF8" in smtp.mail_options[-1]
+    head = raw.partition(b"\r\n\r\n")[0].decode("utf-8")
+    assert f"\r\nTo: {address}\r\n" in head
+    url = check_mail(raw.replace(address.encode("utf-8"), b"asa@xn--exmple-cua.se"), "confirmation", "munkeby")
+    assert client.post(link_from(raw, "confirm")).status_code == 200
+    assert url is not None and status(app, "munkeby", address) == "subscribed"
+
+
+def test_long_names_and_subjects_fold_below_78_and_decode_to_what_was_set(app_env, tmp_path):
+    """Every header line of a composed mail is at most 78 characters, encoded-words at most 75
+    (RFC 2047 2), and what a receiver decodes is the text the service set."""
+    from app import create_app, mail
+
+    name = "Nyhetsbrev från Östra Kontoret och avdelningen för riktigt långa namn i Övre Norrland"
+    env = {**app_env, "MAIL_FROM": f"{name} <nyhetsbrev@{SENDER_DOMAIN}>"}
+    app = create_app(env=env)
+    notice = app.extensions["notices"]["munkeby"]
+    with app.app_context():
+        composed = mail.compose(
+            "erased",
+            notice=notice,
+            to="anna@firma.se",
+            email_hash="0" * 64,
+            subscription_ref=None,
+            lang="sv",
+            links={"privacy": "https://x.example/p"},
+            extra={"controllers": ["Munkeby Systems AB " * 3, "Mysoft AB med ett långt namn"], "consented": True},
+        )
+    head = header_block(composed.raw)
+    assert all(len(line) <= 78 for line in head.split("\r\n")), head
+    assert all(len(word) <= 75 for word in re.findall(r"=\?[^?]+\?[qQbB]\?[^?]*\?=", head))
+    headers = raw_headers(composed.raw)
+    assert decoded(one(headers, "From")) == f"{name} <nyhetsbrev@{SENDER_DOMAIN}>"
+    assert "Mysoft AB med ett långt namn" in decoded(one(headers, "Subject"))
+    with app.app_context():
+        db.engine.dispose()
 
 
 # --- DKIM -------------------------------------------------------------------
