@@ -42,7 +42,8 @@ WAIT_FOR_CONFIGURATION_SECONDS = 60
 # they are claimed before anything else that is due.
 URGENT_KINDS = ("sync_optout",)
 
-Handler = Callable[["ClaimedJob"], None]
+# A handler answers True when it marked its job done itself (``finish_in``), else None.
+Handler = Callable[["ClaimedJob"], bool | None]
 HANDLERS: dict[str, Handler] = {}
 # A batch handler takes many jobs at once and answers, per job id, None (done)
 # or the exception that says why not. Provider sync uses it to batch calls.
@@ -238,6 +239,22 @@ def _finish_done(job: ClaimedJob) -> None:
             uow.after_commit(wipe_free_space)
 
 
+def finish_in(uow: UnitOfWork, job: ClaimedJob) -> bool:
+    """Mark ``job`` done in the unit of work that does its work; the handler answers what this does (True).
+
+    The work and the job's end then commit together: a process that dies between the two
+    cannot leave work done with its job still running, which the worker would do again
+    once the lease ends (a second sign-up event, a second mail). It also saves the
+    transaction of ``_finish_done``. If the unit of work rolls back, the job is still
+    running and the failure is handled as any other.
+    """
+    kept = _without_personal(job.payload)
+    uow.send(_DONE, {"job_id": job.id, "at": utcnow(), "payload": kept})
+    if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
+        uow.after_commit(wipe_free_space)
+    return True
+
+
 def _process(job: ClaimedJob) -> None:
     """Run a claimed job's handler with the job as the claim answered it (no second read)."""
     fn = HANDLERS.get(job.kind)
@@ -245,7 +262,9 @@ def _process(job: ClaimedJob) -> None:
     try:
         if fn is None:
             raise Permanent(f"no handler for job kind {job.kind!r}")
-        fn(job)
+        if fn(job):
+            db.session.rollback()
+            return  # done, and marked so, in the handler's own transaction
         error = None
     except Failure as exc:
         error = exc

@@ -35,20 +35,20 @@ STATUS_FOR = {
 
 
 @outbox.handler("mail")
-def send_subscriber_mail(job: outbox.ClaimedJob) -> None:
+def send_subscriber_mail(job: outbox.ClaimedJob) -> bool | None:
     template = job.payload.get("template")
     if template == "erased":
         mail.transport().send(_last_mail(job))
-        return
+        return None
     if template not in STATUS_FOR:
         raise Permanent(f"unknown mail template {template!r}")
     sub = db.session.execute(select(Subscription).where(Subscription.ref == job.subscription_ref)).scalar_one_or_none()
     notice = get_notice(sub.notice) if sub else None
     wanted = STATUS_FOR[template]
     if sub is None or notice is None or (wanted is not None and sub.status != wanted):
-        return  # the person is gone or moved on; nothing to send
+        return None  # the person is gone or moved on; nothing to send
     if template == ART14 and _informed(sub.ref):
-        return  # sent and recorded by an earlier run of this job that did not get to finish it
+        return None  # sent and recorded by an earlier run of this job that did not get to finish it
     links = {}
     extra: dict[str, object] = {"source": sub.source, "name": sub.name, "lawful_basis": sub.lawful_basis}
     if template == "confirmation":
@@ -79,12 +79,13 @@ def send_subscriber_mail(job: outbox.ClaimedJob) -> None:
     transport = mail.transport()
     transport.send(composed)
     if template == "confirmation":
-        _record_sent(ref, notice)
-    elif template == ART14 and isinstance(transport, mail.SmtpTransport):
+        return _record_sent(job, ref, notice)
+    if template == ART14 and isinstance(transport, mail.SmtpTransport):
         # Evidence that the person was informed only when a mail server took the mail: one
         # written to the development folder (no SMTP_HOST) informs nobody, and the contact
         # stays on the dashboard's list of the uninformed.
         _record_informed(ref, notice, sent_at=utcnow())
+    return None
 
 
 def _last_mail(job: outbox.ClaimedJob) -> mail.Composed:
@@ -108,15 +109,18 @@ def _last_mail(job: outbox.ClaimedJob) -> mail.Composed:
     )
 
 
-def _record_sent(ref: str, notice: Notice) -> None:
+def _record_sent(job: outbox.ClaimedJob, ref: str, notice: Notice) -> bool:
+    """The evidence that the confirmation went out, committed with the job's end."""
     with unit_of_work() as uow:
+        finished = outbox.finish_in(uow, job)
         sub = uow.session.execute(
             select(Subscription).where(Subscription.ref == ref).with_for_update()
         ).scalar_one_or_none()
         if sub is None:
-            return
+            return finished  # erased while the mail was on its way: nothing left to record it on
         sub.confirmation_sent_at = utcnow()
         ledger.append(uow, [Evidence.under("confirmation_sent", notice, ref, "mail")])
+    return finished
 
 
 def _informed(ref: str) -> bool:

@@ -57,12 +57,12 @@ def request_subscription(notice: Notice, email_raw: str | None, name_raw: str | 
         "personal_ip": facts.ip,
         "personal_user_agent": facts.user_agent,
     }
-    with unit_of_work() as uow:
+    with unit_of_work(orm=False) as uow:
         outbox.run_after_commit(uow, SIGNUP_JOB, notice=notice.slug, subscription_ref=None, payload=payload)
 
 
 @outbox.handler(SIGNUP_JOB, personal_copy=True)
-def _signup_job(job: Any) -> None:
+def _signup_job(job: outbox.ClaimedJob) -> bool:
     notice = get_notice(job.notice)
     payload = job.payload
     email = payload.get("personal_email")
@@ -76,12 +76,14 @@ def _signup_job(job: Any) -> None:
         actor=payload.get("actor"),
     )
     db.session.rollback()  # the job's own read ends here; the sign-up is a unit of work of its own
-    retry_on_insert_race(_request_subscription, notice, email, payload.get("personal_name"), facts)
+    retry_on_insert_race(_request_subscription, job, notice, email, payload.get("personal_name"), facts)
+    return True
 
 
-def _request_subscription(notice: Notice, email: str, name: str | None, facts: Facts) -> None:
+def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, name: str | None, facts: Facts) -> None:
     ehash = email_hash(email)
     with unit_of_work() as uow:
+        outbox.finish_in(uow, job)  # whatever the address's state calls for, the job ends with it
         sub = find_subscription(uow, notice.slug, ehash)
         if sub is not None and sub.status == "subscribed":
             return  # nothing to do; the response is the same either way
