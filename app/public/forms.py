@@ -13,6 +13,13 @@ class SubscribeForm(FlaskForm):
         # instead (``csrf_token`` below, app/tokens.py) and the route checks the Origin.
         csrf = False
 
+        def get_translations(self, form: object) -> None:
+            """No WTForms catalogue: every word this form shows is the service's own (``_l``
+            here, the route's error texts). Flask-WTF would load and parse WTForms' catalogue
+            on every request, for the labels of the hidden fields; that cost a sign-up more
+            CPU than writing it to the database (bench/README.md)."""
+            return None
+
     # Same name as Flask-WTF's field, so what fills in the form (people's browsers, scripts,
     # the tests) needs no change; the route fills in and checks the value.
     csrf_token = HiddenField()
