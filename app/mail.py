@@ -28,7 +28,6 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
 from typing import Protocol
@@ -123,8 +122,7 @@ class _MimeWriter:
         if value.isascii():
             self.lines.append(_fold_ascii(name, value))
         else:
-            encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=FOLD_AT - 2)
-            self.lines.append(f"{name}: {encoded}\r\n".encode("ascii"))
+            self.lines.append(f"{name}: {_encoded_words(value, len(name) + 2)}\r\n".encode("ascii"))
 
     def mailbox(self, name: str, display: str, address: str, *, utf8: bool = False) -> None:
         """One address, with an optional display name (a phrase, or encoded-words)."""
@@ -136,8 +134,7 @@ class _MimeWriter:
         elif display.isascii():
             line = f"{name}: {formataddr((display, 'x@x')).rpartition(' <')[0]}\r\n <{address}>"
         else:
-            words = Header(display, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=FOLD_AT - 2)
-            line = f"{name}: {words}\r\n <{address}>"
+            line = f"{name}: {_encoded_words(display, len(name) + 2)}\r\n <{address}>"
         if not utf8 and not address.isascii():
             raise ValueError(f"{name}: an address that is not ASCII needs SMTPUTF8")
         self.lines.append(line.encode("utf-8") + b"\r\n")
@@ -166,6 +163,29 @@ class _MimeWriter:
                 delimiter + b"--\r\n",
             ]
         )
+
+
+# RFC 2047 5(3): what a Q encoded-word in a phrase may carry as itself; a space is "_".
+_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q_BYTE = {b: chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}" for b in range(256)}
+_Q_WORD_MAX = 75  # RFC 2047 2: an encoded-word is at most 75 characters
+_Q_OVERHEAD = len("=?utf-8?q??=")
+
+
+def _encoded_words(text: str, taken: int) -> str:
+    """``text`` as UTF-8 Q encoded-words, one to a line, on a first line of which ``taken``
+    characters are used. No word is longer than 75 characters or makes its line longer than
+    78, and no character's bytes are split between two words (RFC 2047 5)."""
+    words, word = [], ""
+    room = min(_Q_WORD_MAX, FOLD_AT - taken) - _Q_OVERHEAD
+    for char in text:
+        encoded = "".join(_Q_BYTE[b] for b in char.encode("utf-8"))
+        if word and len(word) + len(encoded) > room:
+            words.append(f"=?utf-8?q?{word}?=")
+            word, room = "", min(_Q_WORD_MAX, FOLD_AT - 1) - _Q_OVERHEAD  # later lines start with a space
+        word += encoded
+    words.append(f"=?utf-8?q?{word}?=")
+    return "\r\n ".join(words)
 
 
 def _fold_ascii(name: str, value: str) -> bytes:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
 from . import ledger, mail, outbox, rights, tokens
 from .database import unit_of_work
 from .events import event_time
 from .extensions import db
 from .failures import Permanent
+from .fastpath import Prepared
 from .importer import ART14, ART14_INFORMED
 from .ledger import Evidence
 from .models import ConsentEvent, Subscription, utcnow
@@ -111,16 +112,22 @@ def _last_mail(job: outbox.ClaimedJob) -> mail.Composed:
 
 def _record_sent(job: outbox.ClaimedJob, ref: str, notice: Notice) -> bool:
     """The evidence that the confirmation went out, committed with the job's end."""
-    with unit_of_work() as uow:
+    with unit_of_work(orm=False) as uow:
         finished = outbox.finish_in(uow, job)
-        sub = uow.session.execute(
-            select(Subscription).where(Subscription.ref == ref).with_for_update()
-        ).scalar_one_or_none()
-        if sub is None:
+        if not uow.run(_CONFIRMATION_SENT, {"sub_ref": ref, "sent_at": utcnow()}):
             return finished  # erased while the mail was on its way: nothing left to record it on
-        sub.confirmation_sent_at = utcnow()
         ledger.append(uow, [Evidence.under("confirmation_sent", notice, ref, "mail")])
     return finished
+
+
+# Every sign-up runs it (app/fastpath.py): the row is locked by the update itself.
+_SUBSCRIPTIONS = Subscription.__table__
+_CONFIRMATION_SENT = Prepared(
+    update(_SUBSCRIPTIONS)
+    .where(_SUBSCRIPTIONS.c.ref == bindparam("sub_ref"))
+    .values(confirmation_sent_at=bindparam("sent_at"))
+    .returning(_SUBSCRIPTIONS.c.id)
+)
 
 
 def _informed(ref: str) -> bool:

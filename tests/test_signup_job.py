@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app import create_app
 from app.extensions import db
-from app.models import OutboxJob, Subscription
+from app.models import ConsentEvent, OutboxJob, Subscription
 
 from .support import REPO, sign_up
 
@@ -40,6 +40,21 @@ def test_a_done_sign_up_job_keeps_nothing_of_the_person(app, client, mailbox):
     [job] = signup_jobs(app)
     assert job.state == "done" and "anna" not in json.dumps(job.payload).lower()
     assert held(app, "anna@example.com") and len(mailbox.to("anna@example.com")) == 1
+
+
+def test_a_sign_up_ends_with_both_jobs_done_and_the_mail_recorded_once(app, client, mailbox):
+    """The sign-up job and its confirmation mail each end in the transaction that did their
+    work: nothing is left for the worker, and the evidence says once what happened once."""
+    sign_up(client, "munkeby", "dora@example.com", "Dora")
+    with app.app_context():
+        jobs = {job.kind: (job.state, job.attempts) for job in db.session.execute(select(OutboxJob)).scalars()}
+        sub = db.session.execute(select(Subscription).where(Subscription.email == "dora@example.com")).scalar_one()
+        events = db.session.execute(select(ConsentEvent.type).where(ConsentEvent.subscription_ref == sub.ref))
+        kinds = sorted(events.scalars())
+    assert jobs == {"signup": ("done", 1), "mail": ("done", 1)}
+    assert sub.status == "pending" and sub.confirmation_sent_at is not None
+    assert kinds == ["confirmation_sent", "signup_requested"]
+    assert len(mailbox.to("dora@example.com")) == 1
 
 
 def test_a_sign_up_that_fails_for_good_keeps_nothing_of_the_person(app, app_env, client, tmp_path, monkeypatch):

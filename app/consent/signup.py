@@ -87,6 +87,7 @@ def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, na
         sub = find_subscription(uow, notice.slug, ehash)
         if sub is not None and sub.status == "subscribed":
             return  # nothing to do; the response is the same either way
+        new = sub is None
         if sub is None:
             sub = Subscription(
                 notice=notice.slug,
@@ -111,7 +112,8 @@ def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, na
                 sub.name = name  # still unconfirmed: the latest request wins
             sub.lang = facts.lang
             sub.notice_version = notice.version
-        if not _under_confirmation_limit(uow, sub):
+        # A subscription made just now has had no confirmation mail to count.
+        if not new and not _under_confirmation_limit(uow, sub):
             log.info("confirmation limit reached for one address; no mail sent")
             return
         signup_facts = {"consent_checkbox": True, "fields": list(notice.fields), "lawful_basis": notice.lawful_basis}
