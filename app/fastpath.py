@@ -122,6 +122,23 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _each_once(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    """``process`` of each value, run once per distinct object: a batch's rows share their
+    timestamps and often their JSON, and SQLite's datetime processor, say, costs far more
+    than a look-up. Keyed by identity, which is safe while ``values`` holds every object
+    (a processor is a function of its value); equal values held twice are processed twice."""
+    done: dict[int, Any] = {}
+    out = []
+    for value in values:
+        key = id(value)
+        if key in done:
+            out.append(done[key])
+        else:
+            out.append(processed := process(value))
+            done[key] = processed
+    return out
+
+
 class _Plan:
     def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
         assert isinstance(statement, ClauseElement)  # every Executable built here is one
@@ -184,7 +201,7 @@ class _Plan:
                 columns[key] = [make() for _ in range(count)]
         for key, process in self.bind.items():
             if key in columns:
-                columns[key] = list(map(process, columns[key]))
+                columns[key] = _each_once(process, columns[key])
         return columns
 
     def rows(self, cursor: Any) -> list[Any]:
