@@ -118,7 +118,7 @@ class _MimeWriter:
 
     def text(self, name: str, value: str) -> None:
         """Unstructured text (RFC 5322 3.6.5): encoded-words where it is not ASCII."""
-        value = _CONTROL.sub(" ", value).strip()
+        value = " ".join(_CONTROL.sub(" ", value).split())  # one space between words: no blank folded line
         if value.isascii():
             self.lines.append(_fold_ascii(name, value))
         else:
@@ -128,13 +128,19 @@ class _MimeWriter:
         """One address, with an optional display name (a phrase, or encoded-words)."""
         if _CONTROL.search(address) or not address or any(c in address for c in " <>,;\"()"):
             raise ValueError(f"{name}: not a single plain address")
-        display = _CONTROL.sub(" ", display).strip()
+        display = " ".join(_CONTROL.sub(" ", display).split())
         if not display:
             line = f"{name}: {address}"
-        elif display.isascii():
-            line = f"{name}: {formataddr((display, 'x@x')).rpartition(' <')[0]}\r\n <{address}>"
         else:
-            line = f"{name}: {_encoded_words(display, len(name) + 2)}\r\n <{address}>"
+            # A phrase as RFC 5322 has it (quoted where it must be), or encoded-words.
+            phrase = (
+                formataddr((display, "x@x")).rpartition(" <")[0]
+                if display.isascii()
+                else _encoded_words(display, len(name) + 2)
+            )
+            line = f"{name}: {phrase} <{address}>"
+            if "\r\n" in phrase or len(line) > FOLD_AT:
+                line = f"{name}: {phrase}\r\n <{address}>"
         if not utf8 and not address.isascii():
             raise ValueError(f"{name}: an address that is not ASCII needs SMTPUTF8")
         self.lines.append(line.encode("utf-8") + b"\r\n")

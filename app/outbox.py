@@ -240,7 +240,7 @@ def _finish_done(job: ClaimedJob) -> None:
 
 
 def finish_in(uow: UnitOfWork, job: ClaimedJob) -> bool:
-    """Mark ``job`` done in the unit of work that does its work; the handler answers what this does (True).
+    """Mark ``job`` done within the unit of work that does its work; True, for the handler to answer.
 
     The work and the job's end then commit together: a process that dies between the two
     cannot leave work done with its job still running, which the worker would do again
