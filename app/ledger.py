@@ -282,8 +282,12 @@ def _chain(
         uow.send(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev, "new_signature": signature})
     if first_seq == 0 and vouched and links:
         # A checkpoint must exist whenever events do, with or without a worker; only the
-        # chain's start writes a file, every later one leaves that to the worker.
-        uow.after_commit(functools.partial(_checkpoint_first_events, checkpoint_path(), key, seq, prev))
+        # chain's start writes a file, every later one leaves that to the worker. One of the
+        # empty chain first, before the commit: it holds whether or not the commit comes, and
+        # a process killed between the commit and the file below still leaves a checkpoint.
+        path = checkpoint_path()
+        _checkpoint_empty_chain(path, key)
+        uow.after_commit(functools.partial(_checkpoint_first_events, path, key, seq, prev))
     return links
 
 
@@ -907,6 +911,17 @@ def renew_checkpoint(session: AnySession, create: bool = False) -> dict[str, Any
         if checkpoint.seq > head.seq:
             raise AnchorError(f"the recorded head (event {head.seq}) is behind the checkpoint (event {checkpoint.seq})")
     return _write_checkpoint(path, key, head.seq, head.hash)
+
+
+def _checkpoint_empty_chain(path: Path, key: bytes) -> None:
+    """Where there is no checkpoint yet: one of the empty chain (event 0), which vouches for
+    nothing but holds for any chain; the first events' checkpoint replaces it once committed.
+    A file already there is left alone, as ``_checkpoint_first_events`` leaves it."""
+    try:
+        if _read_checkpoint(path) is None:
+            _write_checkpoint(path, key, 0, GENESIS)
+    except (OSError, AnchorError) as exc:  # reported as the first checkpoint's failure is
+        current_app.logger.error("the ledger's first checkpoint could not be written to %s: %s", path, exc)
 
 
 def _checkpoint_first_events(path: Path, key: bytes, seq: int, head_hash: str) -> None:

@@ -334,6 +334,20 @@ def test_a_fresh_installation_with_no_worker_has_a_checkpoint_once_it_has_events
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_a_process_killed_after_the_chains_first_commit_still_leaves_a_checkpoint(
+    app, client, mailbox, runner, monkeypatch
+):
+    """The first events' checkpoint is written once they are committed; a process killed in
+    between leaves the empty chain's, written before the commit, and the chain verifies."""
+    monkeypatch.setattr(ledger, "_checkpoint_first_events", lambda *args: None)  # killed after the commit
+    sign_up(client, "munkeby", "first@example.com")
+    assert json.loads(checkpoint_file(app).read_text())["seq"] == 0
+    monkeypatch.undo()
+    result = verify(runner)
+    assert result.exit_code == 0 and result.stdout.startswith(f"ok: {recorded_head(app).seq} events verified")
+    assert json.loads(checkpoint_file(app).read_text())["seq"] == recorded_head(app).seq  # moved to the head
+
+
 def test_a_deleted_checkpoint_fails_verify_until_an_operator_writes_a_new_one(app, client, mailbox, runner):
     make_history(client, mailbox)
     checkpoint_file(app).unlink()
