@@ -124,8 +124,13 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
 
+    @classmethod
+    def of(cls, row: Any) -> ClaimedJob:
+        """From a claim's returned row (id, kind, notice, subscription_ref, payload, attempts)."""
+        return cls(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts)
 
-def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
+
+def _claim(limit: int) -> list[ClaimedJob]:
     """Lease due jobs to this worker in one statement; answers them in claim order.
 
     The due jobs are picked in a subquery (``FOR UPDATE SKIP LOCKED`` on
@@ -140,8 +145,6 @@ def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
             (OutboxJob.state == "running") & (OutboxJob.locked_until < now),
         )
     )
-    if ids is not None:
-        due = due.where(OutboxJob.id.in_(ids))
     urgent_first = case((OutboxJob.kind.in_(URGENT_KINDS), 0), else_=1)
     due = due.order_by(urgent_first, OutboxJob.next_attempt_at, OutboxJob.id).limit(limit)
     statement = (
@@ -162,9 +165,7 @@ def _claim(ids: list[int] | None, limit: int) -> list[ClaimedJob]:
     )
     with unit_of_work() as uow:
         rows = sorted(uow.session.execute(statement).all(), key=lambda row: (row.urgency, row.next_attempt_at, row.id))
-    return [
-        ClaimedJob(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts) for row in rows
-    ]
+    return [ClaimedJob.of(row) for row in rows]
 
 
 _ADDRESS = re.compile(r"[^\s<>()\[\]{}'\",;:]+@[^\s<>()\[\]{}'\",;:]+")
@@ -232,11 +233,8 @@ def _finish_done(job: ClaimedJob) -> None:
     must then leave the SQLite files too. Nothing changes a running job's payload but the
     job's end, so the claimed copy is the stored one.
     """
-    kept = _without_personal(job.payload)
     with unit_of_work(orm=False) as uow:
-        uow.send(_DONE, {"job_id": job.id, "at": utcnow(), "payload": kept})
-        if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
-            uow.after_commit(wipe_free_space)
+        finish_in(uow, job)
 
 
 def finish_in(uow: UnitOfWork, job: ClaimedJob) -> bool:
@@ -285,7 +283,7 @@ def run_now(job_id: int) -> None:
     with unit_of_work(orm=False) as uow:
         rows = uow.run(_CLAIM_ONE, {"job_id": job_id, "until": utcnow() + lease})
     for row in rows:  # none if a worker took it first
-        _process(ClaimedJob(row.id, row.kind, row.notice, row.subscription_ref, row.payload or {}, row.attempts))
+        _process(ClaimedJob.of(row))
 
 
 def _finish_many(results: dict[int, Exception | None], personal: set[int]) -> None:
@@ -321,7 +319,7 @@ def _process_batch(fn: BatchHandler, jobs: list[ClaimedJob]) -> None:
 
 
 def run_due(limit: int | None = None) -> int:
-    claimed = _claim(None, limit or current_app.config["OUTBOX_CLAIM_SIZE"])
+    claimed = _claim(limit or current_app.config["OUTBOX_CLAIM_SIZE"])
     batches: dict[BatchHandler, list[ClaimedJob]] = {}
     for job in claimed:
         fn = BATCH_HANDLERS.get(job.kind)
@@ -389,7 +387,7 @@ _FORGET_FINISHED = Prepared(
     )
     .values(last_error=None)
 )
-# A job done (``_finish_done``), and a job this process has just written claimed (``run_now``).
+# A job done (``finish_in``), and a job this process has just written claimed (``run_now``).
 _DONE = Prepared(
     update(OutboxJob.__table__)
     .where(_JOBS.id == bindparam("job_id"), _JOBS.state == "running")
