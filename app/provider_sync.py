@@ -111,19 +111,17 @@ def _plan(notice: Notice, jobs: list[outbox.ClaimedJob]) -> list[tuple[int, str 
     members = _members([sub for sub in subs.values() if sub.status == "subscribed"])
     # A person deleted here may have subscribed again since; that newer consent decides.
     delete_hashes = [job.payload.get("email_hash") for job in jobs if job.payload.get("action") == "delete"]
-    resubscribed = (
-        set(
-            db.session.execute(
-                select(Subscription.email_hash).where(
-                    Subscription.notice == notice.slug,
-                    Subscription.email_hash.in_(delete_hashes),
-                    Subscription.status == "subscribed",
-                )
-            ).scalars()
+    # Looked up by address alone, through the (email_hash, notice) key: with the notice and
+    # the status in the condition, SQLite, which keeps no statistics, walks every subscriber
+    # of the notice by ix_subscriptions_notice_status_id instead.
+    held = select(Subscription.email_hash, Subscription.notice, Subscription.status)
+    resubscribed = {
+        ehash
+        for ehash, held_under, status in (
+            db.session.execute(held.where(Subscription.email_hash.in_(delete_hashes))) if delete_hashes else []
         )
-        if delete_hashes
-        else set()
-    )
+        if held_under == notice.slug and status == "subscribed"
+    }
     plan: list[tuple[int, str | None, Operation | None]] = []
     for job in jobs:
         sub = subs.get(job.subscription_ref or "")

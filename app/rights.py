@@ -79,13 +79,13 @@ def _person_of(payload: dict[str, Any]) -> Person | None:
     if target.tag is None:
         return Person(None, target.notice)
     bounds = consent.tag_range(target.tag)
-    hashes = db.session.execute(
-        select(Subscription.email_hash).where(
-            Subscription.notice == target.notice.slug,
+    # Under every notice, the link's kept below: see _SUBSCRIPTION_ROWS_BY_TAG in consent/records.py.
+    rows = db.session.execute(
+        select(Subscription.email_hash, Subscription.notice).where(
             or_(Subscription.ref == target.ref, Subscription.email_hash.between(bounds["lo"], bounds["hi"])),
         )
-    ).scalars()
-    held_now = {ehash for ehash in hashes if ehash.startswith(target.tag)}
+    )
+    held_now = {ehash for ehash, notice in rows if notice == target.notice.slug and ehash.startswith(target.tag)}
     return Person(held_now.pop() if len(held_now) == 1 else None, target.notice)
 
 
