@@ -507,32 +507,33 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
                 for sub, (_h, row) in zip(subs, fresh, strict=True)
             ],
         )  # fmt: skip
-        jobs: list[dict[str, Any]] = [
-            {"kind": provider_sync.CONSENT_JOB, "notice": notice.slug, "subscription_ref": sub["ref"], "payload": {}}
-            for sub in subs
-        ]
+        # One payload and one time shared by the batch's jobs: the driver's values are made once
+        # for each distinct object (app/fastpath.py), not once a row.
+        sync = {"kind": provider_sync.CONSENT_JOB, "notice": notice.slug, "payload": {}, "next_attempt_at": now}
+        jobs: list[dict[str, Any]] = [{**sync, "subscription_ref": sub["ref"], "created_at": now} for sub in subs]
         if notice.inform_imported and spec.lawful_basis != "consent":
-            jobs += [
-                {"kind": "mail", "notice": notice.slug, "subscription_ref": sub["ref"], "payload": {"template": ART14}}
-                for sub in subs
-            ]
+            inform = {**sync, "kind": "mail", "payload": {"template": ART14}}
+            jobs += [{**inform, "subscription_ref": sub["ref"], "created_at": now} for sub in subs]
         # The worker sends the mail and the syncs; nothing leaves from inside an import.
         outbox.enqueue_many(uow, jobs)
 
 
 def _among(uow: UnitOfWork, table: str, notice: str, hashes: list[str]) -> set[str]:
     """Which of ``hashes`` the table holds under ``notice``: the list goes as one parameter (a
-    JSON array that SQLite unpacks, an array on PostgreSQL), where an expanded ``IN`` of 5,000
-    placeholders costs more to write out than the lookup itself."""
+    JSON array that SQLite unpacks, a comma-separated text that PostgreSQL splits), where an
+    expanded ``IN`` of 5,000 placeholders costs more to write out than the lookup itself, and
+    psycopg's dumping of a 5,000-element array about as much (hex digits hold no comma)."""
     postgresql = uow.dialect.name == "postgresql"
-    listed = hashes if postgresql else json.dumps(hashes)
+    listed = ",".join(hashes) if postgresql else json.dumps(hashes)
     found = uow.conn.exec_driver_sql(_HELD_AMONG[(table, postgresql)], (notice, listed))
     return set(found.scalars())
 
 
 _HELD_AMONG = {
-    ("suppressions", True): "SELECT email_hash FROM suppressions WHERE notice = %s AND email_hash = ANY(%s)",
-    ("subscriptions", True): "SELECT email_hash FROM subscriptions WHERE notice = %s AND email_hash = ANY(%s)",
+    ("suppressions", True):
+        "SELECT email_hash FROM suppressions WHERE notice = %s AND email_hash = ANY(string_to_array(%s, ','))",
+    ("subscriptions", True):
+        "SELECT email_hash FROM subscriptions WHERE notice = %s AND email_hash = ANY(string_to_array(%s, ','))",
     ("suppressions", False):
         "SELECT email_hash FROM suppressions WHERE notice = ? AND email_hash IN (SELECT value FROM json_each(?))",
     ("subscriptions", False):
