@@ -70,6 +70,7 @@ transaction imports ``UnitOfWork`` and ``unit_of_work`` from ``app.database`` as
 from __future__ import annotations
 
 import functools
+import json
 import operator
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -137,6 +138,7 @@ def _each_once(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
             out.append(processed := process(value))
             done[key] = processed
     return out
+
 
 
 class _Plan:
@@ -282,8 +284,18 @@ class UnitOfWork:
     def _copy(self, table: Table, columns: dict[str, list[Any]]) -> None:
         """Rows into ``table`` through PostgreSQL's COPY (the values as ``values_many`` makes them,
         keyed by column key; COPY names the columns themselves)."""
+        from psycopg.types.json import Json, Jsonb  # only PostgreSQL copies; SQLite needs no psycopg
+
         preparer = self.dialect.identifier_preparer
         names = ", ".join(preparer.quote(table.c[key].name) for key in columns)
+        def as_text(value: Any) -> Any:
+            return (value.dumps or json.dumps)(value.obj) if isinstance(value, (Json, Jsonb)) else value
+
+        for key, values in columns.items():
+            if values and isinstance(values[0], (Json, Jsonb)):
+                # psycopg would encode each row's wrapper (SQLAlchemy's bind value) again, though a
+                # batch's rows share one; COPY reads every column as text, made once per object.
+                columns[key] = _each_once(as_text, values)
         with self._driver_cursor().copy(f"COPY {preparer.format_table(table)} ({names}) FROM STDIN") as copy:
             for row in zip(*columns.values(), strict=True):
                 copy.write_row(row)
