@@ -57,7 +57,7 @@ def _plain_address(value: str) -> str | None:
     if found is None:
         return None
     local, domain = found.group(1), found.group(2).lower()
-    if len(local) > 64 or len(domain) > 253 or "--" in domain:
+    if len(value) > MAX_EMAIL_LENGTH or len(local) > 64 or len(domain) > 253 or "--" in domain:
         return None
     if domain in _SPECIAL_USE or domain.endswith(_SPECIAL_USE_SUFFIXES):
         return None

@@ -71,6 +71,7 @@ def test_plain_addresses_take_the_shortcut_and_match(value: str) -> None:
     [
         "x" * 65 + "@example.com",  # local part over 64
         "a@" + "b" * 64 + ".se",  # a label over 63
+        "x" * 63 + "@" + ".".join(["x" * 63] * 3),  # each part within its limit, 255 in all
         "a@mail.localhost",  # reserved
         "a@printer.local",
         "a@shop.onion",
