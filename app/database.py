@@ -11,13 +11,24 @@ connections run in WAL mode with a busy timeout, and a unit of work that reads
 then writes opens its transaction with ``BEGIN IMMEDIATE`` so two writers queue
 instead of deadlocking on a lock upgrade. ``secure_delete`` overwrites deleted
 content, so an erased address does not linger in free pages.
+
+Units of work on SQLite also take their turn on a lock file next to the database
+(``<database>-writers``, ``flock``) before they begin, so writers in every thread and
+process queue in the kernel and the next one starts the moment the last commits.
+Without it they wait in SQLite's busy handler, which polls: it sleeps 1, 2, 5, 10, 15,
+20, 25 ms and so on between tries, so under load the write lock lies idle while the
+next writer sleeps, and a waiter that keeps losing the race waits longest
+(bench/README.md, SQLite writers). Writes outside a unit of work (a page's own
+session commit) do not take a turn and still meet the busy handler; they are rare.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -94,12 +105,54 @@ def _in_session() -> Iterator[UnitOfWork]:
         raise
 
 
+class _TurnFile:
+    """This thread's descriptor of a database's lock file (an ``flock`` is held per open file,
+    so each thread opens its own); closed when the thread ends or moves to another database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.depth = 0  # units of work this thread has open on it (one inside another: one turn)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+_turns = threading.local()
+
+
+@contextmanager
+def _writer_turn() -> Iterator[None]:
+    """On a SQLite file, wait for this thread's turn to write (see the module's docstring)."""
+    engine = db.engine
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    path = os.path.abspath(database) + "-writers"
+    turn: _TurnFile | None = getattr(_turns, "file", None)
+    if turn is None or turn.path != path:
+        if turn is not None and turn.depth:
+            yield  # a unit of work on another database is open in this thread: no turn to wait for
+            return
+        turn = _turns.file = _TurnFile(path)
+    if turn.depth == 0:
+        fcntl.flock(turn.fd, fcntl.LOCK_EX)  # waits without the GIL
+    turn.depth += 1
+    try:
+        yield
+    finally:
+        turn.depth -= 1
+        if turn.depth == 0:
+            fcntl.flock(turn.fd, fcntl.LOCK_UN)
+
+
 @contextmanager
 def unit_of_work(orm: bool = True) -> Iterator[UnitOfWork]:
     """One transaction. ``orm=False`` opens it on a driver connection of its own: a
     millisecond cheaper, for the opt-out and webhook path, which writes with ``Prepared``
     statements only (``app/fastpath.py``)."""
-    with _in_session() if orm else on_driver() as uow:
+    with _writer_turn(), _in_session() if orm else on_driver() as uow:
         yield uow
     for fn in uow._after_commit:
         try:
