@@ -29,6 +29,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -119,6 +120,9 @@ class _TurnFile:
 
 
 _turns = threading.local()
+# A turn longer than this is bulk work's, which leaves a gap after it for a waiting writer.
+LONG_TURN_SECONDS = 0.02
+TURN_GAP_SECONDS = 0.002
 
 
 @contextmanager
@@ -138,6 +142,7 @@ def _writer_turn() -> Iterator[None]:
         turn = _turns.file = _TurnFile(path)
     if turn.depth == 0:
         fcntl.flock(turn.fd, fcntl.LOCK_EX)  # waits without the GIL
+        since = time.monotonic()
     turn.depth += 1
     try:
         yield
@@ -145,6 +150,11 @@ def _writer_turn() -> Iterator[None]:
         turn.depth -= 1
         if turn.depth == 0:
             fcntl.flock(turn.fd, fcntl.LOCK_UN)
+            if time.monotonic() - since > LONG_TURN_SECONDS:
+                # An unlock wakes the waiters but hands the lock to none of them: bulk work (a
+                # purge's or an import's batches) would take it straight back for its next
+                # batch, again and again, while a one-click waits. A pause lets one in.
+                time.sleep(TURN_GAP_SECONDS)
 
 
 @contextmanager
