@@ -140,7 +140,6 @@ def _each_once(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
     return out
 
 
-
 class _Plan:
     def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
         assert isinstance(statement, ClauseElement)  # every Executable built here is one
@@ -288,6 +287,7 @@ class UnitOfWork:
 
         preparer = self.dialect.identifier_preparer
         names = ", ".join(preparer.quote(table.c[key].name) for key in columns)
+
         def as_text(value: Any) -> Any:
             return (value.dumps or json.dumps)(value.obj) if isinstance(value, (Json, Jsonb)) else value
 
