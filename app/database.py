@@ -108,10 +108,12 @@ def _in_session() -> Iterator[UnitOfWork]:
 
 class _TurnFile:
     """This thread's descriptor of a database's lock file (an ``flock`` is held per open file,
-    so each thread opens its own); closed when the thread ends or moves to another database."""
+    so each thread opens its own, and a forked child opens its own again); closed when the
+    thread ends or moves to another database."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.pid = os.getpid()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.depth = 0  # units of work this thread has open on it (one inside another: one turn)
 
@@ -135,7 +137,7 @@ def _writer_turn() -> Iterator[None]:
         return
     path = os.path.abspath(database) + "-writers"
     turn: _TurnFile | None = getattr(_turns, "file", None)
-    if turn is None or turn.path != path:
+    if turn is None or turn.path != path or turn.pid != os.getpid():
         if turn is not None and turn.depth:
             yield  # a unit of work on another database is open in this thread: no turn to wait for
             return
