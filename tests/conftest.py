@@ -96,14 +96,19 @@ def postgres_database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def sqlite_database_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """This test's own copy of the migrated SQLite file (a module that runs on SQLite only
+    takes it as its ``database_url``)."""
+    target = tmp_path / "instance" / "consent.sqlite3"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sqlite_template, target)
+    return f"sqlite:///{target}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        target = tmp_path / "instance" / "consent.sqlite3"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(request.getfixturevalue("sqlite_template"), target)
-        return f"sqlite:///{target}"
-    return request.getfixturevalue("postgres_database")
+def database_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_database_url" if request.param == "sqlite" else "postgres_database")
 
 
 @pytest.fixture

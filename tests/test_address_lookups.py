@@ -13,9 +13,7 @@ the condition is explained as it was sent, and none may walk the table or a noti
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -29,12 +27,9 @@ ADDRESS_LOOKUP = re.compile(r"\bFROM subscriptions\b.*\bWHERE\b.*\bemail_hash\b"
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+def database_url(sqlite_database_url: str) -> str:
     """SQLite only: PostgreSQL plans from statistics, and its plans are checked by the benchmarks."""
-    target = tmp_path / "instance" / "consent.sqlite3"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sqlite_template, target)
-    return f"sqlite:///{target}"
+    return sqlite_database_url
 
 
 @pytest.fixture

@@ -26,12 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+def database_url(sqlite_database_url: str) -> str:
     """SQLite only: PostgreSQL writers wait on row locks, in the server."""
-    target = tmp_path / "instance" / "consent.sqlite3"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(sqlite_template.read_bytes())
-    return f"sqlite:///{target}"
+    return sqlite_database_url
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ the same rules are driven end to end over HTTP, on both databases, by the suite.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,12 +24,9 @@ from app.notices import get_notice
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, sqlite_template: Path) -> str:
+def database_url(sqlite_database_url: str) -> str:
     """SQLite only: this tier checks rules, the suite checks them on PostgreSQL too."""
-    target = tmp_path / "instance" / "consent.sqlite3"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sqlite_template, target)
-    return f"sqlite:///{target}"
+    return sqlite_database_url
 
 
 @pytest.fixture
