@@ -54,9 +54,27 @@ expanding ``IN``, and no default of a kind other than those above (a ``TypeError
 the statement is first planned). An INSERT does not answer the new row's key unless it
 says ``.returning(...)``; rows come back as named tuples of the returned columns; no
 rowcount. A driver error is raised as SQLAlchemy's (``IntegrityError`` and the rest), so
-callers handle it as any other statement's. Every statement waits for the server's answer:
-psycopg's pipeline mode (answer-less writes sent without waiting) was measured side by side
-under ``wrk`` and did not move the PostgreSQL figure (``bench/README.md``), so it is not used.
+callers handle it as any other statement's.
+
+**Deferred writes (PostgreSQL, ``orm=False``).** Each statement sent to PostgreSQL costs a
+round trip and, in psycopg's Python, more than the server's own work for these one-row
+statements. So a unit of work without the ORM holds a ``send`` back and sends it with the
+next statement, as a data-modifying ``WITH`` query in front of it: PostgreSQL runs each such
+query exactly once and to completion, whether or not the statement reads it. An opt-out thus
+takes four statements instead of eight (``bench/README.md``). The order of effects stays the
+caller's: a statement that names a table a held write names (written, read or joined) sends
+the held writes first, on their own, because the queries of one statement all see the data as
+it was before the statement; two writes to one table are never joined. The commit sends what
+is left; a failure drops it with the rest of the transaction. What changes is where an error
+shows: a held write's failure is raised by the statement it went with, or by the commit, as
+SQLAlchemy's exception for the joined text, and still rolls the unit of work back. SQLite runs
+in the process, has no round trip to save, and runs every statement at once; so does an ORM
+unit of work, whose session would not see a held write. (psycopg's pipeline mode, which
+sends without waiting but keeps one statement each, was measured against none and did not
+move the figure, ``bench/README.md``.)
+
+On PostgreSQL a plan's placeholders are written positionally (``%s``), so that joining
+statements is joining their texts and their values.
 
 **Where ``UnitOfWork`` lives.** Here: its ``run`` and ``send`` are the fast path, and
 the SQLAlchemy internals it reads (``Insert._returning``, a compiled statement's
@@ -70,8 +88,10 @@ transaction imports ``UnitOfWork`` and ``unit_of_work`` from ``app.database`` as
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import operator
+import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +103,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
+from sqlalchemy.sql.util import find_tables
 
 from .extensions import db
 
@@ -110,6 +131,15 @@ class Prepared:
             if isinstance(statement.table, Table) and statement._values is None:
                 self.copy_into = statement.table
         self.statement = statement
+        assert isinstance(statement, ClauseElement)  # every Executable built here is one
+        # Every table the statement names (written, read, joined): what deferring it must respect.
+        self.tables = frozenset(
+            t.name
+            for t in find_tables(
+                statement, include_aliases=True, include_joins=True, include_selects=True, include_crud=True
+            )
+            if isinstance(t, Table)
+        )
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
     def plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
@@ -140,6 +170,27 @@ def _each_once(process: Callable[[Any], Any], values: list[Any]) -> list[Any]:
     return out
 
 
+_NAMED = re.compile(r"%%|%\((\w+)\)s")
+
+
+def _as_positional(sql: str, known: set[str]) -> tuple[str, list[str]]:
+    """``%(name)s`` placeholders (psycopg's named style, as SQLAlchemy writes them) as ``%s``,
+    with the names in their order: positional statements can be joined into one by
+    concatenating their texts and their values (``UnitOfWork``'s deferred writes)."""
+    names: list[str] = []
+
+    def positional(found: re.Match[str]) -> str:
+        if found.group(1) is None:
+            return "%%"  # a literal percent sign stays escaped
+        names.append(found.group(1))
+        return "%s"
+
+    text = _NAMED.sub(positional, sql)
+    if "%(" in text or not set(names) <= known:
+        raise TypeError(f"unexpected placeholders in {sql!r}")
+    return text, names
+
+
 class _Plan:
     def __init__(self, statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> None:
         assert isinstance(statement, ClauseElement)  # every Executable built here is one
@@ -150,6 +201,9 @@ class _Plan:
         self.positional = compiled.positional
         self.names = list(compiled.positiontup or [])  # the parameters' order, for a positional driver
         binds = {name: bind for bind, name in compiled.bind_names.items()}  # by the name in the SQL
+        if not self.positional and dialect.paramstyle == "pyformat":
+            self.sql, self.names = _as_positional(self.sql, set(binds))
+            self.positional = True
         # Columns left out get their Python default (insert) or on-update value, made per call.
         self.defaults: dict[str, Callable[[], Any]] = {}
         for column, default in [
@@ -227,7 +281,12 @@ class UnitOfWork:
     """
 
     def __init__(
-        self, dialect: Dialect, driver: Any, session: Session | None = None, conn: Connection | None = None
+        self,
+        dialect: Dialect,
+        driver: Any,
+        session: Session | None = None,
+        conn: Connection | None = None,
+        defer: bool = False,
     ) -> None:
         self.dialect = dialect
         self._driver = driver  # the transaction's DB-API connection
@@ -235,6 +294,11 @@ class UnitOfWork:
         self._conn = conn
         self._cursor: Any = None
         self._after_commit: list[Callable[[], object]] = []
+        # Deferred writes (see "Deferred writes" in the module's docstring): SQL and values of
+        # each, and every table they name.
+        self._defer = defer
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        self._deferred_tables: frozenset[str] = frozenset()
 
     @property
     def session(self) -> Session:
@@ -255,22 +319,76 @@ class UnitOfWork:
             self._session.flush()
 
     def run(self, statement: Prepared, params: dict[str, Any] | None = None) -> list[Any]:
-        """Run a prepared statement with one parameter set; answers the rows it returns."""
+        """Run a prepared statement with one parameter set; answers the rows it returns.
+
+        Deferred writes go with it, in the same statement, unless they name one of its tables
+        (then they go first, on their own)."""
         params = params or {}
         plan = statement.plan(self.dialect, tuple(params))
-        with _as_sqlalchemy_errors(plan.sql, self.dialect):
+        sql, values = plan.sql, plan.values(params)
+        if self._deferred:
+            apart = statement.tables & self._deferred_tables or sql.startswith("WITH RECURSIVE")
+            if isinstance(values, tuple) and not apart:
+                sql, values = self._joined(sql, values)
+            else:
+                self.write_deferred()
+        with _as_sqlalchemy_errors(sql, self.dialect):
             cursor = self._driver_cursor()
-            cursor.execute(plan.sql, plan.values(params))
+            cursor.execute(sql, values)
             return plan.rows(cursor)
 
     def send(self, statement: Prepared, params: dict[str, Any] | None = None) -> None:
-        """Run a prepared statement whose answer nobody reads (any rows it returns are left unread)."""
-        self.send_many(statement, [params or {}])
+        """Run a prepared statement whose answer nobody reads (any rows it returns are left unread).
+
+        In a unit of work that defers writes, it is held until the next statement or the commit."""
+        params = params or {}
+        plan = statement.plan(self.dialect, tuple(params))
+        if not self._defer or plan.sql.startswith("WITH"):  # a WITH query's own WITH cannot write
+            self.write_deferred()
+            self._send_now(statement, [params])
+            return
+        values = plan.values(params)
+        assert isinstance(values, tuple)  # PostgreSQL's plans are positional (see _Plan)
+        if statement.tables & self._deferred_tables:
+            self.write_deferred()  # two writes naming one table keep their order: one statement each
+        self._deferred.append((plan.sql, values))
+        self._deferred_tables |= statement.tables
+
+    def write_deferred(self) -> None:
+        """Run the deferred writes now, as one statement (the last one, with the others before it)."""
+        if not self._deferred:
+            return
+        sql, values = self._deferred.pop()
+        sql, values = self._joined(sql, values)
+        with _as_sqlalchemy_errors(sql, self.dialect):
+            self._driver_cursor().execute(sql, values)
+
+    def _joined(self, sql: str, values: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+        """``sql`` with the deferred writes before it as data-modifying WITH queries, which
+        PostgreSQL runs exactly once and to completion whether or not the statement reads them;
+        the deferred writes are then done."""
+        deferred = self._deferred
+        self._deferred, self._deferred_tables = [], frozenset()
+        if not deferred:
+            return sql, values
+        key = (*(text for text, _ in deferred), sql)
+        joined = _JOINED.get(key)
+        if joined is None:
+            writes = ", ".join(f"deferred_{i} AS ({text})" for i, (text, _) in enumerate(deferred))
+            joined = f"WITH {writes}, {sql[5:]}" if sql.startswith("WITH ") else f"WITH {writes} {sql}"
+            if len(_JOINED) < _JOINED_KEPT:
+                _JOINED[key] = joined
+        return joined, (*itertools.chain.from_iterable(v for _, v in deferred), *values)
 
     def send_many(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
         """``send`` once per parameter set (the same keys in each), in one driver call."""
-        if not rows:
-            return
+        if len(rows) == 1 and self._defer:
+            self.send(statement, rows[0])
+        elif rows:
+            self.write_deferred()
+            self._send_now(statement, rows)
+
+    def _send_now(self, statement: Prepared, rows: list[dict[str, Any]]) -> None:
         plan = statement.plan(self.dialect, tuple(rows[0]))
         with _as_sqlalchemy_errors(plan.sql, self.dialect):
             if len(rows) == 1:  # executemany's own set-up costs more than one statement
@@ -301,12 +419,21 @@ class UnitOfWork:
                 copy.write_row(row)
 
     def _driver_cursor(self) -> Any:
+        if self._deferred:
+            raise RuntimeError("deferred writes must go first")  # a new use of the cursor forgot them
         if self._cursor is None:
             self._cursor = self._driver.cursor()
         return self._cursor
 
     def after_commit(self, fn: Callable[[], object]) -> None:
         self._after_commit.append(fn)
+
+
+# Joined statements' texts by the texts joined: a path joins the same few each time, and the
+# driver then prepares the joined text like any other it runs often. Bounded, in case a caller
+# ever builds statements per call.
+_JOINED: dict[tuple[str, ...], str] = {}
+_JOINED_KEPT = 500
 
 
 @contextmanager
@@ -334,7 +461,9 @@ def on_driver() -> Iterator[UnitOfWork]:
             if dialect.name == "sqlite":
                 # The connect hook leaves BEGIN to us (app/database.py).
                 driver.cursor().execute("BEGIN IMMEDIATE")
-            yield UnitOfWork(dialect, driver)
+            uow = UnitOfWork(dialect, driver, defer=dialect.name == "postgresql")
+            yield uow
+            uow.write_deferred()
             driver.commit()
     except BaseException:
         driver.rollback()

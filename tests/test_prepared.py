@@ -162,3 +162,53 @@ def test_a_held_subscription_names_only_columns_both_kinds_carry():
     assert {"id", "ref", "notice", "email_hash", "status", "confirmed_at"} <= set(named)
     for name in named:
         assert name in Subscription.__table__.c and hasattr(Subscription, name)
+
+
+def test_writes_held_back_for_one_round_trip_keep_the_callers_order(app):
+    """On PostgreSQL a unit of work without the ORM holds answer-less writes back and sends them
+    with the next statement (``app/fastpath.py``, deferred writes). Whatever it joins, each
+    statement sees what the caller wrote before it, and the commit writes the rest."""
+    from app.models import Suppression
+
+    suppressions = Suppression.__table__
+    plain_insert = Prepared(insert(suppressions))
+    count_suppressed = Prepared(select(suppressions.c.email_hash).where(suppressions.c.notice == bindparam("n")))
+    job = {"kind": "mail", "notice": None, "payload": {}}
+    with app.app_context():
+        with unit_of_work(orm=False) as uow:
+            uow.send(PREPARED_INSERT, {**job, "subscription_ref": "a" * 32})
+            uow.send(PREPARED_CANCEL, {"ref": "a" * 32})  # the same table: must find the row above
+            uow.send(plain_insert, {"notice": "munkeby", "email_hash": "1" * 64, "reason": "opt_out"})
+            (row,) = uow.run(PREPARED_SELECT, {"ref": "a" * 32})  # reads a table written before it
+            assert row.state == "done"
+            uow.send(PREPARED_INSERT, {**job, "subscription_ref": "b" * 32})
+            # Another table's read goes with the job above in one statement; it sees the earlier write.
+            assert [r.email_hash for r in uow.run(count_suppressed, {"n": "munkeby"})] == ["1" * 64]
+            uow.send(plain_insert, {"notice": "munkeby", "email_hash": "2" * 64, "reason": "opt_out"})
+            uow.send(PREPARED_INSERT, {**job, "subscription_ref": "c" * 32})  # both left for the commit
+        states = dict(db.session.execute(select(JOBS.c.subscription_ref, JOBS.c.state)).all())
+        assert states == {"a" * 32: "done", "b" * 32: "pending", "c" * 32: "pending"}
+        hashes = db.session.execute(select(suppressions.c.email_hash).order_by(suppressions.c.email_hash))
+        assert hashes.scalars().all() == ["1" * 64, "2" * 64]
+        db.session.remove()
+
+
+def test_writes_held_back_are_dropped_with_a_unit_of_work_that_fails(app):
+    with app.app_context():
+        with pytest.raises(ZeroDivisionError), unit_of_work(orm=False) as uow:
+            uow.send(PREPARED_INSERT, {"kind": "mail", "notice": None, "subscription_ref": "z" * 32, "payload": {}})
+            1 / 0  # noqa: B018
+        with unit_of_work(orm=False) as uow:
+            uow.send(PREPARED_INSERT, {"kind": "mail", "notice": None, "subscription_ref": "w" * 32, "payload": {}})
+        assert db.session.execute(select(JOBS.c.subscription_ref)).scalars().all() == ["w" * 32]
+        db.session.remove()
+
+
+def test_a_percent_sign_in_a_prepared_statement_is_text(app):
+    """The driver's placeholders are rewritten for PostgreSQL; a literal percent sign stays one."""
+    from sqlalchemy import literal_column
+
+    statement = Prepared(select(literal_column("'50% off'").label("offer"), bindparam("n").label("n")))
+    with app.app_context(), unit_of_work(orm=False) as uow:
+        (row,) = uow.run(statement, {"n": "%(n)s"})
+        assert (row.offer, row.n) == ("50% off", "%(n)s")
