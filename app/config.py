@@ -183,9 +183,9 @@ def _database(env: Mapping[str, str], instance: Path) -> dict[str, Any]:
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
-        # A server connection may have been dropped while pooled: check it at checkout. A
-        # SQLite file has no server, and the check would cost a statement per request.
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": not database_url.startswith("sqlite")},
+        # A server connection may have been dropped while pooled: app/database.py checks one
+        # at checkout when it is suspect, instead of asking every one (pool_pre_ping).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": False},
         "AUTO_MIGRATE": _flag("AUTO_MIGRATE", env, default=True),
     }
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import select
 import sqlite3
 import threading
 import time
@@ -35,8 +36,9 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from flask import current_app
-from sqlalchemy import Connection, CursorResult, Dialect, Engine, Result, event, text
+from sqlalchemy import Connection, CursorResult, Dialect, Engine, Result, event, exc, text
 from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.pool import Pool
 
 from .extensions import db
 from .fastpath import UnitOfWork, on_driver  # UnitOfWork: re-exported (see above)
@@ -75,6 +77,48 @@ def _configure_sqlite(dbapi_connection: object, _record: object) -> None:
     cur.execute("PRAGMA secure_delete=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+# A pooled PostgreSQL connection unused for longer than this is asked a question before use.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+@event.listens_for(Pool, "checkin")
+def _idle_since(_dbapi_connection: object, record: Any) -> None:
+    if record is not None:
+        record.info["idle_since"] = time.monotonic()
+
+
+@event.listens_for(Pool, "checkout")
+def _alive(dbapi_connection: Any, record: Any, _proxy: object) -> None:
+    """A PostgreSQL connection the server may have dropped while it was pooled is asked a
+    question (``;``) before use, and replaced when it cannot answer: the pool's
+    ``DisconnectionError``, after which it takes another connection.
+
+    Only one that is suspect is asked: one that has data waiting although it sent no question
+    (a server that ends a connection, at a restart or ``pg_terminate_backend``, says so
+    first, then closes it: both make its socket readable), or one unused for longer than
+    ``PING_AFTER_IDLE_SECONDS`` (a connection a firewall or a proxy dropped while idle says
+    nothing). A connection used a moment ago, as under load every one is, starts its work
+    at once: the question would be one round trip of the half dozen an opt-out takes.
+    """
+    if not hasattr(dbapi_connection, "pgconn"):
+        return  # SQLite: a file, no server to lose
+    since = record.info.get("idle_since")
+    try:
+        poll = select.poll()
+        poll.register(dbapi_connection.fileno(), select.POLLIN)
+        waiting = bool(poll.poll(0))
+    except (OSError, ValueError):  # closed already
+        waiting = True
+    if not waiting and since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute(";")
+        dbapi_connection.autocommit = False
+    except Exception as error:
+        raise exc.DisconnectionError(f"a pooled connection was dropped by the server: {error}") from error
 
 
 @event.listens_for(Engine, "begin")

@@ -3,6 +3,8 @@ idle timeout on the way) are noticed at checkout and replaced: no subscriber mee
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 from sqlalchemy import select
@@ -16,13 +18,18 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 
 
 def drop_server_connections(database_url: str) -> int:
-    """What a server restart does to the service's connections: every one of them ended."""
+    """What a server restart does to the service's connections: every one of them ended, and
+    its server process gone (pg_terminate_backend only asks it to go)."""
+    others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with psycopg.connect(database_url, autocommit=True) as admin:
-        ended = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    return int(ended[0]) if ended else 0
+        ended = [row[0] for row in admin.execute(others).fetchall()]
+        for pid in ended:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while {row[0] for row in admin.execute(others).fetchall()} & set(ended):
+            assert time.monotonic() < deadline, "the server did not end the connections"
+            time.sleep(0.01)
+    return len(ended)
 
 
 def test_connections_the_server_dropped_are_replaced_before_a_request_uses_them(app, client, mailbox, database_url):
