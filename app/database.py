@@ -114,9 +114,10 @@ def _alive(dbapi_connection: Any, record: Any, _proxy: object) -> None:
     if not waiting and since is not None and time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
         return
     try:
+        mode = dbapi_connection.autocommit  # an engine may run its connections in autocommit
         dbapi_connection.autocommit = True
         dbapi_connection.execute(";")
-        dbapi_connection.autocommit = False
+        dbapi_connection.autocommit = mode
     except Exception as error:
         raise exc.DisconnectionError(f"a pooled connection was dropped by the server: {error}") from error
 
