@@ -113,9 +113,5 @@ def email_hash(normalised_email: str) -> str:
 
 def email_hasher() -> Callable[[str], str]:
     """``email_hash`` with the running app's pepper read once: for hashing a file's addresses."""
-    return hasher_for(current_app.config["SUPPRESSION_PEPPER"].encode("utf-8"))
-
-
-def hasher_for(pepper: bytes) -> Callable[[str], str]:
-    """``email_hash`` under ``pepper`` (``SUPPRESSION_PEPPER`` as UTF-8), outside an app."""
+    pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
     return lambda normalised_email: hmac.digest(pepper, normalised_email.encode("utf-8"), "sha256").hex()

@@ -502,7 +502,9 @@ def contacts_import(
             size = binary.seek(0, os.SEEK_END) - start
             binary.seek(start)
             with Progress("import", total=size, unit="bytes") as bar:
-                result = importer.run_import(spec, binary, lambda done: bar.set(done.position - start))
+                result = importer.run_import(
+                    spec, importer.TextLines(binary), lambda _result: bar.set(binary.tell() - start)
+                )
     except importer.ImportError_ as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"dry_run": dry_run, **result.as_dict()}))

@@ -26,7 +26,7 @@ from sqlalchemy import delete, update
 from . import outbox
 from .database import unit_of_work, wipe_free_space
 from .extensions import db
-from .importer import ImportError_, ImportResult, ImportSpec, check_file, run_import
+from .importer import ImportError_, ImportResult, ImportSpec, TextLines, check_file, run_import
 from .models import ContactImport, OutboxJob, utcnow
 from .notices import get_notice
 
@@ -151,7 +151,7 @@ def run_contact_import(job: outbox.ClaimedJob) -> None:
     path = upload_path(import_id)
     try:
         with path.open("rb") as binary:
-            result = run_import(spec, binary, progress)
+            result = run_import(spec, TextLines(binary), progress)
     except (ImportError_, FileNotFoundError) as exc:
         discard(import_id, str(exc) if isinstance(exc, ImportError_) else "the uploaded file is gone")
         return

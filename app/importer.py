@@ -28,30 +28,26 @@ the evidence, kept since ``art14_evidence_since``, can tell).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
-import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
-from flask import current_app
 from flask_babel import gettext
 from sqlalchemy import ColumnElement, exists, func, insert, select
 
 from . import ledger, outbox, provider_sync
-from .addresses import hasher_for
+from .addresses import InvalidInput, clean_name, email_hasher, normalise_email
 from .consent import EARLIEST_CONTACT
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
 from .fastpath import Prepared
-from .import_rows import Checked, Layout, Row, TextLines, checked_batches, checking_process, read_header
-from .import_rows import ImportError_ as ImportError_  # what the CLI and the dashboard catch
-from .import_rows import check_file as check_file
 from .ledger import Evidence
 from .models import ConsentEvent, ServiceMark, Subscription, new_refs, utcnow
 from .notices import LAWFUL_BASES, Notice
@@ -59,9 +55,22 @@ from .vocabulary import LawfulBasis, Status
 
 log = logging.getLogger(__name__)
 
+# Rows per transaction: a commit costs a disk flush, and a few thousand rows hold the write
+# lock for a fraction of a second (bench/README.md, contact import).
+BATCH_SIZE = 5000
 ART14 = "art14"  # the information mail to people whose data was not collected from them
 ART14_INFORMED = "art14_informed"  # the evidence that the mail was handed to a mail server
 IMPORT_SOURCE_PREFIX = "import: "  # how an imported subscription's source begins
+MAX_FIELD = 1000
+csv.field_size_limit(64 * 1024)
+# No CRM export has a line this long; reading one whole would only let a hostile
+# upload fill the worker's memory before the field limit above is reached.
+MAX_LINE = 1024 * 1024
+MUST_BE_UTF8 = "the file must be CSV text in UTF-8: in Excel, save it as \u201cCSV UTF-8\u201d"
+
+
+class ImportError_(ValueError):
+    """The import cannot start (bad mapping, basis or file); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +246,6 @@ def unknown_if_informed(slugs: Iterable[str]) -> int:
 class ImportResult:
     rows: int = 0
     counts: Counter[str] = field(default_factory=Counter)
-    position: int = 0  # how far into the file the rows counted reach, in bytes
 
     def as_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, **{k: self.counts.get(k, 0) for k in ("added", *SKIPS)}}
@@ -246,74 +254,167 @@ class ImportResult:
 SKIPS = ("skipped_suppressed", "skipped_existing", "skipped_duplicate_in_file", "skipped_invalid")
 
 
-# A file this large has its rows checked in a process of its own (``app/import_rows.py``),
-# beside the writing; a smaller one inline, where starting a process (0.3-0.4 s) costs more
-# than the overlap saves.
-CHECK_APART_FROM = 4 * 1024 * 1024  # bytes, about 60,000 rows of address, name and company
+class TextLines:
+    """A CSV file's lines as text for the csv module, from its bytes.
+
+    Decoded line by line (a UTF-8 sequence never holds a newline byte), so an
+    error names the line: not UTF-8, a NUL byte (UTF-16 or binary; PostgreSQL
+    could not store it either), or longer than MAX_LINE. Line ends are kept,
+    and a lone CR ends a line too, as in universal-newline text mode.
+    """
+
+    def __init__(self, binary: IO[bytes]) -> None:
+        self.binary = binary
+        self.number = 0  # the physical line last read
+
+    def __iter__(self) -> Iterator[str]:
+        while raw := self.binary.readline(MAX_LINE + 1):
+            self.number += 1
+            if len(raw) > MAX_LINE:
+                raise ImportError_(f"line {self.number} is longer than {MAX_LINE // 2**20} MiB; {MUST_BE_UTF8}")
+            if b"\x00" in raw:
+                raise ImportError_(
+                    f"line {self.number} holds a NUL byte (a \u201cUnicode text\u201d export is UTF-16); {MUST_BE_UTF8}"
+                )
+            if self.number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ImportError_(
+                    f"line {self.number} is not UTF-8 (a plain \u201cCSV\u201d export from Excel is usually"
+                    f" Windows-1252); {MUST_BE_UTF8}"
+                ) from None
+            yield from (piece for piece in _LONE_CR.split(text) if piece)
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
+def check_file(binary: IO[bytes]) -> list[str]:
+    """Read a whole file before anything is written; its header's columns. Rewinds it.
+
+    Raises ImportError_ for anything that would stop the import part-way, so a
+    bad file is refused having changed nothing.
+    """
+    lines = TextLines(binary)
+    try:
+        header, rows = read_header(lines)
+        for _row in rows:
+            pass
+    except csv.Error as exc:
+        raise ImportError_(f"the file is not valid CSV at line {lines.number}: {exc}") from None
+    binary.seek(0)
+    return header
+
+
+def read_header(lines: Iterable[str]) -> tuple[list[str], Iterator[list[str]]]:
+    """The header row and the rest of the rows, from a text stream (``,`` or ``;``)."""
+    iterator = iter(lines)
+    first = next(iterator, "")
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+    header = next(csv.reader([first], delimiter=delimiter), [])
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    if not header or not any(header):
+        raise ImportError_("the file has no header row")
+
+    def rows() -> Iterator[list[str]]:
+        yield from csv.reader(iterator, delimiter=delimiter)
+
+    return header, rows()
 
 
 def run_import(
-    spec: ImportSpec,
-    binary: IO[bytes],
-    progress: Callable[[ImportResult], None] | None = None,
-    *,
-    apart: bool | None = None,
+    spec: ImportSpec, lines: Iterable[str], progress: Callable[[ImportResult], None] | None = None
 ) -> ImportResult:
-    """Import the rows of a CSV file from where ``binary`` stands (best a file ``check_file``
-    passed). ``progress`` is told after each batch; ``ImportResult.position`` says how far into
-    the file that is. ``apart`` checks the rows in a process of their own; by default a file
-    of ``CHECK_APART_FROM`` bytes or more is, if it has a descriptor (a file, not a buffer)."""
+    """Import the rows of ``lines`` (best a ``TextLines`` of a file ``check_file`` passed)."""
     spec.check()
-    start = binary.tell()
     try:
-        header, _rows = read_header(TextLines(binary))
+        header, rows = read_header(lines)
     except csv.Error as exc:
         raise ImportError_(f"the header row is not valid CSV: {exc}") from None
+    except UnicodeDecodeError:
+        raise ImportError_(MUST_BE_UTF8) from None
     try:
         email_at = header.index(spec.email_column)
     except ValueError:
         raise ImportError_(f"no column named {spec.email_column!r} (columns: {', '.join(header)})") from None
-    layout = Layout(
-        email_at=email_at,
-        name_at=_column(header, spec.name_column) if "name" in spec.notice.fields else None,
-        contact_at=_column(header, spec.last_contact_column),
-        relationship_at=_column(header, spec.relationship_column),
-        added_at=_column(header, spec.added_column),
-        basis=spec.lawful_basis,
-        earliest=EARLIEST_CONTACT.date().isoformat(),
-        today=date.today().isoformat(),
-    )
-    if spec.name_column and "name" not in spec.notice.fields:
-        _column(header, spec.name_column)  # a mapping that names no column is refused all the same
-    binary.seek(start)
-    if apart is None:
-        size = _size(binary)
-        apart = size is not None and size - start >= CHECK_APART_FROM
-    pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
-    result = ImportResult(position=start)
-    batches: AbstractContextManager[Iterator[Checked]]
-    if apart:
-        batches = checking_process(binary, layout, pepper)
-    else:
-        batches = nullcontext(checked_batches(binary, layout, hasher_for(pepper)))
-    with batches as checked_rows:
-        for checked in checked_rows:
-            result.rows, result.position = checked.rows, checked.position
-            result.counts["skipped_invalid"] = checked.invalid
-            result.counts["skipped_duplicate_in_file"] = checked.duplicates
-            if checked.batch:
-                _import_batch(spec, checked.batch, result)
-            if progress:
-                progress(result)
+    name_at = _column(header, spec.name_column)
+    contact_at = _column(header, spec.last_contact_column)
+    relationship_at = _column(header, spec.relationship_column)
+    added_at = _column(header, spec.added_column)
+    today = date.today()
+
+    def cell(row: list[str], at: int | None) -> str:
+        return row[at][:MAX_FIELD].strip() if at is not None and at < len(row) else ""
+
+    result = ImportResult()
+    seen: set[str] = set()
+    batch: list[Row] = []
+    try:
+        for row in rows:
+            result.rows += 1
+            try:
+                email = normalise_email(cell(row, email_at))
+                name = clean_name(cell(row, name_at)) if "name" in spec.notice.fields else None
+                last_contact = _date(cell(row, contact_at), today, "last_contact")
+                added = _date(cell(row, added_at), today, "added_on")
+                relationship = _relationship(cell(row, relationship_at), spec.lawful_basis)
+            except InvalidInput:
+                result.counts["skipped_invalid"] += 1
+                continue
+            if email in seen:
+                result.counts["skipped_duplicate_in_file"] += 1
+                continue
+            seen.add(email)
+            batch.append(Row(email, name, last_contact, relationship, added))
+            if len(batch) >= BATCH_SIZE:
+                _import_batch(spec, batch, result)
+                batch = []
+                if progress:
+                    progress(result)
+    except csv.Error as exc:
+        raise ImportError_(f"the file is not valid CSV near row {result.rows + 1}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ImportError_(f"row {result.rows + 1}: {MUST_BE_UTF8}") from None
+    if batch:
+        _import_batch(spec, batch, result)
+    if progress:
+        progress(result)
     return result
 
 
-def _size(binary: IO[bytes]) -> int | None:
-    """The size of the file behind ``binary``; None when it has no descriptor of its own."""
-    try:
-        return os.fstat(binary.fileno()).st_size
-    except OSError:  # io.UnsupportedOperation (a buffer in memory) is one
-        return None
+class Row(NamedTuple):
+    email: str
+    name: str | None
+    last_contact: datetime | None
+    relationship: str
+    added: datetime | None
+
+
+RELATIONSHIP_WORDS = {
+    "subscriber": "subscriber",
+    "prenumerant": "subscriber",
+    "prospect": "prospect",
+    "prospekt": "prospect",
+    "customer": "customer",
+    "kund": "customer",
+}
+# Someone whose consent we hold is kept while they subscribe, as the notices
+# promise; someone taken from a public page on legitimate interest is a
+# prospect, kept only for the prospect periods.
+DEFAULT_RELATIONSHIP = {"consent": "subscriber", "legitimate_interest": "prospect"}
+
+
+def _relationship(word: str, basis: str) -> str:
+    if not word:
+        return DEFAULT_RELATIONSHIP[basis]
+    relationship = RELATIONSHIP_WORDS.get(word.lower())
+    # A subscriber asked for the newsletter; a contact who never consented cannot
+    # be one, or a harvested address would escape the prospect periods.
+    if relationship is None or (relationship == "subscriber" and basis != "consent"):
+        raise InvalidInput("relationship", "invalid")
+    return relationship
 
 
 def _column(header: list[str], name: str | None) -> int | None:
@@ -324,12 +425,25 @@ def _column(header: list[str], name: str | None) -> int | None:
     return header.index(name)
 
 
-def _import_batch(spec: ImportSpec, batch: list[tuple[str, Row]], result: ImportResult) -> None:
+def _date(value: str, today: date, name: str) -> datetime | None:
+    """A date from a cell: empty, or YYYY-MM-DD from EARLIEST_CONTACT on and not in the future."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        raise InvalidInput(name, "invalid") from None
+    if day > today or day < EARLIEST_CONTACT.date():
+        raise InvalidInput(name, "invalid")
+    return datetime(day.year, day.month, day.day)
+
+
+def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> None:
     """One transaction: the batch's suppressed and held addresses looked up in one query each,
     then the new subscriptions, their chained ``imported`` events and their jobs written as
     one multi-row statement each (the driver's own call, ``app/fastpath.py``)."""
     notice = spec.notice
-    hashed = dict(batch)  # each address's keyed hash, and its row
+    hashed = dict(zip(map(email_hasher(), [row.email for row in batch]), batch, strict=True))
     with unit_of_work() as uow:
         suppressed = _among(uow, "suppressions", notice.slug, list(hashed))
         held = _among(uow, "subscriptions", notice.slug, list(hashed))

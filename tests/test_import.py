@@ -13,9 +13,8 @@ import time_machine
 from sqlalchemy import func, select
 
 from app import importer
-from app.addresses import email_hash
 from app.extensions import db
-from app.import_rows import BATCH_SIZE
+from app.importer import BATCH_SIZE
 from app.models import ConsentEvent, OutboxJob, Subscription
 
 from .support import REPO, link_in, subscribe_and_confirm, text_body, unsubscribe_path
@@ -199,97 +198,6 @@ def test_a_file_piped_to_standard_input_is_checked_whole_before_anything_is_writ
     assert verified.returncode == 0, verified.stderr
 
 
-def munkeby_spec(app):  # type: ignore[no-untyped-def]
-    return importer.ImportSpec(
-        app.extensions["notices"]["munkeby"], "E-post", "Namn", "consent", SOURCE, datetime(2026, 11, 1).date(),
-        "CRM consent log", "test", relationship_column="Relation", added_column="Tillagd",
-    )  # fmt: skip
-
-
-PEOPLE = BATCH_SIZE + 100  # two batches of new addresses
-MIXED = (
-    "E-post;Namn;Relation;Tillagd\n"
-    + "".join(
-        f"p{i}@firma.se;Person {i};{'kund' if i % 3 == 0 else ''};{f'2025-03-0{1 + i % 9}' if i % 2 else ''}\n"
-        for i in range(PEOPLE)
-    )
-    + "not-an-address;Nils;;\n"  # invalid
-    + "P7@FIRMA.SE;Again;;\n"  # a duplicate of p7
-    + "p8@firma.se;Per;friend;\n"  # invalid: no such relationship
-    + "opted.out@example.com;Otto;;\n"
-    + "held@example.com;Hedda;;\n"
-    + "ny@bolag.se;;;2999-01-01\n"  # invalid: added in the future
-)
-
-
-@pytest.mark.parametrize("apart", [False, True], ids=["checked inline", "checked in a process of its own"])
-def test_rows_checked_apart_import_as_rows_checked_inline(app, client, mailbox, runner, tmp_path, apart):
-    """A large file's rows are read and checked in a second process (app/import_rows.py), a
-    small file's inline: the outcome is the same row for row."""
-    gone = subscribe_and_confirm(client, mailbox, "munkeby", "opted.out@example.com")
-    client.post(unsubscribe_path(gone), data={"List-Unsubscribe": "One-Click"})
-    subscribe_and_confirm(client, mailbox, "munkeby", "held@example.com")
-    path = tmp_path / "contacts.csv"
-    path.write_text(MIXED, encoding="utf-8")
-    told = []
-    with app.app_context(), path.open("rb") as binary:
-        result = importer.run_import(munkeby_spec(app), binary, told.append, apart=apart)
-    assert result.as_dict() == {
-        "rows": PEOPLE + 6,
-        "added": PEOPLE,
-        "skipped_suppressed": 1,
-        "skipped_existing": 1,
-        "skipped_duplicate_in_file": 1,
-        "skipped_invalid": 3,
-    }
-    assert len(told) == 2 and told[-1].position == path.stat().st_size  # progress after each batch, to the end
-    with app.app_context():
-        imported = {
-            sub.email: sub
-            for sub in db.session.execute(select(Subscription).where(Subscription.source.startswith("import: ")))
-            .scalars()
-        }
-        assert sorted(imported) == sorted(f"p{i}@firma.se" for i in range(PEOPLE))
-        assert (imported["p3@firma.se"].relationship, imported["p3@firma.se"].created_at.date().isoformat()) == (
-            "customer", "2025-03-04",
-        )  # fmt: skip
-        assert (imported["p8@firma.se"].name, imported["p8@firma.se"].relationship) == ("Person 8", "subscriber")
-        assert imported["p7@firma.se"].name == "Person 7"  # the first of the two rows
-        by_hash = db.session.execute(
-            select(func.count()).select_from(Subscription).where(Subscription.email_hash == email_hash("p5@firma.se"))
-        ).scalar_one()
-        assert by_hash == 1  # hashed under the service's pepper, as every other way in
-    verified = runner.invoke(args=["ledger", "verify"])
-    assert verified.exit_code == 0 and "ok" in verified.output
-
-
-def test_a_file_that_turns_bad_part_way_stops_the_import_with_the_same_message_either_way(app, tmp_path):
-    """Without the check of the whole file first (``check_file``), a bad line after a batch stops
-    the import there, with the line's number, whether the rows are checked inline or apart."""
-    content, where = MALFORMED["Windows-1252 after a whole batch"]
-    path = tmp_path / "contacts.csv"
-    path.write_bytes(content)
-    spec = importer.ImportSpec(
-        app.extensions["notices"]["mysoft"], "E-post", None, "legitimate_interest", SOURCE,
-        datetime(2026, 11, 1).date(), None, "test",
-    )  # fmt: skip
-    for apart in (False, True):
-        with app.app_context(), path.open("rb") as binary, pytest.raises(importer.ImportError_) as refused:
-            importer.run_import(spec, binary, apart=apart)
-        assert where in str(refused.value) and "UTF-8" in str(refused.value)
-        assert counts(app)[0] == BATCH_SIZE  # the first batch, written by the first run; nothing after it
-
-
-def test_a_checking_process_that_dies_ends_the_import_with_an_error_not_a_hang(app, tmp_path, monkeypatch):
-    path = tmp_path / "contacts.csv"
-    path.write_text(MIXED, encoding="utf-8")
-    monkeypatch.setattr(sys, "executable", shutil.which("false"))
-    with app.app_context(), path.open("rb") as binary, pytest.raises(RuntimeError) as failed:
-        importer.run_import(munkeby_spec(app), binary, apart=True)
-    assert str(failed.value) == "the import's checking process ended early (exit code 1)"
-    assert counts(app) == (0, 0, 0)
-
-
 def test_a_batch_that_fails_stops_the_import_with_its_error_and_keeps_what_was_written(app, tmp_path, monkeypatch):
     """Each batch is its own transaction: a failing one ends the import with its error, the
     batches before it stay and none after it is written."""
@@ -311,7 +219,7 @@ def test_a_batch_that_fails_stops_the_import_with_its_error_and_keeps_what_was_w
             datetime(2026, 11, 1).date(), None, "test",
         )  # fmt: skip
         with path.open("rb") as binary, pytest.raises(RuntimeError, match="went away"):
-            importer.run_import(spec, binary)
+            importer.run_import(spec, importer.TextLines(binary))
     assert written == [BATCH_SIZE]
     assert counts(app)[0] == BATCH_SIZE
 
