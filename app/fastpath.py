@@ -1,15 +1,16 @@
 """The driver-level fast path: statements compiled once and run as the DB-API driver's own call.
 
-**What it is for.** The opt-out and webhook path only: the one-click unsubscribe
-(``consent.opt_out.unsubscribe``) and a provider's event (``consent.provider_events``:
-an unsubscribe, complaint or bounce from a webhook or a report), where SQLAlchemy's
-execution layer costs more than the database (``bench/README.md``). It covers the
-statements that path runs and the writes it needs elsewhere: the subscription row, its
+**What it is for.** The hottest write paths only: the one-click unsubscribe
+(``consent.opt_out.unsubscribe``), a provider's event (``consent.provider_events``: an
+unsubscribe, complaint or bounce from a webhook or a report) and the sign-up job every
+sign-up runs after its answer (``consent.signup``), where SQLAlchemy's execution layer
+costs more than the database (``bench/README.md``). It covers the statements those paths
+run and the writes they need elsewhere: the subscription row, its
 update and delete, the suppression and the delivery record (``consent/records.py``,
 ``consent/provider_events.py``), the evidence (``ledger.append``) and the outbox jobs
 (``outbox.enqueue_many``, ``cancel_pending``, ``forget_finished``, and
 ``provider_sync.enqueue_*`` through them). Those shared helpers are called from colder
-paths too (sign-up, erasure, import, purge), inside an ORM unit of work, and run the same
+paths too (confirmation, erasure, import, purge), inside an ORM unit of work, and run the same
 statements there. The contact import also writes its subscriptions through it, thousands of
 rows a call (``send_many`` builds them column by column). Nothing else uses it: every other
 read and write is plain SQLAlchemy (``uow.session.execute(statement, params)`` or ORM

@@ -13,10 +13,11 @@ import shutil
 from sqlalchemy import select
 
 from app import create_app
+from app.consent import signup
 from app.extensions import db
 from app.models import ConsentEvent, OutboxJob, Subscription
 
-from .support import REPO, sign_up
+from .support import REPO, link_in, sign_up, subscribe_and_confirm, unsubscribe_path
 
 
 def signup_jobs(app) -> list[OutboxJob]:  # type: ignore[no-untyped-def]
@@ -83,3 +84,72 @@ def test_an_erasure_takes_a_sign_up_still_waiting_with_it(app, client, runner, m
     [job] = signup_jobs(app)
     assert job.state == "done" and "cia" not in json.dumps(job.payload).lower()
     assert not held(app, "cia@example.com") and mailbox.to("cia@example.com") == []
+
+
+def subscription(app, address: str) -> Subscription:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        sub = db.session.execute(select(Subscription).where(Subscription.email == address)).scalar_one()
+        db.session.expunge(sub)
+        return sub
+
+
+def test_a_second_sign_up_while_pending_takes_the_latest_name_and_language(app, client, mailbox):
+    sign_up(client, "munkeby", "erik@example.com", "Erik")
+    first = subscription(app, "erik@example.com")
+    sign_up(client, "munkeby", "erik@example.com", "Erik Ek", **{"Accept-Language": "en"})
+    again = subscription(app, "erik@example.com")
+    assert (again.id, again.ref, again.status) == (first.id, first.ref, "pending")
+    assert again.confirm_nonce == first.confirm_nonce  # the link already mailed stays good
+    assert (first.name, first.lang, again.name, again.lang) == ("Erik", "sv", "Erik Ek", "en")
+    sign_up(client, "munkeby", "erik@example.com")  # no name given: the one held stays
+    assert subscription(app, "erik@example.com").name == "Erik Ek"
+    confirm = link_in(mailbox.last("erik@example.com"), "confirm")  # the newest mail's link, same nonce
+    assert client.post(confirm).status_code == 200
+    assert subscription(app, "erik@example.com").status == "subscribed"
+
+
+def test_signing_up_again_after_opting_out_asks_for_a_new_confirmation(app, client, mailbox):
+    """Munkeby keeps an unsubscribed person (its notice's rule); signing up again makes the same
+    subscription pending under a new nonce, so the first confirmation link stays spent."""
+    subscribe_and_confirm(client, mailbox, "munkeby", "frida@example.com", "Frida")
+    old_confirm = link_in(mailbox.to("frida@example.com")[0], "confirm")
+    client.post(unsubscribe_path(mailbox.last("frida@example.com")), data={"List-Unsubscribe": "One-Click"})
+    gone = subscription(app, "frida@example.com")
+    assert gone.status == "unsubscribed" and gone.unsubscribed_at is not None
+    sign_up(client, "munkeby", "frida@example.com", "Frida Nyman")
+    back = subscription(app, "frida@example.com")
+    assert (back.id, back.status, back.unsubscribed_at, back.name) == (gone.id, "pending", None, "Frida")
+    assert back.confirm_nonce and back.confirm_nonce != gone.confirm_nonce
+    assert client.post(old_confirm).status_code == 410
+    assert client.post(link_in(mailbox.last("frida@example.com"), "confirm")).status_code == 200
+    assert subscription(app, "frida@example.com").status == "subscribed"
+
+
+def test_a_sign_up_that_loses_the_race_to_insert_retries_and_keeps_the_winners_row(app, client, mailbox, monkeypatch):
+    """Two first sign-ups of one address in two processes may both find no row and both insert;
+    the unique key refuses the second (on PostgreSQL when its held-back insert goes out with the
+    next statement), which then runs again, finds the first one's row and records its request."""
+    sign_up(client, "munkeby", "gun@example.com", "Gun")
+    winner = subscription(app, "gun@example.com")
+    real = signup.subscription_row
+    missed = []
+
+    def first_misses(uow, target):  # type: ignore[no-untyped-def]
+        if not missed:
+            missed.append(target)
+            return None  # as if the other process had not committed yet when this one looked
+        return real(uow, target)
+
+    monkeypatch.setattr(signup, "subscription_row", first_misses)
+    assert sign_up(client, "munkeby", "gun@example.com", "Gun Ek").status_code == 303
+    assert missed
+    assert [job.state for job in signup_jobs(app)] == ["done", "done"]
+    with app.app_context():
+        subs = db.session.execute(select(Subscription).where(Subscription.email == "gun@example.com")).scalars().all()
+        requested = ConsentEvent.type == "signup_requested"
+        events = db.session.execute(
+            select(ConsentEvent.type).where(ConsentEvent.subscription_ref == winner.ref, requested)
+        ).scalars().all()
+    assert [(sub.id, sub.name) for sub in subs] == [(winner.id, "Gun Ek")]
+    assert len(events) == 2  # each request recorded once, on the one subscription
+    assert len(mailbox.to("gun@example.com")) == 2

@@ -179,8 +179,9 @@ _SUPPRESSIONS = Suppression.__table__
 _INSERT_SUPPRESSION = insert_if_new(_SUPPRESSIONS, "notice", "email_hash")
 
 
-def queue_mail(uow: UnitOfWork, sub: Subscription, template: str) -> None:
-    outbox.run_after_commit(uow, "mail", notice=sub.notice, subscription_ref=sub.ref, payload={"template": template})
+def queue_mail(uow: UnitOfWork, notice: str, ref: str, template: str) -> None:
+    """A subscriber mail to the subscription ``ref``, sent once the unit of work has committed."""
+    outbox.run_after_commit(uow, "mail", notice=notice, subscription_ref=ref, payload={"template": template})
 
 
 def delete_personal_data(uow: UnitOfWork, sub: Held, reason: str) -> Evidence:
