@@ -160,9 +160,14 @@ def init_app(app: Flask, run: Callable[[int], None]) -> None:
             sender.submit_sequencing(sequence)
 
 
+def later() -> bool:
+    """Whether work handed to ``schedule`` now waits for a request's answer (else it runs at once)."""
+    return has_request_context() and "after_response" in current_app.extensions
+
+
 def schedule(job_id: int, run_now: Callable[[int], None]) -> None:
     """Run a committed job after this request's answer; at once when there is no request."""
-    if has_request_context() and "after_response" in current_app.extensions:
+    if later():
         g.setdefault("after_response_jobs", []).append(job_id)
     else:
         run_now(job_id)

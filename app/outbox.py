@@ -90,12 +90,24 @@ def run_after_commit(
 ) -> None:
     """A job this process runs once the unit of work has committed (a subscriber's mail, so
     sign-up works with no worker running): in a request, after its answer (``after_response``);
-    elsewhere at once. If that attempt fails or never comes, ``outbox run`` does the job."""
-    [row] = uow.run(
-        _INSERT_ONE, {"kind": kind, "notice": notice, "subscription_ref": subscription_ref, "payload": payload}
-    )
-    job_id = row.id
-    uow.after_commit(lambda: after_response.schedule(job_id, run_now))
+    elsewhere at once. If that attempt fails or never comes, ``outbox run`` does the job.
+
+    A job run at once (the confirmation mail of a sign-up job, run by the thread that ran
+    that job) is written already claimed, leased to this process as ``run_now``'s claim
+    would: that saves the claim's transaction. If the process dies before it has run the
+    job, the worker takes it once the lease has run out (``OUTBOX_LEASE_SECONDS``), where it
+    would take a job left pending at its next round.
+    """
+    values = {"kind": kind, "notice": notice, "subscription_ref": subscription_ref, "payload": payload}
+    if after_response.later():
+        [row] = uow.run(_INSERT_ONE, values)
+        job_id = row.id
+        uow.after_commit(lambda: after_response.schedule(job_id, run_now))
+        return
+    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
+    [row] = uow.run(_INSERT_ONE, {**values, "state": "running", "attempts": 1, "locked_until": utcnow() + lease})
+    job = ClaimedJob(row.id, kind, notice, subscription_ref, payload, 1)
+    uow.after_commit(lambda: _process(job))
 
 
 def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import time_machine
 from sqlalchemy import select
 
+from app import outbox
 from app.extensions import db
 from app.models import LedgerHead
 
@@ -63,6 +66,27 @@ def test_a_confirmation_mail_the_web_process_never_sent_is_sent_by_the_worker(
     assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
     [mail] = mailbox.to("anna@example.com")
     assert client.post(link_in(mail, "confirm")).status_code == 200
+
+
+def test_a_mail_written_claimed_by_a_thread_that_died_is_sent_by_the_worker_once_its_lease_ends(
+    app, client, mailbox, runner, monkeypatch
+):
+    """The sign-up job writes its confirmation mail already leased to its own thread, which runs
+    it right after the commit; if the process dies in between, the lease keeps the worker off the
+    job until it runs out, then the worker sends it."""
+    real = outbox._process
+    monkeypatch.setattr(outbox, "_process", lambda job: None if job.kind == "mail" else real(job))
+    assert sign_up(client, "munkeby", "anna@example.com").status_code == 303
+    monkeypatch.undo()
+    assert mailbox.to("anna@example.com") == []
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    assert mailbox.to("anna@example.com") == []  # still leased to the thread that died
+    assert json.loads(runner.invoke(args=["outbox", "status"]).stdout)["counts"]["running"] == 1
+    lease = app.config["OUTBOX_LEASE_SECONDS"]
+    with time_machine.travel(datetime.now(UTC) + timedelta(seconds=lease + 1)):
+        assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+        [mail] = mailbox.to("anna@example.com")
+        assert client.post(link_in(mail, "confirm")).status_code == 200
 
 
 @pytest.mark.e2e  # a worker process
