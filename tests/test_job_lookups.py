@@ -1,0 +1,71 @@
+"""A person's queued jobs are reached through their reference, on SQLite too.
+
+SQLite keeps no statistics, so given "these people's jobs, still pending or running" it
+prefers the index that leads with the job's state, ``ix_outbox_jobs_due``, and walks every
+pending job in the queue: after an import or in the middle of a purge, hundreds of
+thousands, once for every batch (bench/README.md, retention purge). Here a purge runs
+while other jobs wait, every statement it sends about jobs by their people's references
+is explained as it was sent, and none may walk the queue by state or the whole table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from sqlalchemy import event
+
+from app.extensions import db
+
+from .support import link_in, sign_up, subscribe_and_confirm
+
+JOBS_BY_REF = re.compile(r"\boutbox_jobs\b.*\bWHERE\b.*\bsubscription_ref\b", re.DOTALL | re.IGNORECASE)
+START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def database_url(sqlite_database_url: str) -> str:
+    """SQLite only: PostgreSQL plans from statistics, and its plans are checked by the benchmarks."""
+    return sqlite_database_url
+
+
+def test_a_purge_finds_its_peoples_queued_jobs_by_reference_not_by_walking_the_queue(
+    app, client, mailbox, runner, monkeypatch
+):
+    with time_machine.travel(START, tick=True):
+        for i in range(3):
+            welcome = subscribe_and_confirm(client, mailbox, "munkeby", f"gone{i}@firma.se")
+            client.post(link_in(welcome, "unsubscribe"), data={"List-Unsubscribe": "One-Click"})
+    # Others' sign-ups wait in the queue (their web process never sent the mail).
+    monkeypatch.setattr(app.extensions["after_response"], "run", lambda job_id: None)
+    for i in range(3):
+        sign_up(client, "munkeby", f"waiting{i}@firma.se")
+    monkeypatch.undo()
+
+    sent: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not executemany and JOBS_BY_REF.search(statement) and not statement.startswith("EXPLAIN"):
+            sent.append((statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with time_machine.travel(START + timedelta(days=366), tick=True):
+            result = runner.invoke(args=["retention", "purge"])
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["purged"] == {"munkeby": {"unsubscribed_days": 3}}
+    assert sent, "the purge sent no statement about its people's jobs"
+    walks = []
+    with app.app_context(), db.engine.connect() as conn:
+        for statement, parameters in sent:
+            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            if any(re.search(r"SCAN outbox_jobs\b|\bix_outbox_jobs_due\b", step) for step in plan):
+                walks.append(f"{' '.join(statement.split())[:200]} -> {plan}")
+    assert walks == []
