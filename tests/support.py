@@ -23,7 +23,7 @@ import requests
 from aiosmtpd.controller import Controller
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 
 from app.addresses import email_hash
 from app.extensions import db
@@ -51,6 +51,38 @@ class SettledClient(FlaskClient):
         if sender is not None:
             assert sender.wait_idle(timeout=60), "mail handed over after the response was not sent within 60 s"
         return response
+
+
+@contextmanager
+def statements_sent(app: Flask, pattern: re.Pattern[str]) -> Iterator[list[tuple[str, object]]]:
+    """The statements matching ``pattern`` the service sends inside the block, each as it was
+    sent: (statement, parameters); many-row calls and EXPLAINs are left out."""
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if not executemany and pattern.search(statement) and not statement.startswith("EXPLAIN"):
+            seen.append((statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def plans_with(app: Flask, statements: list[tuple[str, object]], step: str) -> list[str]:
+    """The statements whose SQLite query plan has a step matching the regular expression
+    ``step``, each shortened with its plan (SQLite keeps no statistics: its plan follows from
+    the statement's shape alone)."""
+    found = []
+    with app.app_context(), db.engine.connect() as conn:
+        for statement, parameters in statements:
+            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+            if any(re.search(step, line) for line in plan):
+                found.append(f"{' '.join(statement.split())[:200]} -> {plan}")
+    return found
 
 
 # (args, stderr) of every CLI run, read by the log audit (tests/log_audit.py) after each test.

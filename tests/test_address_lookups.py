@@ -16,12 +16,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import event
-
-from app.extensions import db
 
 from .fakes.mailchimp import FakeMailchimp
-from .support import link_in, provider_env, subscribe_and_confirm, unsubscribe_path
+from .support import link_in, plans_with, provider_env, statements_sent, subscribe_and_confirm, unsubscribe_path
 
 ADDRESS_LOOKUP = re.compile(r"\bFROM subscriptions\b.*\bWHERE\b.*\bemail_hash\b", re.DOTALL | re.IGNORECASE)
 
@@ -40,28 +37,13 @@ def app_env(app_env: dict[str, str], mailchimp: FakeMailchimp) -> dict[str, str]
 @pytest.fixture
 def sent(app) -> Iterator[list[tuple[str, object]]]:  # type: ignore[no-untyped-def]
     """The address lookups the service sends while the test runs: (statement, parameters)."""
-    seen: list[tuple[str, object]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if not executemany and ADDRESS_LOOKUP.search(statement) and not statement.startswith("EXPLAIN"):
-            seen.append((statement, parameters))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    yield seen
-    event.remove(engine, "before_cursor_execute", record)
+    with statements_sent(app, ADDRESS_LOOKUP) as seen:
+        yield seen
 
 
 def walks(app, lookups: list[tuple[str, object]]) -> list[str]:  # type: ignore[no-untyped-def]
     """The lookups whose plan reads subscriptions by a whole scan or by a notice's index."""
-    found = []
-    with app.app_context(), db.engine.connect() as conn:
-        for statement, parameters in lookups:
-            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
-            if any(re.search(r"SCAN subscriptions\b|\bix_subscriptions_notice", step) for step in plan):
-                found.append(f"{' '.join(statement.split())[:200]} -> {plan}")
-    return found
+    return plans_with(app, lookups, r"SCAN subscriptions\b|\bix_subscriptions_notice")
 
 
 def test_an_old_link_after_delete_and_sign_up_again_finds_the_person_by_the_address_key(app, client, mailbox, sent):

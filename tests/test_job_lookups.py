@@ -16,11 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
-from sqlalchemy import event
 
-from app.extensions import db
-
-from .support import link_in, sign_up, subscribe_and_confirm
+from .support import link_in, plans_with, sign_up, statements_sent, subscribe_and_confirm
 
 JOBS_BY_REF = re.compile(r"\boutbox_jobs\b.*\bWHERE\b.*\bsubscription_ref\b", re.DOTALL | re.IGNORECASE)
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -45,27 +42,9 @@ def test_a_purge_finds_its_peoples_queued_jobs_by_reference_not_by_walking_the_q
         sign_up(client, "munkeby", f"waiting{i}@firma.se")
     monkeypatch.undo()
 
-    sent: list[tuple[str, object]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if not executemany and JOBS_BY_REF.search(statement) and not statement.startswith("EXPLAIN"):
-            sent.append((statement, parameters))
-
-    with app.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with time_machine.travel(START + timedelta(days=366), tick=True):
-            result = runner.invoke(args=["retention", "purge"])
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with time_machine.travel(START + timedelta(days=366), tick=True), statements_sent(app, JOBS_BY_REF) as sent:
+        result = runner.invoke(args=["retention", "purge"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["purged"] == {"munkeby": {"unsubscribed_days": 3}}
     assert sent, "the purge sent no statement about its people's jobs"
-    walks = []
-    with app.app_context(), db.engine.connect() as conn:
-        for statement, parameters in sent:
-            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
-            if any(re.search(r"SCAN outbox_jobs\b|\bix_outbox_jobs_due\b", step) for step in plan):
-                walks.append(f"{' '.join(statement.split())[:200]} -> {plan}")
-    assert walks == []
+    assert plans_with(app, sent, r"SCAN outbox_jobs\b|\bix_outbox_jobs_due\b") == []
