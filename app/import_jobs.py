@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import IO
 
@@ -136,8 +136,6 @@ def run_contact_import(job: outbox.ClaimedJob) -> None:
         late = spec.art14_warning(date.today())
     if late:
         log.warning("import %s: %s", import_id, late)
-    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
-
     def progress(result: ImportResult) -> None:
         with unit_of_work() as uow:
             uow.session.execute(
@@ -145,7 +143,7 @@ def run_contact_import(job: outbox.ClaimedJob) -> None:
                 .where(ContactImport.id == import_id)
                 .values(state="running", rows=result.rows, counts=result.as_dict())
             )
-            uow.session.execute(update(OutboxJob).where(OutboxJob.id == job_id).values(locked_until=utcnow() + lease))
+            uow.session.execute(update(OutboxJob).where(OutboxJob.id == job_id).values(locked_until=outbox.lease_end()))
 
     progress(ImportResult())
     path = upload_path(import_id)

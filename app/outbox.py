@@ -17,7 +17,7 @@ import re
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
@@ -104,8 +104,7 @@ def run_after_commit(
         job_id = row.id
         uow.after_commit(lambda: after_response.schedule(job_id, run_now))
         return
-    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
-    [row] = uow.run(_INSERT_ONE, {**values, "state": "running", "attempts": 1, "locked_until": utcnow() + lease})
+    [row] = uow.run(_INSERT_ONE, {**values, "state": "running", "attempts": 1, "locked_until": lease_end()})
     job = ClaimedJob(row.id, kind, notice, subscription_ref, payload, 1)
     uow.after_commit(lambda: _process(job))
 
@@ -117,6 +116,11 @@ def enqueue_many(uow: UnitOfWork, jobs: list[dict[str, Any]]) -> None:
 
 _INSERT = Prepared(insert(OutboxJob.__table__))
 _INSERT_ONE = Prepared(insert(OutboxJob.__table__).returning(OutboxJob.__table__.c.id))
+
+
+def lease_end(now: datetime | None = None) -> datetime:
+    """Until when a job taken now is this process's (``OUTBOX_LEASE_SECONDS`` from ``now``)."""
+    return (now or utcnow()) + timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -150,7 +154,6 @@ def _claim(limit: int) -> list[ClaimedJob]:
     ``UPDATE ... RETURNING`` that hands back every column a handler needs.
     """
     now = utcnow()
-    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
     due = select(OutboxJob.id).where(
         or_(
             (OutboxJob.state == "pending") & (OutboxJob.next_attempt_at <= now),
@@ -162,7 +165,7 @@ def _claim(limit: int) -> list[ClaimedJob]:
     statement = (
         update(OutboxJob)
         .where(OutboxJob.id.in_(due.with_for_update(skip_locked=True).scalar_subquery()))
-        .values(state="running", locked_until=now + lease, attempts=OutboxJob.attempts + 1)
+        .values(state="running", locked_until=lease_end(now), attempts=OutboxJob.attempts + 1)
         .returning(
             OutboxJob.id,
             OutboxJob.kind,
@@ -291,9 +294,8 @@ def run_now(job_id: int) -> None:
     The claim is one prepared statement on the job's key: the due-jobs query of ``_claim``
     (its ordering and its subquery) has nothing to choose between here.
     """
-    lease = timedelta(seconds=current_app.config["OUTBOX_LEASE_SECONDS"])
     with unit_of_work(orm=False) as uow:
-        rows = uow.run(_CLAIM_ONE, {"job_id": job_id, "until": utcnow() + lease})
+        rows = uow.run(_CLAIM_ONE, {"job_id": job_id, "until": lease_end()})
     for row in rows:  # none if a worker took it first
         _process(ClaimedJob.of(row))
 
