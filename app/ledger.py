@@ -16,7 +16,6 @@ import hmac
 import json
 import multiprocessing
 import os
-import secrets
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from .database import AnySession, UnitOfWork, unit_of_work
 from .fastpath import Prepared
-from .models import EVENT_IDS, ConsentEvent, EventDetail, LedgerHead, utcnow
+from .models import EVENT_IDS, ConsentEvent, EventDetail, LedgerHead, random_hex, utcnow
 
 if TYPE_CHECKING:
     from .notices import Notice
@@ -181,7 +180,7 @@ def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None)
     # Items often share one facts mapping (an import's, a purge's): each is encoded once.
     encoded: dict[int, str] = {}
     # Each details row's own 16 random bytes, all from one read of the system's random source.
-    salts = _salts(sum(1 for item in items if item.details))
+    salts = iter(random_hex(sum(1 for item in items if item.details), 16))
     for event_id, item in zip(ids, items, strict=True):
         digest = None
         if item.details:
@@ -232,12 +231,6 @@ def append(uow: UnitOfWork, items: list[Evidence], *, chain: bool | None = None)
     uow.send_many(_INSERT_EVENTS, events)
     uow.send_many(_INSERT_DETAILS, details)
     return len(items)
-
-
-def _salts(count: int) -> Iterator[str]:
-    """``count`` salts of 16 random bytes each, as hex."""
-    digits = secrets.token_hex(16 * count)
-    return (digits[i : i + 32] for i in range(0, 32 * count, 32))
 
 
 def _allocate_ids(uow: UnitOfWork, count: int) -> list[int]:

@@ -49,8 +49,14 @@ def new_ref() -> str:
 def new_refs(count: int) -> list[str]:
     """``count`` references (see ``new_ref``) from one read of the system's random source."""
     second = f"{int(time.time()) & 0xFFFFFFFF:08x}"
-    digits = secrets.token_hex(12 * count)
-    return [second + digits[i : i + 24] for i in range(0, 24 * count, 24)]
+    return [second + digits for digits in random_hex(count, 12)]
+
+
+def random_hex(count: int, size: int) -> list[str]:
+    """``count`` strings of ``size`` random bytes each, as hex, from one read of the system's
+    random source (a read per string costs a bulk write more than the rest of a row)."""
+    digits = secrets.token_hex(size * count)
+    return [digits[i : i + 2 * size] for i in range(0, 2 * size * count, 2 * size)]
 
 
 class NoticeVersion(Model):
