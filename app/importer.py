@@ -40,14 +40,14 @@ from datetime import date, datetime, timedelta
 from typing import IO, Any, NamedTuple
 
 from flask_babel import gettext
-from sqlalchemy import ColumnElement, exists, func, insert, select
+from sqlalchemy import ColumnElement, exists, func, select
 
 from . import ledger, outbox, provider_sync
 from .addresses import InvalidInput, clean_name, email_hasher, normalise_email
 from .consent import EARLIEST_CONTACT
+from .consent.records import INSERT_SUBSCRIPTION
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
-from .fastpath import Prepared
 from .ledger import Evidence
 from .models import ConsentEvent, ServiceMark, Subscription, new_refs, utcnow
 from .notices import LAWFUL_BASES, Notice
@@ -478,7 +478,7 @@ def _import_batch(spec: ImportSpec, batch: list[Row], result: ImportResult) -> N
             }
             for ref, (h, row) in zip(new_refs(len(fresh)), fresh, strict=True)
         ]
-        uow.send_many(_INSERT_SUBSCRIPTIONS, subs)
+        uow.send_many(INSERT_SUBSCRIPTION, subs)
         common = {
             "lawful_basis": spec.lawful_basis,
             "source": spec.source,
@@ -540,5 +540,3 @@ _HELD_AMONG = {
         "SELECT email_hash FROM subscriptions WHERE notice = ? AND email_hash IN (SELECT value FROM json_each(?))",
 }  # fmt: skip
 
-
-_INSERT_SUBSCRIPTIONS = Prepared(insert(Subscription.__table__))

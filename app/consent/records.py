@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
@@ -129,6 +129,8 @@ def write_columns(uow: UnitOfWork, sub: Held, **values: Any) -> None:
 
 
 _SUBSCRIPTIONS = Subscription.__table__
+# New subscriptions through the driver: a sign-up job's one, an import's thousands a call.
+INSERT_SUBSCRIPTION = Prepared(insert(_SUBSCRIPTIONS))
 _SUBSCRIPTION_ROW = Prepared(
     select(_SUBSCRIPTIONS)
     .where(_SUBSCRIPTIONS.c.notice == bindparam("notice"), _SUBSCRIPTIONS.c.email_hash == bindparam("h"))

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, func, insert, or_, select
+from sqlalchemy import bindparam, delete, func, or_, select
 
 from .. import ledger, outbox, provider_sync
 from ..addresses import InvalidInput, clean_name, email_hash, normalise_email
@@ -21,6 +21,7 @@ from ..ledger import Evidence
 from ..models import ConsentEvent, EventDetail, OutboxJob, Subscription, Suppression, new_ref, utcnow
 from ..notices import Notice, get_notice
 from .records import (
+    INSERT_SUBSCRIPTION,
     Facts,
     Target,
     queue_mail,
@@ -94,7 +95,7 @@ def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, na
         if held is None:
             ref = new_ref()
             uow.send(
-                _NEW_PENDING,
+                INSERT_SUBSCRIPTION,
                 {
                     "ref": ref,
                     "notice": notice.slug,
@@ -137,8 +138,6 @@ def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, na
         queue_mail(uow, notice.slug, ref, "confirmation")
 
 
-_SUBSCRIPTIONS = Subscription.__table__
-_NEW_PENDING = Prepared(insert(_SUBSCRIPTIONS))
 _EVENTS = ConsentEvent.__table__
 _CONFIRMATIONS_SINCE = Prepared(
     select(func.count().label("sent"))
