@@ -1,7 +1,7 @@
 """Provider limits are the account's: two outbox workers together keep under them.
 
 Mailchimp allows 10 simultaneous connections per account, APSIS 100 requests a second.
-Each worker pacing itself alone would let two of them use twice that. With
+Each worker keeping to them alone would let two of them use twice that. With
 ``RATELIMIT_STORAGE_URL`` on Redis the counters are shared, and the fakes (which count
 per account, as the providers do) see the limit kept.
 """
@@ -56,12 +56,11 @@ def test_two_workers_together_keep_under_the_apsis_account_rate(app, app_env, ru
         f"APSIS: {len(times)} requests at {average:.1f}/s on average, {apsis.max_per_second} in the busiest "
         f"second, {apsis.count_429} answered 429"
     )
-    # Over the whole drain the two workers together keep under the account's 100 a second
-    # (each alone paces at 90: unshared, they would send 180). Within one second the fake
-    # may count a few more: requests let through on time can reach it late and together
-    # when this 2-core host is busy, and the client retries what is then refused.
+    # The two workers share the account's places (each alone would take 100 a second): the
+    # fake, which counts arrivals as APSIS does, never saw more than 100 in one second,
+    # however late the busy 2-core host let a request leave, and refused none.
+    assert apsis.max_per_second <= 100 and apsis.count_429 == 0
     assert average <= 100
-    assert apsis.max_per_second <= 110
 
 
 def test_two_workers_together_keep_to_ten_mailchimp_connections(app, app_env, runner, mailchimp, redis_url):

@@ -6,7 +6,6 @@ The real adapter talks HTTP to a fake APSIS server on 127.0.0.1 (tests/fakes).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -90,34 +89,6 @@ def test_unconfigured_provider_keeps_jobs_pending_visibly(app, app_env, client, 
     waiting = status["waiting_for_configuration"]
     assert sum(w["jobs"] for w in waiting) == 2
     assert all(w["notice"] == "mysoft" and "APSIS_CLIENT_ID" in w["reason"] for w in waiting)
-
-
-def test_the_pacer_never_lets_more_than_the_limit_through_in_any_second():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.providers.apsis import _Pacer
-
-    pacer = _Pacer(95)
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        sent = sorted(pool.map(lambda _: pacer.wait(), range(200)))
-    busiest = max(sum(1 for t in sent[i:] if t - start < 1.0) for i, start in enumerate(sent))
-    assert busiest <= 95
-    assert len(sent) == 200
-
-
-def test_the_profile_pacer_keeps_one_profile_under_its_own_limit():
-    from concurrent.futures import ThreadPoolExecutor
-
-    from app.providers.apsis import _ProfilePacer
-
-    pacer = _ProfilePacer(9)
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        list(pool.map(lambda i: pacer.wait("same" if i % 2 else f"other{i}"), range(40)))
-    # 20 requests for one profile at 9 a second need more than two seconds;
-    # the 20 for other profiles do not wait at all.
-    assert time.monotonic() - started >= 2.0
-    assert len(pacer.sent.get("same", ())) <= 9
 
 
 def test_a_dead_letter_can_be_discarded_on_record_and_forgets_the_address(app, client, mailbox, runner, apsis):
