@@ -35,6 +35,22 @@ def service_env(instance: Path, database: str, **extra: str) -> dict[str, str]:
     }
 
 
+def shared_limits() -> dict[str, str]:
+    """Settings for several workers of one service: the providers' account limits counted in
+    Redis (``BENCH_REDIS_URL``, by default this machine's server), as the README asks of more
+    than one worker. Empty, and the workers count alone, when no Redis answers there."""
+    import redis
+
+    url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        for key in client.scan_iter("provider-*"):  # an earlier run's leases would hold places
+            client.delete(key)
+    except redis.RedisError:
+        return {}
+    return {"RATELIMIT_STORAGE_URL": url}
+
+
 def subscription_row(
     address: str, email_hash: str, notice: str, version: str, status: str, at: datetime, **extra: Any
 ) -> dict[str, Any]:

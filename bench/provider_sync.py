@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import empty_database, label, report, service_env  # noqa: E402  (bench/ is on the path)
+from harness import empty_database, label, report, service_env, shared_limits  # noqa: E402  (bench/ is on the path)
 
 from app import create_app  # noqa: E402
 from app.extensions import db  # noqa: E402
@@ -132,11 +132,13 @@ def bench_apsis(database: str, profiles: int) -> list[str]:
 
 def bench_outbox_workers(database: str, members: int, counts: tuple[int, ...] = (1, 2, 4)) -> list[str]:
     """``members`` opt-outs drained by 1, 2 and 4 ``outbox run`` processes side by side in
-    one run: how the worker side grows with processes (each holds up to 10 provider calls)."""
+    one run: how the worker side grows with processes, which together keep to Mailchimp's 10
+    connections by counting them in Redis (``harness.shared_limits``)."""
     rows = []
     for workers in counts:
         with tempfile.TemporaryDirectory() as tmp, fake_in_own_process(_start_mailchimp) as (settings, figures):
-            env = service_env(Path(tmp), database, **settings)
+            shared = shared_limits()
+            env = service_env(Path(tmp), database, **settings, **shared)
             app = create_app(env=env)
             with app.app_context():
                 empty_database()
@@ -167,6 +169,7 @@ def bench_outbox_workers(database: str, members: int, counts: tuple[int, ...] = 
         rows.append(
             f"| outbox run x {workers}: {members:,} Mailchimp opt-outs, {label(database)} | {seconds:.1f} s "
             f"({members / seconds:,.0f} jobs/s) | grows with workers | start-up included; "
+            f"{'limits shared in Redis' if shared else 'no Redis: each worker counts its connections alone'}; "
             f"{figures['requests']} calls, max {figures['max_concurrent']} at once, {left} not done |"
         )
     return rows
