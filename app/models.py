@@ -194,7 +194,10 @@ class OutboxJob(Model):
     """Work to do after a commit: a mail to send, later a provider call."""
 
     __tablename__ = "outbox_jobs"
-    __table_args__ = (Index("ix_outbox_jobs_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_jobs_due", "state", "next_attempt_at"),
+        Index("ix_outbox_jobs_kind_state", "kind", "state"),  # the few waiting jobs of one kind
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))

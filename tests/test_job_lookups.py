@@ -48,3 +48,34 @@ def test_a_purge_finds_its_peoples_queued_jobs_by_reference_not_by_walking_the_q
     assert json.loads(result.stdout)["purged"] == {"munkeby": {"unsubscribed_days": 3}}
     assert sent, "the purge sent no statement about its people's jobs"
     assert plans_with(app, sent, r"SCAN outbox_jobs\b|\bix_outbox_jobs_due\b") == []
+
+
+JOBS_BY_KIND = re.compile(r"\boutbox_jobs\b.*\bWHERE\b.*\bkind\b", re.DOTALL | re.IGNORECASE)
+
+
+def test_an_erasure_finds_the_persons_waiting_sign_up_without_walking_the_queue(app, client, mailbox, runner):
+    """An erasure cancels the person's sign-up still waiting in the outbox (it holds the address
+    and would mail them); it reaches the waiting sign-ups by their kind, not by walking every
+    pending job (after an import, hundreds of thousands of them) while it holds the write lock."""
+    from .support import queue_sync_jobs
+
+    with app.app_context():
+        queue_sync_jobs("munkeby", 300, "unsubscribed", "sync_optout")
+    waiting = app.extensions["after_response"]
+    run = waiting.run
+    waiting.run = lambda job_id: None  # the web process dies before it runs the sign-up
+    try:
+        assert sign_up(client, "munkeby", "changed.mind@firma.se").status_code == 303
+    finally:
+        waiting.run = run
+
+    with statements_sent(app, JOBS_BY_KIND) as sent:
+        erased = runner.invoke(args=["subjects", "erase", "changed.mind@firma.se"])
+    assert json.loads(erased.stdout) == {"erased": ["munkeby"]}  # the queue held the address
+    assert sent, "the erasure sent no statement about waiting sign-ups"
+    assert plans_with(app, sent, r"SCAN outbox_jobs\b|\bix_outbox_jobs_due\b") == []
+
+    with app.app_context():
+        app.config.update(MAILCHIMP_API_KEY="")  # the sync jobs stay waiting; only mail would go
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    assert mailbox.to("changed.mind@firma.se") == []

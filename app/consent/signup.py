@@ -268,16 +268,18 @@ def resend_confirmation(payload: dict[str, Any], facts: Facts) -> None:
         )
         queue_mail(uow, sub.notice, sub.ref, "confirmation")
 
-def cancel_queued_signups(uow: UnitOfWork, ehash: str) -> bool:
+def cancel_queued_signups(uow: UnitOfWork, ehash: str) -> set[str]:
     """A sign-up of the address still waiting in the outbox goes with the erasure: it would
-    otherwise hold the address and, once run, mail the person who just asked to be erased."""
+    otherwise hold the address and, once run, mail the person who just asked to be erased.
+    Answers the notices of those cancelled. The waiting sign-ups are found by their kind
+    (``ix_outbox_jobs_kind_state``), not among every pending job."""
     waiting = uow.session.execute(
         select(OutboxJob).where(OutboxJob.kind == SIGNUP_JOB, OutboxJob.state == "pending")
     ).scalars()
-    cancelled = False
+    cancelled = set()
     for job in waiting:
         address = job.payload.get("personal_email")
         if isinstance(address, str) and email_hash(address) == ehash:
             job.state, job.finished_at, job.last_error, job.payload = "done", utcnow(), "cancelled", {}
-            cancelled = True
+            cancelled.add(job.notice or "")
     return cancelled

@@ -51,10 +51,11 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
     for sub in subs:
         evidence.append(_erasure_requested(sub, facts))
         evidence.append(delete_personal_data(uow, sub, reason="erasure_request"))
-    if cancel_queued_signups(uow, ehash) or subs:
+    waiting = cancel_queued_signups(uow, ehash)  # held in the queue, under these notices
+    if waiting or subs:
         wipe_after_commit(uow)
     ledger.append(uow, evidence)
-    return sorted(sub.notice for sub in subs)
+    return sorted({sub.notice for sub in subs} | (waiting - {""}))
 
 
 def consent_status(email_raw: str, within: Collection[str] | None = None) -> list[dict[str, Any]]:
