@@ -268,6 +268,19 @@ def finish_in(uow: UnitOfWork, job: ClaimedJob) -> bool:
     return True
 
 
+def finish_if_ours(uow: UnitOfWork, job: ClaimedJob) -> bool:
+    """``finish_in``, answering whether the job was still ours to finish: False when it was
+    cancelled (an erasure cancels a waiting sign-up, running or not) or finished meanwhile,
+    and the handler must then do nothing. One statement that answers, where ``finish_in``'s
+    may ride along with the next one (PostgreSQL)."""
+    kept = _without_personal(job.payload)
+    if not uow.run(_DONE_ANSWERED, {"job_id": job.id, "at": utcnow(), "payload": kept}):
+        return False
+    if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
+        uow.after_commit(wipe_free_space)
+    return True
+
+
 def _process(job: ClaimedJob) -> None:
     """Run a claimed job's handler with the job as the claim answered it (no second read)."""
     fn = HANDLERS.get(job.kind)
@@ -408,11 +421,13 @@ _FORGET_FINISHED = Prepared(
     .values(last_error=None)
 )
 # A job done (``finish_in``), and a job this process has just written claimed (``run_now``).
-_DONE = Prepared(
+_DONE_STATEMENT = (
     update(OutboxJob.__table__)
     .where(_JOBS.id == bindparam("job_id"), _JOBS.state == "running")
     .values(state="done", finished_at=bindparam("at"), locked_until=None, last_error=None, payload=bindparam("payload"))
 )
+_DONE = Prepared(_DONE_STATEMENT)
+_DONE_ANSWERED = Prepared(_DONE_STATEMENT.returning(_JOBS.id))
 _CLAIM_ONE = Prepared(
     update(OutboxJob.__table__)
     .where(_JOBS.id == bindparam("job_id"), _JOBS.state == "pending")

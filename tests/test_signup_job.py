@@ -86,6 +86,51 @@ def test_an_erasure_takes_a_sign_up_still_waiting_with_it(app, client, runner, m
     assert not held(app, "cia@example.com") and mailbox.to("cia@example.com") == []
 
 
+def test_an_erasure_takes_a_sign_up_whose_process_died_while_running_it(app, client, runner, mailbox, monkeypatch):
+    """The web process claimed the sign-up job and died before it was done: the job is running,
+    leased to a thread that is gone. An erasure cancels it all the same, and when the lease
+    ends and the worker takes it up, it does nothing: no subscription, no mail."""
+    from datetime import UTC, datetime, timedelta
+
+    import time_machine
+
+    from app import outbox
+    from app.database import unit_of_work
+
+    def claimed_then_died(job_id: int) -> None:
+        with unit_of_work(orm=False) as uow:
+            uow.run(outbox._CLAIM_ONE, {"job_id": job_id, "until": outbox.lease_end()})
+
+    monkeypatch.setattr(app.extensions["after_response"], "run", claimed_then_died)
+    sign_up(client, "munkeby", "cia@example.com", "Cia")
+    assert app.extensions["after_response"].wait_idle(timeout=60)
+    [job] = signup_jobs(app)
+    assert job.state == "running"
+
+    erased = runner.invoke(args=["subjects", "erase", "cia@example.com"])
+    assert json.loads(erased.stdout) == {"erased": ["munkeby"]}
+    with time_machine.travel(datetime.now(UTC) + timedelta(seconds=app.config["OUTBOX_LEASE_SECONDS"] + 1)):
+        assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    [job] = signup_jobs(app)
+    assert job.state == "done" and job.last_error == "cancelled" and "cia" not in json.dumps(job.payload).lower()
+    assert not held(app, "cia@example.com") and mailbox.to("cia@example.com") == []
+
+
+def test_a_cancelled_sign_up_job_that_still_runs_does_nothing(app, client, runner, mailbox, monkeypatch):
+    """The other order: the erasure cancels the job while its thread is about to run it."""
+    from app import outbox
+
+    taken: list[outbox.ClaimedJob] = []
+    monkeypatch.setattr(outbox, "_process", taken.append)  # claimed, and held back for a moment
+    sign_up(client, "munkeby", "dan@example.com")
+    assert app.extensions["after_response"].wait_idle(timeout=60)
+    runner.invoke(args=["subjects", "erase", "dan@example.com"])
+    monkeypatch.undo()
+    with app.app_context():
+        outbox._process(taken[0])  # the thread goes on
+    assert not held(app, "dan@example.com") and mailbox.to("dan@example.com") == []
+
+
 def subscription(app, address: str) -> Subscription:  # type: ignore[no-untyped-def]
     with app.app_context():
         sub = db.session.execute(select(Subscription).where(Subscription.email == address)).scalar_one()

@@ -88,7 +88,11 @@ def _request_subscription(job: outbox.ClaimedJob, notice: Notice, email: str, na
     the ORM's flush and bookkeeping cost more than its few statements (bench/README.md)."""
     ehash = email_hash(email)
     with unit_of_work(orm=False) as uow:
-        outbox.finish_in(uow, job)  # whatever the address's state calls for, the job ends with it
+        # Whatever the address's state calls for, the job ends with it; an erasure may have
+        # cancelled it since it was queued, and then it does nothing.
+        if not outbox.finish_if_ours(uow, job):
+            log.info("sign-up job %s was cancelled before it ran", job.id)
+            return
         held = subscription_row(uow, Target(notice, email_hash=ehash))
         if held is not None and held.status == "subscribed":
             return  # nothing to do; the response is the same either way
@@ -272,9 +276,11 @@ def cancel_queued_signups(uow: UnitOfWork, ehash: str) -> set[str]:
     """A sign-up of the address still waiting in the outbox goes with the erasure: it would
     otherwise hold the address and, once run, mail the person who just asked to be erased.
     Answers the notices of those cancelled. The waiting sign-ups are found by their kind
-    (``ix_outbox_jobs_kind_state``), not among every pending job."""
+    (``ix_outbox_jobs_kind_state``), not among every pending job. A running one is cancelled
+    too (its process may have died, and the worker would run it once its lease ends): its run,
+    if still to come, finds the job no longer its own and does nothing (``finish_if_ours``)."""
     waiting = uow.session.execute(
-        select(OutboxJob).where(OutboxJob.kind == SIGNUP_JOB, OutboxJob.state == "pending")
+        select(OutboxJob).where(OutboxJob.kind == SIGNUP_JOB, OutboxJob.state.in_(("pending", "running")))
     ).scalars()
     cancelled = set()
     for job in waiting:
