@@ -42,6 +42,12 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
     if uow is None:
         with unit_of_work() as own:
             return erase_by_hash(ehash, facts, own)
+    # The address's sign-ups still in the queue first (held there, under these notices): the
+    # update of their jobs waits for a sign-up that is running now to commit, so the read of
+    # the subscriptions below finds what it made (PostgreSQL reads anew at each statement),
+    # and one not yet run finds its job cancelled and does nothing.
+    waiting = cancel_queued_signups(uow, ehash)
+    uow.flush()
     subs = (
         uow.session.execute(select(Subscription).where(Subscription.email_hash == ehash).with_for_update())
         .scalars()
@@ -51,7 +57,6 @@ def erase_by_hash(ehash: str, facts: Facts, uow: UnitOfWork | None = None) -> li
     for sub in subs:
         evidence.append(_erasure_requested(sub, facts))
         evidence.append(delete_personal_data(uow, sub, reason="erasure_request"))
-    waiting = cancel_queued_signups(uow, ehash)  # held in the queue, under these notices
     if waiting or subs:
         wipe_after_commit(uow)
     ledger.append(uow, evidence)
