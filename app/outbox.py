@@ -261,11 +261,7 @@ def finish_in(uow: UnitOfWork, job: ClaimedJob) -> bool:
     transaction of ``_finish_done``. If the unit of work rolls back, the job is still
     running and the failure is handled as any other.
     """
-    kept = _without_personal(job.payload)
-    uow.send(_DONE, {"job_id": job.id, "at": utcnow(), "payload": kept})
-    if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
-        uow.after_commit(wipe_free_space)
-    return True
+    return _mark_done(uow, job, answered=False)
 
 
 def finish_if_ours(uow: UnitOfWork, job: ClaimedJob) -> bool:
@@ -273,9 +269,17 @@ def finish_if_ours(uow: UnitOfWork, job: ClaimedJob) -> bool:
     cancelled (an erasure cancels a waiting sign-up, running or not) or finished meanwhile,
     and the handler must then do nothing. One statement that answers, where ``finish_in``'s
     may ride along with the next one (PostgreSQL)."""
+    return _mark_done(uow, job, answered=True)
+
+
+def _mark_done(uow: UnitOfWork, job: ClaimedJob, answered: bool) -> bool:
     kept = _without_personal(job.payload)
-    if not uow.run(_DONE_ANSWERED, {"job_id": job.id, "at": utcnow(), "payload": kept}):
-        return False
+    params = {"job_id": job.id, "at": utcnow(), "payload": kept}
+    if answered:
+        if not uow.run(_DONE_ANSWERED, params):
+            return False
+    else:
+        uow.send(_DONE, params)
     if kept != job.payload and job.kind not in PERSONAL_COPY_KINDS:
         uow.after_commit(wipe_free_space)
     return True
