@@ -224,6 +224,41 @@ def test_a_batch_that_fails_stops_the_import_with_its_error_and_keeps_what_was_w
     assert counts(app)[0] == BATCH_SIZE
 
 
+def test_a_file_larger_than_a_window_adds_each_new_address_once(app, client, mailbox, runner, tmp_path, monkeypatch):
+    """A file larger than a window is written window by window, each in its hash order: every
+    new address is added once, a duplicate in a later window is still a duplicate, and held and
+    opted-out addresses are skipped wherever they fall."""
+    monkeypatch.setattr(importer, "WINDOW_SIZE", 7)
+    monkeypatch.setattr(importer, "BATCH_SIZE", 3)
+    prepare(client, mailbox)
+    people = [f"person{i}@firma.se" for i in range(30)]
+    lines = [f"{address};Namn {i}" for i, address in enumerate(people)]
+    lines.insert(5, "held@example.com;Hedda")
+    lines.insert(17, "opted.out@example.com;Otto")
+    lines += ["PERSON3@firma.se;Sent igen", "person28@firma.se;Sent igen"]  # in later windows than the first
+    result = runner.invoke(args=import_args(write_csv(tmp_path, "E-post;Namn\n" + "\n".join(lines) + "\n")))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "dry_run": False,
+        "rows": 34,
+        "added": 30,
+        "skipped_suppressed": 1,
+        "skipped_existing": 1,
+        "skipped_duplicate_in_file": 2,
+        "skipped_invalid": 0,
+    }
+    with app.app_context():
+        held = db.session.execute(
+            select(Subscription.email, func.count()).where(Subscription.notice == "mysoft").group_by(Subscription.email)
+        ).all()
+        imported = db.session.execute(
+            select(func.count()).select_from(ConsentEvent).where(ConsentEvent.type == "imported")
+        ).scalar_one()
+    assert dict(held) == {**{address: 1 for address in people}, "held@example.com": 1}
+    assert imported == 30
+    assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+
+
 def test_each_notice_allows_only_its_own_import_bases(app, runner, tmp_path):
     path = write_csv(tmp_path, "email\nanna@example.com\n")
     munkeby = ["contacts", "import", path, "--notice", "munkeby", "--source", "https://www.firma.se/kontakt"]
