@@ -289,7 +289,10 @@ class TextLines:
                     f"line {self.number} is not UTF-8 (a plain \u201cCSV\u201d export from Excel is usually"
                     f" Windows-1252); {MUST_BE_UTF8}"
                 ) from None
-            yield from (piece for piece in _LONE_CR.split(text) if piece)
+            if "\r" not in text or (text.count("\r") == 1 and text.endswith("\r\n")):
+                yield text  # one line, as nearly every line is: no split to make
+            else:
+                yield from (piece for piece in _LONE_CR.split(text) if piece)
 
 
 _LONE_CR = re.compile(r"(?<=\r)(?!\n)")
