@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import current_app
-from sqlalchemy import Connection, bindparam, create_engine, func, insert, literal, select, update
+from sqlalchemy import Connection, Integer, String, bindparam, create_engine, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.pool import NullPool
 
 from .database import AnySession, UnitOfWork, unit_of_work
@@ -367,14 +368,26 @@ def _sequence_after(limit: int, after: int) -> tuple[int, int, int]:
         if not good:
             return 0, len(rows), last
         links = _chain(uow, key, [values for _id, values in good], locked=head)
-        uow.send_many(
-            _PLACE_EVENT,
-            [
-                {"event_id": event_id, "new_seq": seq, "new_prev": prev_hash, "new_hash": event_hash}
-                for (event_id, _values), (seq, prev_hash, event_hash) in zip(good, links, strict=True)
-            ],
-        )
+        _place(uow, [event_id for event_id, _values in good], links)
     return len(good), len(rows), last
+
+
+def _place(uow: UnitOfWork, ids: list[int], links: list[tuple[int, str, str]]) -> None:
+    """Give the events ``ids`` their (seq, prev_hash, hash). On PostgreSQL in one statement, the
+    places as arrays: a statement per event cost the server a planning and an execution each, and
+    the driver its Python, for every request's event (bench/README.md). SQLite runs one statement
+    per event in its own C loop, in the process."""
+    if uow.dialect.name == "postgresql":
+        seqs, prevs, hashes = (list(column) for column in zip(*links, strict=True))
+        uow.send(_PLACE_EVENTS, {"ids": ids, "seqs": seqs, "prevs": prevs, "hashes": hashes})
+        return
+    uow.send_many(
+        _PLACE_EVENT,
+        [
+            {"event_id": event_id, "new_seq": seq, "new_prev": prev_hash, "new_hash": event_hash}
+            for event_id, (seq, prev_hash, event_hash) in zip(ids, links, strict=True)
+        ],
+    )
 
 
 def _pending_values(row: Any) -> tuple[Any, ...]:
@@ -460,6 +473,17 @@ _PLACE_EVENT = Prepared(
     update(_EV)
     .where(_EV.c.id == bindparam("event_id"), _PENDING_ONLY)
     .values(seq=bindparam("new_seq"), prev_hash=bindparam("new_prev"), hash=bindparam("new_hash"))
+)
+_PLACES = func.unnest(
+    bindparam("ids", type_=ARRAY(Integer)),
+    bindparam("seqs", type_=ARRAY(Integer)),
+    bindparam("prevs", type_=ARRAY(String)),
+    bindparam("hashes", type_=ARRAY(String)),
+).table_valued("id", "seq", "prev_hash", "hash").render_derived(name="places")
+_PLACE_EVENTS = Prepared(  # PostgreSQL only: UPDATE ... FROM unnest(arrays)
+    update(_EV)
+    .where(_EV.c.id == _PLACES.c.id, _PENDING_ONLY)
+    .values(seq=_PLACES.c.seq, prev_hash=_PLACES.c.prev_hash, hash=_PLACES.c.hash)
 )
 
 
