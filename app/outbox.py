@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 3600.0
+# No retry sooner than this: an answer such as Mailchimp's "signed up to a lot of lists very
+# recently" or a connection refused does not change within milliseconds, and a zero wait would
+# let one worker pass (or one `outbox run --once`) call again at once.
+BACKOFF_FLOOR_SECONDS = 1.0
 
 
 WAIT_FOR_CONFIGURATION_SECONDS = 60
@@ -124,9 +128,9 @@ def lease_end(now: datetime | None = None) -> datetime:
 
 
 def backoff_seconds(attempts: int) -> float:
-    """Full jitter: uniform between 0 and the exponential ceiling."""
+    """Full jitter above a floor: uniform between ``BACKOFF_FLOOR_SECONDS`` and the exponential ceiling."""
     ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0))
-    return random.uniform(0, ceiling)
+    return random.uniform(BACKOFF_FLOOR_SECONDS, max(ceiling, BACKOFF_FLOOR_SECONDS))
 
 
 @dataclass(frozen=True)
