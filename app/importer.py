@@ -49,9 +49,9 @@ from .consent.records import INSERT_SUBSCRIPTION
 from .database import UnitOfWork, unit_of_work
 from .extensions import db
 from .ledger import Evidence
-from .models import ConsentEvent, ServiceMark, Subscription, new_refs, utcnow
+from .models import HELD_ON_INTEREST, ConsentEvent, ServiceMark, Subscription, new_refs, utcnow
 from .notices import LAWFUL_BASES, Notice
-from .vocabulary import LawfulBasis, Status
+from .vocabulary import LawfulBasis
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,7 @@ def _without_evidence(notices: list[str]) -> list[ColumnElement[bool]]:
     informed = exists().where(ConsentEvent.subscription_ref == Subscription.ref, ConsentEvent.type == ART14_INFORMED)
     return [
         Subscription.notice.in_(notices),
-        Subscription.lawful_basis == LawfulBasis.LEGITIMATE_INTEREST,
-        Subscription.status == Status.SUBSCRIBED,
+        HELD_ON_INTEREST,  # legitimate interest, subscribed: read through their own index
         Subscription.source.startswith(IMPORT_SOURCE_PREFIX, autoescape=True),
         ~informed,
     ]

@@ -42,6 +42,8 @@ from .database import AnySession, rowcount, unit_of_work, wipe_free_space
 from .extensions import Model, db
 from .ledger import Evidence
 from .models import (
+    CUSTOMER,
+    REVIEW_FROM,
     ConsentEvent,
     ContactImport,
     DataRequest,
@@ -127,11 +129,8 @@ def review_due_query(notice: Notice, now: datetime | None = None) -> Select[Any]
     if days is None:
         return None
     cutoff = (now or utcnow()) - timedelta(days=days)
-    return select(Subscription).where(
-        Subscription.notice == notice.slug,
-        Subscription.relationship == "customer",
-        func.coalesce(Subscription.reviewed_at, Subscription.created_at) < cutoff,
-    )
+    # Read through the customers' own index (``models.CUSTOMER``).
+    return select(Subscription).where(Subscription.notice == notice.slug, CUSTOMER, REVIEW_FROM < cutoff)
 
 
 def due_count(now: datetime | None = None) -> int:
