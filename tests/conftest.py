@@ -152,7 +152,12 @@ def redis_url() -> Iterator[str]:
         redis.Redis(*REDIS, socket_connect_timeout=2).ping()
     except Exception as exc:  # any failure means: not reachable here
         pytest.skip(f"Redis not reachable at {REDIS[0]}:{REDIS[1]} ({type(exc).__name__}); shared-counter test skipped")
-    index = random.randint(1, 15)
+    # Under pytest-xdist each worker draws from a block of numbers of its own (two workers:
+    # 1-7 and 8-14), so two tests running at once never empty each other's database.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = max(15 // workers, 1)
+    index = 1 + (worker * block + random.randrange(block)) % 15
     client = redis.Redis(*REDIS, db=index)
     client.flushdb()
     yield f"redis://{REDIS[0]}:{REDIS[1]}/{index}"

@@ -11,6 +11,10 @@ Loggers of the test's own peers are not the service's lines and are left out: th
 server the tests run (aiosmtpd logs recipients), the HTTP client (urllib3 logs the URLs it
 requests), the browser driver. At the end of the session any finding fails the run, with
 the test, the source and the pattern, and the match shortened so the report leaks nothing.
+
+Under pytest-xdist each worker reads its own tests' lines and hands its count and findings
+to the controller when it finishes; the controller reads the log files (the workers'
+temporary folders are inside its own) and fails the run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -115,8 +119,20 @@ class LogAudit:
                 self.check(stderr, f"stderr of flask {' '.join(args[:2])}")
             support.CLI_OUTPUT.clear()
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: object, error: object) -> None:
+        """An xdist worker has finished: its lines and findings join the controller's."""
+        shipped = getattr(node, "workeroutput", {}).get("log_audit")
+        if shipped:
+            self.lines += shipped["lines"]
+            self.findings += [Finding(**finding) for finding in shipped["findings"]]
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if session.config.getoption("--collect-only", default=False):
+            return
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reads the files and reports
+            workeroutput["log_audit"] = {"lines": self.lines, "findings": [asdict(f) for f in self.findings]}
             return
         base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
         for path in sorted(Path(base).rglob("*.log")):
