@@ -153,7 +153,8 @@ def redis_url() -> Iterator[str]:
     except Exception as exc:  # any failure means: not reachable here
         pytest.skip(f"Redis not reachable at {REDIS[0]}:{REDIS[1]} ({type(exc).__name__}); shared-counter test skipped")
     # Under pytest-xdist each worker draws from a block of numbers of its own (two workers:
-    # 1-7 and 8-14), so two tests running at once never empty each other's database.
+    # 1-7 and 8-14), so two tests running at once never empty each other's database; past 15
+    # workers the blocks are one number each and wrap around, and two workers may share one.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     block = max(15 // workers, 1)
