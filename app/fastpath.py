@@ -12,7 +12,9 @@ update and delete, the suppression and the delivery record (``consent/records.py
 ``provider_sync.enqueue_*`` through them). Those shared helpers are called from colder
 paths too (confirmation, erasure, import, purge), inside an ORM unit of work, and run the same
 statements there. The contact import also writes its subscriptions through it, thousands of
-rows a call (``send_many`` builds them column by column). Nothing else uses it: every other
+rows a call (``send_many`` builds them column by column). One read goes through it: the
+subscriber mail's row of the subscription it is for, which every sign-up's confirmation
+reads (``read``, outside any unit of work). Nothing else uses it: every other
 read and write is plain SQLAlchemy (``uow.session.execute(statement, params)`` or ORM
 objects), and a new ``Prepared`` statement belongs here only with a benchmark that shows it
 pays.
@@ -445,6 +447,26 @@ def _as_sqlalchemy_errors(sql: str, dialect: Dialect) -> Iterator[None]:
         yield
     except dialect.loaded_dbapi.Error as exc:
         raise DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
+
+
+def read(statement: Prepared, params: dict[str, Any] | None = None) -> list[Any]:
+    """The rows of one prepared read, on a pooled DB-API connection of its own, outside any unit
+    of work: no write lock is taken (no ``BEGIN IMMEDIATE``, no writer's turn) and the read's
+    transaction ends before this returns, so the caller may go on to slow work (a mail server)
+    holding no snapshot."""
+    params = params or {}
+    engine = db.engine
+    plan = statement.plan(engine.dialect, tuple(params))
+    driver = engine.raw_connection()
+    try:
+        with _as_sqlalchemy_errors(plan.sql, engine.dialect):
+            cursor = driver.cursor()
+            cursor.execute(plan.sql, plan.values(params))
+            rows = plan.rows(cursor)
+            driver.rollback()  # SQLite's connections run without a transaction here; PostgreSQL's one ends
+        return rows
+    finally:
+        driver.close()  # back to the pool
 
 
 @contextmanager

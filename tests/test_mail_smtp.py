@@ -13,7 +13,7 @@ import time
 from email.message import EmailMessage
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from app.extensions import db
 from app.models import OutboxJob, Subscription, utcnow
@@ -155,3 +155,27 @@ def test_mail_retried_from_the_outbox_still_lets_the_person_confirm(app, client,
     confirm = link_in(smtp.messages("anna@example.com")[-1], "confirm")
     assert client.post(confirm).status_code == 200
     assert [m["Subject"] for m in smtp.messages("anna@example.com")][-1] == "Välkommen till Munkeby Systems nyhetsbrev"
+
+
+@pytest.mark.parametrize("meanwhile", ["still pending", "confirmed", "deleted"])
+def test_a_waiting_confirmation_goes_out_only_while_the_subscription_still_waits_for_it(app, client, smtp, meanwhile):
+    smtp.stop()
+    assert sign_up(client, "munkeby", "anna@example.com", "Anna Berg").status_code == 303
+    with app.app_context():
+        chosen = Subscription.__table__.c.email == "anna@example.com"
+        if meanwhile == "confirmed":  # confirmed through the first mail's twin, say
+            db.session.execute(update(Subscription).where(chosen).values(status="subscribed", confirmed_at=utcnow()))
+        elif meanwhile == "deleted":  # gone before the mail server came back
+            db.session.execute(delete(Subscription).where(chosen))
+        db.session.commit()
+    smtp.start()
+    deadline = time.monotonic() + 10
+    while outbox_status(app)["counts"]["pending"] and time.monotonic() < deadline:
+        run_outbox_once(app)
+        time.sleep(0.25)
+    assert outbox_status(app)["counts"]["pending"] == 0
+    if meanwhile == "still pending":
+        [message] = smtp.messages("anna@example.com")
+        assert message["Subject"] == SUBJECT_SV and "/confirm/" in parts(message)[0]
+    else:
+        assert smtp.received == []
