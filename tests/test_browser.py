@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .browser.harness import launched_chromium, mail_link, screenshot_dir
+from .browser.harness import launched_chromium, mail_link, screenshot, screenshot_dir
 from .support import Service, SmtpSink, free_port, serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -70,7 +70,7 @@ def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, sh
     page.goto(f"{service.url}/munkeby/subscribe")
     assert page.locator("html").get_attribute("lang") == "sv"
     assert not page.locator("input[name=consent]").is_checked()  # never pre-ticked
-    page.screenshot(path=str(shots / "subscribe.png"), full_page=True)
+    screenshot(page, shots / "subscribe.png")
     page.fill("input[name=email]", "lisa@example.com")
     page.fill("input[name=name]", "Lisa Ek")
     page.check("input[name=consent]")
@@ -80,7 +80,7 @@ def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, sh
 
     page.goto(mail_link(smtp, "lisa@example.com", "confirm", service.url))
     assert len(smtp.messages("lisa@example.com")) == 1  # opening the link confirms nothing
-    page.screenshot(path=str(shots / "confirm.png"), full_page=True)
+    screenshot(page, shots / "confirm.png")
     page.click("button[type=submit]")
     page.wait_for_load_state()
     assert "Tack" in page.content()
@@ -89,14 +89,14 @@ def test_a_subscriber_signs_up_confirms_and_unsubscribes(service, smtp, page, sh
     # The welcome mail's "your data and settings" link: the person's own page.
     page.goto(mail_link(smtp, "lisa@example.com", "manage", service.url))
     assert "lisa@example.com" in page.content() and "Lisa Ek" in page.content()
-    page.screenshot(path=str(shots / "manage.png"), full_page=True)
+    screenshot(page, shots / "manage.png")
     page.fill("input[name=name]", "Lisa Ek Berg")
     page.click("form[action*='/name'] button[type=submit]")
     page.wait_for_load_state()
     assert "Ditt namn har ändrats." in page.content() and "Lisa Ek Berg" in page.content()
 
     page.goto(mail_link(smtp, "lisa@example.com", "unsubscribe", service.url))
-    page.screenshot(path=str(shots / "unsubscribe.png"), full_page=True)
+    screenshot(page, shots / "unsubscribe.png")
     page.click("button[type=submit]")
     page.wait_for_load_state()
     assert service.status_of("lisa@example.com") == "unsubscribed"
@@ -126,7 +126,7 @@ def test_a_marketer_finds_exports_and_erases_a_subject(service, smtp, page, shot
     overview = page.locator("#n-munkeby").locator("..")
     assert overview.locator('[data-figure="subscribed"]').inner_text() == "2"
     assert page.locator("svg.chart").count() == 2
-    page.screenshot(path=str(shots / "dashboard-overview.png"), full_page=True)
+    screenshot(page, shots / "dashboard-overview.png")
 
     page.click("text=Prenumeranter")
     page.fill("input[name=q]", "anna")
@@ -134,12 +134,12 @@ def test_a_marketer_finds_exports_and_erases_a_subject(service, smtp, page, shot
     page.wait_for_load_state()
     rows = page.locator("table.subscribers tbody tr")
     assert rows.count() == 1 and "anna@example.com" in rows.first.inner_text()
-    page.screenshot(path=str(shots / "dashboard-subscribers.png"), full_page=True)
+    screenshot(page, shots / "dashboard-subscribers.png")
 
     page.click("text=anna@example.com")
     page.wait_for_load_state()
     assert "consent_confirmed" in page.content()
-    page.screenshot(path=str(shots / "dashboard-subject.png"), full_page=True)
+    screenshot(page, shots / "dashboard-subject.png")
 
     with page.expect_download() as download:
         page.click("text=Exportera (JSON)")
@@ -149,7 +149,7 @@ def test_a_marketer_finds_exports_and_erases_a_subject(service, smtp, page, shot
     page.click("text=Radera…")
     page.wait_for_load_state()
     page.fill("input[name=confirm]", "anna@example.com")
-    page.screenshot(path=str(shots / "dashboard-erase.png"), full_page=True)
+    screenshot(page, shots / "dashboard-erase.png")
     page.click("button.danger")
     page.wait_for_url("**/dashboard/subscribers")
     assert service.status_of("anna@example.com") is None

@@ -32,7 +32,16 @@ from typing import Any
 
 import pytest
 
-from .browser.harness import axe_source, axe_violations, blocking, launched_chromium, mail_link, overflow, sign_up
+from .browser.harness import (
+    axe_source,
+    axe_violations,
+    blocking,
+    launched_chromium,
+    mail_link,
+    overflow,
+    screenshot,
+    sign_up,
+)
 from .browser.harness import screenshot_dir as shots_folder
 from .conftest import base_env
 from .support import Service, SmtpSink, free_port, serving
@@ -382,7 +391,7 @@ def staff(chromium: Any, people: Site) -> Iterator[dict[str, Any]]:
 
 def check(page: Any, name: str, lang: str, width: int, axe: str, shots: Path, failures: list[int]) -> None:
     """Screenshot the page, then fail with every problem found on it."""
-    page.screenshot(path=str(shots / f"{name}-{lang}-{width}.png"), full_page=True)
+    screenshot(page, shots / f"{name}-{lang}-{width}.png")
     where = f"{name} ({lang}, {width} px, {page.url})"
     problems = [f"answered {status}" for status in failures]
     shown = page.locator("html").get_attribute("lang")

@@ -63,6 +63,20 @@ def screenshot_dir(default: Path) -> Path:
     return folder
 
 
+def screenshot(page: Any, path: Path) -> None:
+    """The whole page as a PNG. Chromium now and then answers a capture with "Unable to capture
+    screenshot" when no frame is ready (seen with both cores busy): that one error is asked again,
+    a few times; any other, or a fourth, fails the test."""
+    for attempt in range(4):
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            return
+        except Exception as exc:  # playwright's Error; its module is imported only where installed
+            if "Unable to capture screenshot" not in str(exc) or attempt == 3:
+                raise
+            time.sleep(0.25)
+
+
 def mail_link(smtp: SmtpSink, address: str, kind: str, base: str, timeout: float = 20, after: int = 0) -> str:
     """The ``kind`` link (``confirm``, ``manage``, ``manage/data``...) of the latest mail to
     ``address`` that has one, among those past the first ``after``; the service mails right
