@@ -465,3 +465,19 @@ def test_the_certificate_checks_the_same_anchor_as_ledger_verify(app, runner, ce
     page = certificate()
     assert 'class="warn" data-figure="chain"' in page and "there is no checkpoint file" in page
     assert runner.invoke(args=["ledger", "verify"]).exit_code == 1
+
+
+TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(TEXT, TEXT | st.none() | st.integers() | st.lists(TEXT, max_size=2), max_size=5))
+def test_details_are_written_as_the_documented_canonical_json(details):
+    """An event's details digest covers the canonical JSON of its details: the text written
+    directly for all-text details is the canonical encoder's, for any text (quotes, backslashes,
+    control and non-ASCII characters), and anything else goes through the encoder."""
+    texts = {key: value for key, value in details.items() if isinstance(value, str)}
+    for each in (details, texts):
+        assert ledger._canonical_details(each) == json.dumps(
+            each, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        )

@@ -9,11 +9,15 @@ that same address; wherever email-validator refuses, the shortcut must not answe
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
+from flask import Flask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.addresses import InvalidInput, _plain_address, _validated, normalise_email
+from app.addresses import InvalidInput, _plain_address, _validated, email_hash, email_hasher, normalise_email
 
 
 def slow(value: str) -> str | None:
@@ -91,3 +95,18 @@ def test_plain_addresses_take_the_shortcut_and_match(value: str) -> None:
 def test_anything_else_is_left_to_email_validator(value: str) -> None:
     assert _plain_address(value) is None
     agrees(value)
+
+
+def test_a_files_hasher_gives_each_address_its_own_keyed_hash() -> None:
+    """The import's hasher (keyed once, copied per address) gives what ``email_hash`` gives: the
+    HMAC-SHA256 of the address under the pepper, for each address in turn, however many."""
+    app = Flask(__name__)
+    pepper = "pepper-" + "å" * 40  # longer than SHA-256's block once encoded: the key is hashed first
+    app.config["SUPPRESSION_PEPPER"] = pepper
+    addresses = ["a@firma.se", "b@firma.se", "a@firma.se", "åsa@exempel.se", ""]
+    with app.app_context():
+        hasher = email_hasher()
+        hashed = [hasher(address) for address in addresses]
+        assert hashed == [email_hash(address) for address in addresses]
+    expected = [hmac.new(pepper.encode(), a.encode(), hashlib.sha256).hexdigest() for a in addresses]
+    assert hashed == expected and hashed[0] == hashed[2] != hashed[1]
