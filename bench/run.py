@@ -101,9 +101,11 @@ def main() -> None:
             databases.append(args.postgres)
 
     sections: dict[str, list[str]] = {}
+    paces: dict[str, str] = {}
     started = time.monotonic()
     for name in chosen:
         rows = sections[name] = []
+        before = pace()
         for database in databases:
             if name == "scaling":
                 if database == "sqlite":
@@ -114,14 +116,35 @@ def main() -> None:
             label = "SQLite" if database == "sqlite" else "PostgreSQL"
             rows += [f"| {label} {row}" for row in found]
             print(f"{name} on {label}: done after {time.monotonic() - started:.0f} s", file=sys.stderr)
+        paces[name] = f"a {PACE_STEPS:,}-step Python loop {before:.2f} s before, {pace():.2f} s after"
 
     about = (
         f"{time.strftime('%Y-%m-%d')}, scale {args.scale:g}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}" + "".join(f"; {note}" for note in notes)
     )
     print("\n".join([*COLUMNS, *(row for rows in sections.values() for row in rows)]))
-    write_results({name: (about, rows) for name, rows in sections.items()})
+    write_results({name: (f"{about}; {paces[name]}", rows) for name, rows in sections.items()})
     print(f"\n{time.monotonic() - started:.0f} s in all; bench/results.md updated", file=sys.stderr)
+
+
+PACE_STEPS = 10_000_000
+
+
+def pace() -> float:
+    """Seconds this machine takes now for a fixed loop of plain Python (the best of three).
+
+    A shared machine's speed can drift by half within an hour; each section notes its pace
+    before and after, so figures from different runs (and a run that drifted) can be read
+    against each other.
+    """
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for step in range(PACE_STEPS):
+            total += step
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 COLUMNS = ["| database | benchmark | measured | goal | notes |", "|---|---|---|---|---|"]
