@@ -108,14 +108,17 @@ def clean_name(raw: str | None) -> str | None:
 
 def email_hash(normalised_email: str) -> str:
     """Keyed hash of an address: the suppression key, stable across key rotation."""
-    pepper = current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
-    return hmac.digest(pepper, normalised_email.encode("utf-8"), "sha256").hex()
+    return hmac.digest(_pepper(), normalised_email.encode("utf-8"), "sha256").hex()
+
+
+def _pepper() -> bytes:
+    return current_app.config["SUPPRESSION_PEPPER"].encode("utf-8")
 
 
 def email_hasher() -> Callable[[str], str]:
     """``email_hash`` for many addresses (a file's): the HMAC keyed with the running app's pepper
     once, and copied for each address, which costs less than keying it again each time."""
-    keyed = hmac.new(current_app.config["SUPPRESSION_PEPPER"].encode("utf-8"), digestmod="sha256")
+    keyed = hmac.new(_pepper(), digestmod="sha256")
 
     def hashed(normalised_email: str) -> str:
         one = keyed.copy()

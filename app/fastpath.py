@@ -448,10 +448,10 @@ def _binary_types(table: Table, keys: tuple[str, ...]) -> list[str] | None:
     already encoded (``_copy``) and goes as text, which is its binary form too; JSONB's binary form
     starts with a version byte, so it keeps the text COPY.
     """
-    if (table.name, keys) not in _BINARY_TYPES:
+    if (table, keys) not in _BINARY_TYPES:
         names = [_binary_name(table.c[key].type) for key in keys]
-        _BINARY_TYPES[(table.name, keys)] = None if None in names else cast(list[str], names)
-    return _BINARY_TYPES[(table.name, keys)]
+        _BINARY_TYPES[(table, keys)] = None if None in names else cast(list[str], names)
+    return _BINARY_TYPES[(table, keys)]
 
 
 def _binary_name(kind: Any) -> str | None:
@@ -472,7 +472,7 @@ def _binary_name(kind: Any) -> str | None:
     return None
 
 
-_BINARY_TYPES: dict[tuple[str, tuple[str, ...]], list[str] | None] = {}
+_BINARY_TYPES: dict[tuple[Table, tuple[str, ...]], list[str] | None] = {}
 
 
 # Joined statements' texts by the texts joined: a path joins the same few each time, and the

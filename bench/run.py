@@ -104,9 +104,10 @@ def main() -> None:
     sections: dict[str, list[str]] = {}
     paces: dict[str, str] = {}
     started = time.monotonic()
+    now = pace()  # one reading between two sections serves as the after of one and the before of the next
     for name in chosen:
         rows = sections[name] = []
-        before = pace()
+        before = now
         for database in databases:
             if name == "scaling":
                 if database == "sqlite":
@@ -117,7 +118,8 @@ def main() -> None:
             label = "SQLite" if database == "sqlite" else "PostgreSQL"
             rows += [f"| {label} {row}" for row in found]
             print(f"{name} on {label}: done after {time.monotonic() - started:.0f} s", file=sys.stderr)
-        paces[name] = f"pace (`run.pace`) {before} before, {pace()} after"
+        now = pace()
+        paces[name] = f"pace (`run.pace`) {before} before, {now} after"
 
     about = (
         f"{time.strftime('%Y-%m-%d')}, scale {args.scale:g}, {os.cpu_count()} cores, "
