@@ -25,7 +25,7 @@ from flask.cli import AppGroup
 from flask_babel import force_locale
 from sqlalchemy import func, select
 
-from . import accounts, consent, importer, ledger, outbox, report_poller, retention, service_marks
+from . import accounts, consent, importer, ledger, outbox, report_poller, retention, service_marks, tallies
 from .addresses import InvalidInput, normalise_email
 from .extensions import db
 from .models import ConsentEvent
@@ -131,6 +131,7 @@ def outbox_run(once: bool) -> None:
 
     def checkpoint_if_due() -> None:
         ledger.sequence_pending()  # what the web processes left unchained
+        tallies.fold_if_many()  # two rows of tallies for each opt-out since the last fold
         if time.monotonic() - beat["at"] >= HEARTBEAT_SECONDS:
             beat["at"] = time.monotonic()
             _beat()

@@ -42,7 +42,7 @@ from typing import IO, Any, NamedTuple
 from flask_babel import gettext
 from sqlalchemy import ColumnElement, exists, func, select
 
-from . import ledger, outbox, provider_sync
+from . import ledger, outbox, provider_sync, tallies
 from .addresses import InvalidInput, clean_name, email_hasher, normalise_email
 from .consent import EARLIEST_CONTACT
 from .consent.records import INSERT_SUBSCRIPTION
@@ -391,6 +391,7 @@ def run_import(
     except UnicodeDecodeError:
         raise ImportError_(f"row {result.rows + 1}: {MUST_BE_UTF8}") from None
     write(window)
+    tallies.fold_if_many()  # on SQLite, a row of tallies for each contact added
     if progress:
         progress(result)
     return result

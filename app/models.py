@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
+    BigInteger,
     ForeignKey,
     Index,
+    Integer,
     Sequence,
     String,
     Text,
@@ -123,6 +125,27 @@ class Subscription(Model):
     relationship: Mapped[str] = mapped_column(String(16), default="subscriber", server_default="subscriber")
     last_contact_at: Mapped[datetime | None]
     reviewed_at: Mapped[datetime | None]
+
+
+class SubscriptionTally(Model):
+    """How many subscriptions each (notice, notice version, status, lawful basis) holds, kept as
+    the rows change, so the dashboard's counts never read the subscriptions table.
+
+    The database keeps it, not the code: triggers on ``subscriptions`` (migration 0012) add a
+    row of changes for every insert, delete and change of those four columns, whichever code or
+    statement made it (a COPY, a purge, an erasure, a manual fix). A figure is the sum of its
+    rows; ``app/tallies.py`` folds them back to one row a key now and then. Each write appends
+    instead of updating one counter row, so two opt-outs never wait on each other's counter.
+    """
+
+    __tablename__ = "subscription_tallies"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    notice: Mapped[str] = mapped_column(String(32))
+    notice_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    lawful_basis: Mapped[str] = mapped_column(String(32))
+    n: Mapped[int] = mapped_column(BigInteger)
 
 
 # Two of the dashboard's figures read few rows among many: the customers (whose yearly review

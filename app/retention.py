@@ -37,7 +37,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, delete, func, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import ledger, outbox, provider_sync
+from . import ledger, outbox, provider_sync, tallies
 from .database import AnySession, rowcount, unit_of_work, wipe_free_space
 from .extensions import Model, db
 from .ledger import Evidence
@@ -183,6 +183,8 @@ def purge(
                 ledger.append(uow, [Evidence.under("retention_purged", notice, None, "system", facts)])
     started = time.perf_counter()
     report.housekeeping = _housekeeping(now, dry_run)
+    if not dry_run:
+        tallies.fold_if_many()  # on SQLite, a row of tallies for each subscription removed
     log.info("retention: housekeeping in %.1f s", time.perf_counter() - started)
     if not dry_run and any(report.purged.values()):
         started = time.perf_counter()

@@ -15,11 +15,11 @@ from flask_babel import LazyString
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import false, func, select, tuple_
 
-from .. import retention
+from .. import retention, tallies
 from ..extensions import db
-from ..models import HELD_ON_INTEREST, ConsentEvent, NoticeVersion, Subscription, Suppression, utcnow
+from ..models import ConsentEvent, NoticeVersion, Subscription, Suppression, utcnow
 from ..notices import Notice
-from ..vocabulary import Status
+from ..vocabulary import LawfulBasis, Status
 
 CHART_DAYS = 30
 # The chart's lines, in the legend's order: its colours alternate light, dark, light (static/dashboard.css).
@@ -119,29 +119,15 @@ class Counts:
 
 
 def status_counts(notices: Collection[str]) -> dict[str, Counts]:
-    """Two reads of indexes alone, never of the table: the statuses from ``(notice, status, id)``,
-    and those held on legitimate interest from their own small index (``models.HELD_ON_INTEREST``),
-    taken out of the subscribed."""
-    listed = list(notices)
-    rows = db.session.execute(
-        select(Subscription.notice, Subscription.status, func.count())
-        .where(Subscription.notice.in_(listed))
-        .group_by(Subscription.notice, Subscription.status)
-    ).all()
-    on_interest = dict(
-        db.session.execute(
-            select(Subscription.notice, func.count())
-            .where(Subscription.notice.in_(listed), HELD_ON_INTEREST)
-            .group_by(Subscription.notice)
-        ).all()
-    )
+    """From the tallies the database keeps (``app/tallies.py``), never from the subscriptions:
+    those held on legitimate interest are taken out of the subscribed."""
     found: dict[str, dict[str, int]] = {}
-    for notice, status, n in rows:
-        found.setdefault(notice, {})[status] = n
-    for notice, n in on_interest.items():
-        counts = found.setdefault(notice, {})
-        counts[Status.SUBSCRIBED] = counts.get(Status.SUBSCRIBED, 0) - n
-        counts["legitimate_interest"] = n
+    for tally in tallies.counts(notices):
+        counts = found.setdefault(tally.notice, {})
+        counts[tally.status] = counts.get(tally.status, 0) + tally.n
+        if tally.status == Status.SUBSCRIBED and tally.lawful_basis == LawfulBasis.LEGITIMATE_INTEREST:
+            counts[Status.SUBSCRIBED] -= tally.n
+            counts["legitimate_interest"] = counts.get("legitimate_interest", 0) + tally.n
     known = Counts.__dataclass_fields__
     return {notice: Counts(**{k: v for k, v in counts.items() if k in known}) for notice, counts in found.items()}
 
@@ -179,13 +165,9 @@ def chart(notice: Notice, days: int = CHART_DAYS) -> tuple[Chart, float | None]:
 
 def versions(notice: Notice) -> list[dict[str, Any]]:
     """Each version of a notice ever shown, newest first, with how many hold a subscription under it."""
-    counts = dict(
-        db.session.execute(
-            select(Subscription.notice_version, func.count())
-            .where(Subscription.notice == notice.slug)
-            .group_by(Subscription.notice_version)
-        ).all()
-    )
+    counts: dict[str, int] = {}
+    for tally in tallies.counts([notice.slug]):
+        counts[tally.notice_version] = counts.get(tally.notice_version, 0) + tally.n
     rows = db.session.execute(
         select(NoticeVersion.version, NoticeVersion.first_seen_at)
         .where(NoticeVersion.notice == notice.slug)

@@ -1,0 +1,91 @@
+"""The dashboard's counts of subscriptions, kept by the database as the rows change.
+
+Triggers on ``subscriptions`` (migration 0012) append a row to ``subscription_tallies`` for
+each change of what the counts tell apart: +1 under a row's (notice, notice version, status,
+lawful basis) when it appears there, -1 when it leaves. A count is the sum of its key's rows,
+so it is exact at every commit, whichever code or statement wrote the subscriptions; reading
+it costs the number of tally rows, not of subscriptions.
+
+``fold`` sums the rows back to one a key, in one transaction: the worker does it when there
+are more than ``FOLD_FROM`` (every opt-out adds two), an import and a purge at their end.
+Rows appended while a fold runs are kept as they are; a fold never loses or counts twice a
+change (``tests/test_tallies.py`` folds while writers write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, text
+
+from .database import unit_of_work
+from .extensions import db
+from .models import SubscriptionTally
+
+# More rows than this and the worker folds them. Reading 10,000 rows costs a few milliseconds.
+FOLD_FROM = 10_000
+_T = SubscriptionTally.__table__.c
+_KEY = (_T.notice, _T.notice_version, _T.status, _T.lawful_basis)
+
+# One statement on PostgreSQL: the rows it deletes are exactly those it sums, whatever commits
+# meanwhile (a row committed after its snapshot is neither deleted nor summed, and stays). A
+# second fold at the same time waits for this one's deleted rows, then skips them.
+_FOLD_POSTGRESQL = text(
+    """WITH folded AS (DELETE FROM subscription_tallies RETURNING notice, notice_version, status, lawful_basis, n),
+    summed AS (
+        INSERT INTO subscription_tallies (notice, notice_version, status, lawful_basis, n)
+        SELECT notice, notice_version, status, lawful_basis, sum(n) FROM folded
+        GROUP BY notice, notice_version, status, lawful_basis HAVING sum(n) <> 0
+    )
+    SELECT count(*) FROM folded"""
+)
+# On SQLite the unit of work holds the one write lock: nothing is appended between the two.
+_FOLD_SQLITE = (
+    text(
+        """INSERT INTO subscription_tallies (notice, notice_version, status, lawful_basis, n)
+        SELECT notice, notice_version, status, lawful_basis, sum(n) FROM subscription_tallies WHERE id <= :last
+        GROUP BY notice, notice_version, status, lawful_basis HAVING sum(n) <> 0"""
+    ),
+    text("DELETE FROM subscription_tallies WHERE id <= :last"),
+)
+
+
+@dataclass(frozen=True)
+class Tally:
+    notice: str
+    notice_version: str
+    status: str
+    lawful_basis: str
+    n: int
+
+
+def counts(notices: Collection[str]) -> list[Tally]:
+    """The subscriptions of these notices by (notice, version, status, lawful basis), keys with none left out."""
+    rows = db.session.execute(
+        select(*_KEY, func.sum(_T.n))
+        .where(_T.notice.in_(list(notices)))
+        .group_by(*_KEY)
+        .having(func.sum(_T.n) != 0)
+    ).all()
+    return [Tally(notice, version, status, basis, int(n)) for notice, version, status, basis, n in rows]
+
+
+def fold() -> int:
+    """Sum the tallies to one row a key; answers how many rows there were."""
+    with unit_of_work() as uow:
+        if uow.dialect.name == "postgresql":
+            return int(uow.conn.execute(_FOLD_POSTGRESQL).scalar_one())
+        last = uow.conn.execute(select(func.max(_T.id))).scalar_one()
+        if last is None:
+            return 0
+        insert, delete = _FOLD_SQLITE
+        uow.conn.execute(insert, {"last": last})
+        return uow.conn.execute(delete, {"last": last}).rowcount
+
+
+def fold_if_many(at_least: int = FOLD_FROM) -> int:
+    """Fold when there are more than ``at_least`` rows (the worker asks after every pass)."""
+    rows = db.session.execute(select(func.count()).select_from(SubscriptionTally)).scalar_one()
+    db.session.rollback()  # no read transaction left open on the worker's session
+    return fold() if rows > at_least else 0
