@@ -495,7 +495,7 @@ def _import_batch(spec: ImportSpec, batch: list[tuple[str, Row]], result: Import
             }
             for ref, (h, row) in zip(new_refs(len(fresh)), fresh, strict=True)
         ]
-        uow.send_many(INSERT_SUBSCRIPTION, subs)
+        tallies.insert_many(uow, INSERT_SUBSCRIPTION, subs)
         common = {
             "lawful_basis": spec.lawful_basis,
             "source": spec.source,

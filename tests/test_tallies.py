@@ -22,11 +22,18 @@ from app.models import Subscription, SubscriptionTally
 from .fakes.apsis import FakeApsis
 from .fakes.mailchimp import FakeMailchimp
 from .support import link_in, provider_env, sign_up, subscribe_and_confirm, unsubscribe_path
-from .test_dashboard import log_in
-from .test_overview_figures import figure, marketer, people, sections  # noqa: F401  (marketer: a fixture)
+from .test_dashboard import create_user, log_in
+from .test_overview_figures import figure, people, sections
 
 NOTICES = ("munkeby", "mysoft")
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def marketer(client, runner):  # type: ignore[no-untyped-def]
+    create_user(runner, "maria@munkeby.se", "marketer")
+    assert log_in(client, "maria@munkeby.se").status_code == 302
+    return client
 
 
 @pytest.fixture
@@ -137,11 +144,10 @@ def test_a_fold_while_writers_write_loses_and_doubles_nothing(app, client, mailb
                 while not stop.is_set():
                     for row in ids:
                         with unit_of_work() as uow:
-                            uow.conn.execute(
-                                text("UPDATE subscriptions SET status = :s WHERE id = :id"), {"s": status, "id": int(row)}
-                            )
+                            flip_one = text("UPDATE subscriptions SET status = :s WHERE id = :id")
+                            uow.conn.execute(flip_one, {"s": status, "id": int(row)})
                     status = "pending" if status == "subscribed" else "subscribed"
-        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+        except BaseException as exc:  # reported by the test below
             errors.append(exc)
 
     writers = [threading.Thread(target=flip, args=(refs[k::2],)) for k in range(2)]
@@ -198,3 +204,28 @@ def test_a_fold_waits_for_many_rows_and_leaves_one_a_key(app, client, mailbox, r
         db.session.remove()
     assert tally_rows(app) == 1  # one key: munkeby, its version, pending, consent
     agrees(app)
+
+
+def test_a_bulk_import_counts_its_rows_and_puts_the_sqlite_trigger_back(  # type: ignore[no-untyped-def]
+    app, client, mailbox, runner, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tallies, "BULK_FROM", 2)  # the import's batches take the bulk path
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("email\n" + "".join(f"c{i}@firma.se\n" for i in range(7)))
+    imported = runner.invoke(
+        args=["contacts", "import", str(contacts), "--notice", "munkeby", "--basis", "consent",
+              "--proof", "CRM consent log", "--source", "https://www.firma.se/kontakt"]
+    )  # fmt: skip
+    assert imported.exit_code == 0, imported.output
+    assert sum(agrees(app).values()) == 7
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            found = db.session.execute(
+                text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'subscriptions_tally_insert'")
+            ).scalar_one()
+            # The trigger the import puts back is the one the migration made.
+            assert " ".join(found.split()) == tallies.SQLITE_INSERT_TRIGGER
+        db.session.remove()
+    sign_up(client, "munkeby", "after@example.com")  # counted by the trigger again
+    app.extensions["after_response"].wait_idle(timeout=60)
+    assert sum(agrees(app).values()) == 8
