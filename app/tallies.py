@@ -94,16 +94,17 @@ def fold() -> int:
         last = uow.conn.execute(select(func.max(_T.id))).scalar_one()
         if last is None:
             return 0
-        insert, delete = _FOLD_SQLITE
-        uow.conn.execute(insert, {"last": last})
-        return uow.conn.execute(delete, {"last": last}).rowcount
+        summed, folded = _FOLD_SQLITE
+        uow.conn.execute(summed, {"last": last})
+        return uow.conn.execute(folded, {"last": last}).rowcount
 
 
-def fold_if_many(at_least: int = FOLD_FROM) -> int:
-    """Fold when there are more than ``at_least`` rows (the worker asks after every pass)."""
-    rows = db.session.execute(select(func.count()).select_from(SubscriptionTally)).scalar_one()
-    db.session.rollback()  # no read transaction left open on the worker's session
-    return fold() if rows > at_least else 0
+def fold_if_many(at_least: int | None = None) -> int:
+    """Fold when there are more than ``at_least`` rows (``FOLD_FROM``): the worker asks after
+    every pass, the overview before it reads."""
+    with db.engine.connect() as conn:  # a read of its own: the caller's session is left as it is
+        rows = conn.execute(select(func.count()).select_from(SubscriptionTally)).scalar_one()
+    return fold() if rows > (FOLD_FROM if at_least is None else at_least) else 0
 
 
 def insert_many(uow: UnitOfWork, statement: Prepared, rows: list[dict[str, Any]]) -> None:

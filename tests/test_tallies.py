@@ -229,3 +229,15 @@ def test_a_bulk_import_counts_its_rows_and_puts_the_sqlite_trigger_back(  # type
     sign_up(client, "munkeby", "after@example.com")  # counted by the trigger again
     app.extensions["after_response"].wait_idle(timeout=60)
     assert sum(agrees(app).values()) == 8
+
+
+def test_the_overview_folds_many_rows_before_it_reads(app, client, mailbox, runner, marketer, monkeypatch):  # type: ignore[no-untyped-def]
+    # Rows written with no worker running (here: four sign-ups, past a threshold of three).
+    monkeypatch.setattr(tallies, "FOLD_FROM", 3)
+    for i in range(4):
+        sign_up(client, "munkeby", f"v{i}@example.com")
+    app.extensions["after_response"].wait_idle(timeout=60)
+    assert tally_rows(app) == 4
+    found = sections(marketer.get("/dashboard/?lang=en").get_data(as_text=True))
+    assert figure(found["munkeby"], "pending") == "4"
+    assert tally_rows(app) == 1

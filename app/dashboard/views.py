@@ -19,7 +19,7 @@ from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy import select
 
-from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention
+from .. import accounts, consent, import_jobs, importer, ledger, outbox, retention, tallies
 from ..addresses import InvalidInput
 from ..database import id_param
 from ..events import events_of, serialize_event
@@ -65,6 +65,9 @@ def _my_notice_or_404(slug: str | None) -> Notice:
 def overview() -> ResponseReturnValue:
     notices = _my_notices()
     mine = scope()
+    # Bulk writes with no worker running (a load by hand, say) can leave many rows of tallies: the
+    # first visit after folds them once, instead of every visit summing them.
+    tallies.fold_if_many()
     charts = {notice.slug: queries.chart(notice) for notice in notices}
     health = outbox.status(notices=mine)
     deadline = queries.OPT_OUT_DEADLINE_HOURS * 3600
