@@ -6,8 +6,9 @@ lawful basis) when it appears there, -1 when it leaves. A count is the sum of it
 so it is exact at every commit, whichever code or statement wrote the subscriptions; reading
 it costs the number of tally rows, not of subscriptions.
 
-``fold`` sums the rows back to one a key, in one transaction: the worker does it when there
-are more than ``FOLD_FROM`` (every opt-out adds two), an import and a purge at their end.
+``fold`` sums the rows back to one a key, in one transaction: the worker after each pass and
+the overview before it reads, when there are more than ``FOLD_FROM`` (every opt-out adds two);
+an import and a purge at their end.
 Rows appended while a fold runs are kept as they are; a fold never loses or counts twice a
 change (``tests/test_tallies.py`` folds while writers write).
 """
