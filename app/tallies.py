@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, text
 
-from .database import UnitOfWork, unit_of_work
+from .database import UnitOfWork, is_sqlite, unit_of_work
 from .extensions import db
 from .fastpath import Prepared
 from .models import SubscriptionTally
@@ -44,7 +44,11 @@ _FOLD_POSTGRESQL = text(
     )
     SELECT count(*) FROM folded"""
 )
-# On SQLite the unit of work holds the one write lock: nothing is appended between the two.
+# On SQLite the unit of work holds the one write lock: nothing is appended between the two. It
+# folds the oldest rows, at most ``FOLD_CHUNK`` a transaction, so a web write waits for one
+# chunk, not for the whole (a purge of 100,000 subscriptions leaves as many rows here).
+FOLD_CHUNK = 10_000
+_CHUNK_END_SQLITE = text("SELECT id FROM subscription_tallies ORDER BY id LIMIT 1 OFFSET :skip")
 _FOLD_SQLITE = (
     text(
         """INSERT INTO subscription_tallies (notice, notice_version, status, lawful_basis, n)
@@ -88,16 +92,28 @@ def counts(notices: Collection[str]) -> list[Tally]:
 
 
 def fold() -> int:
-    """Sum the tallies to one row a key; answers how many rows there were."""
-    with unit_of_work() as uow:
-        if uow.dialect.name == "postgresql":
+    """Sum the tallies to one row a key; answers how many rows there were when it began."""
+    if not is_sqlite():
+        with unit_of_work() as uow:
             return int(uow.conn.execute(_FOLD_POSTGRESQL).scalar_one())
-        last = uow.conn.execute(select(func.max(_T.id))).scalar_one()
-        if last is None:
-            return 0
-        summed, folded = _FOLD_SQLITE
-        uow.conn.execute(summed, {"last": last})
-        return uow.conn.execute(folded, {"last": last}).rowcount
+    summed, folded = _FOLD_SQLITE
+    began_with = None
+    while True:
+        # The oldest chunk, summed; its sums are appended after the newest row, so a later chunk
+        # takes them in again. A chunk that reaches the newest row leaves one row a key.
+        with unit_of_work() as uow:
+            if began_with is None:
+                began_with = int(uow.conn.execute(select(func.count()).select_from(SubscriptionTally)).scalar_one())
+            last = uow.conn.execute(_CHUNK_END_SQLITE, {"skip": FOLD_CHUNK - 1}).scalar()
+            final = last is None
+            if final:
+                last = uow.conn.execute(select(func.max(_T.id))).scalar_one()
+                if last is None:
+                    return 0
+            uow.conn.execute(summed, {"last": last})
+            uow.conn.execute(folded, {"last": last})
+        if final:
+            return began_with
 
 
 def fold_if_many(at_least: int | None = None) -> int:

@@ -125,7 +125,8 @@ def test_every_kind_of_write_is_counted_and_a_fold_keeps_the_counts(  # type: ig
         assert figure(found["munkeby"], "subscribed") == str(subscribed)
 
 
-def test_a_fold_while_writers_write_loses_and_doubles_nothing(app, client, mailbox, runner):  # type: ignore[no-untyped-def]
+def test_a_fold_while_writers_write_loses_and_doubles_nothing(app, client, mailbox, runner, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tallies, "FOLD_CHUNK", 7)  # SQLite folds in chunks: many of them here, writes between
     for i in range(20):
         sign_up(client, "munkeby", f"p{i}@example.com")
     app.extensions["after_response"].wait_idle(timeout=60)  # each sign-up's row is written after the answer
@@ -192,7 +193,8 @@ def test_the_migration_counts_what_was_there_and_truncation_empties_the_counts(a
     assert agrees(app) == Counter()
 
 
-def test_a_fold_waits_for_many_rows_and_leaves_one_a_key(app, client, mailbox, runner):  # type: ignore[no-untyped-def]
+def test_a_fold_waits_for_many_rows_and_leaves_one_a_key(app, client, mailbox, runner, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tallies, "FOLD_CHUNK", 3)  # on SQLite, more rows than a chunk
     for i in range(4):
         sign_up(client, "munkeby", f"w{i}@example.com")
     app.extensions["after_response"].wait_idle(timeout=60)
