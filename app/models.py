@@ -266,7 +266,10 @@ class OutboxJob(Model):
     __tablename__ = "outbox_jobs"
     __table_args__ = (
         Index("ix_outbox_jobs_due", "state", "next_attempt_at"),
-        Index("ix_outbox_jobs_kind_state", "kind", "state"),  # the few waiting jobs of one kind
+        # The few waiting jobs of one kind; the oldest of a notice's (the dashboard).
+        Index("ix_outbox_jobs_kind_state_notice", "kind", "state", "notice"),
+        # The dashboard's counts of a notice's jobs by state, and those waiting for a setting.
+        Index("ix_outbox_jobs_notice_state", "notice", "state", "last_error", "kind"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

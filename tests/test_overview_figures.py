@@ -5,7 +5,8 @@ subscriptions table: the counts by status and version come from the tallies the 
 (``app/tallies.py``, ``tests/test_tallies.py``), and the two kinds of contact
 that are few among many (customers, contacts held on legitimate interest) have small indexes
 of their own (``app/models.py``), which a query reaches only when it states their condition
-with its values in the SQL.
+with its values in the SQL. The queue's figures (an import queues a job a contact) are counted
+up to a cap, each through one index range.
 """
 
 from __future__ import annotations
@@ -13,8 +14,20 @@ from __future__ import annotations
 import re
 
 import pytest
+from sqlalchemy import select, update
 
-from .support import plans_with, sign_up, statements_sent, subscribe_and_confirm, unsubscribe_path
+from app import outbox
+from app.extensions import db
+from app.models import OutboxJob
+
+from .support import (
+    plans_with,
+    queue_sync_jobs,
+    sign_up,
+    statements_sent,
+    subscribe_and_confirm,
+    unsubscribe_path,
+)
 from .test_dashboard import create_user, log_in
 
 READS_SUBSCRIPTIONS = re.compile(r"\bFROM subscriptions\b", re.IGNORECASE)
@@ -96,3 +109,43 @@ def test_the_overview_reads_subscriptions_through_indexes_only(  # type: ignore[
     assert len(sent) >= 3
     assert not [sql for sql, _ in sent if re.search(r"GROUP BY [^)]*subscriptions\.(status|notice_version)\b", sql)]
     assert plans_with(app, sent, WALKS) == []
+
+
+READS_JOBS = re.compile(r"\bFROM outbox_jobs\b", re.IGNORECASE)
+
+
+def test_the_queue_figures_stop_at_the_cap_and_read_one_index_range_each(  # type: ignore[no-untyped-def]
+    app, client, runner, marketer, monkeypatch, database_url
+):
+    """An import queues a sync job a contact (850,000 for a million rows). The overview counts a
+    notice's jobs up to a cap and then says "more than", instead of walking them at each visit."""
+    monkeypatch.setattr(outbox, "DASHBOARD_COUNT_CAP", 40)
+    with app.app_context():
+        queue_sync_jobs("munkeby", 60, "unsubscribed", "sync_optout")
+        queue_sync_jobs("mysoft", 3, "subscribed", "sync_consent")
+    page = marketer.get("/dashboard/?lang=en").get_data(as_text=True)
+    assert figure(page, "queued") == "more than 40"
+    assert figure(page, "dead") == "0"
+    assert re.search(r'data-figure="oldest-opt-out"[^>]*>\s*0(\.\d)? min', page)
+
+    # No provider is set up here: a pass of the worker leaves every job waiting for it.
+    assert runner.invoke(args=["outbox", "run", "--once"]).exit_code == 0
+    with statements_sent(app, READS_JOBS) as sent:
+        page = marketer.get("/dashboard/?lang=en").get_data(as_text=True)
+    waiting = re.findall(r'data-figure="waiting">([^<]*)<', page)
+    assert any("Munkeby" in line and "more than 40 jobs wait" in line for line in waiting), waiting
+    assert any("3 jobs wait" in line for line in waiting), waiting
+    if database_url.startswith("sqlite"):  # PostgreSQL plans from its statistics
+        assert sent
+        assert plans_with(app, sent, r"\bSCAN outbox_jobs\b|\bix_outbox_jobs_due\b") == []
+        # The waiting jobs' range starts at their reason: the jobs with none are not read.
+        reasons = [(sql, parameters) for sql, parameters in sent if " LIKE " in sql]
+        assert reasons and len(plans_with(app, reasons, r"last_error>\?")) == len(reasons)
+
+    # Below the cap the figure is exact again.
+    with app.app_context():
+        munkeby = db.session.execute(select(OutboxJob.id).where(OutboxJob.notice == "munkeby")).scalars().all()
+        db.session.execute(update(OutboxJob).where(OutboxJob.id.in_(sorted(munkeby)[7:])).values(state="done"))
+        db.session.commit()
+    page = marketer.get("/dashboard/?lang=en").get_data(as_text=True)
+    assert figure(page, "queued") == "10"  # munkeby's 7 and mysoft's 3

@@ -276,7 +276,7 @@ def cancel_queued_signups(uow: UnitOfWork, ehash: str) -> set[str]:
     """A sign-up of the address still waiting in the outbox goes with the erasure: it would
     otherwise hold the address and, once run, mail the person who just asked to be erased.
     Answers the notices of those cancelled. The waiting sign-ups are found by their kind
-    (``ix_outbox_jobs_kind_state``), not among every pending job. A running one is cancelled
+    (``ix_outbox_jobs_kind_state_notice``), not among every pending job. A running one is cancelled
     too (its process may have died, and the worker would run it once its lease ends): its run,
     if still to come, finds the job no longer its own and does nothing (``finish_if_ours``)."""
     waiting = uow.session.execute(

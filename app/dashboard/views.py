@@ -69,7 +69,7 @@ def overview() -> ResponseReturnValue:
     # first visit after folds them once, instead of every visit summing them.
     tallies.fold_if_many()
     charts = {notice.slug: queries.chart(notice) for notice in notices}
-    health = outbox.status(notices=mine)
+    health = outbox.status(notices=mine, cap=outbox.DASHBOARD_COUNT_CAP)
     deadline = queries.OPT_OUT_DEADLINE_HOURS * 3600
     oldest = health["oldest_pending_opt_out_age_seconds"]
     return render_template(
@@ -123,6 +123,7 @@ def _merged(waiting: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (job["notice_name"], job["problem"])
         if key in lines:
             lines[key]["jobs"] += job["jobs"]
+            lines[key]["more"] = lines[key]["more"] or job["more"]
         else:
             lines[key] = dict(job)
     return list(lines.values())
