@@ -507,10 +507,15 @@ def status(notices: Collection[str] | None = None, cap: int | None = None) -> di
 
 
 def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
-    """``status`` for the dashboard: each statement reads one index range and stops early
-    (``ix_outbox_jobs_notice_state``, ``ix_outbox_jobs_kind_state_notice``, migration 0013)."""
+    """``status`` for the dashboard: each statement reads one range of an index and stops
+    early (``ix_outbox_jobs_kind_state_notice``, and ``ix_outbox_jobs_failed`` for the jobs
+    that have failed: migration 0013)."""
     job = OutboxJob
     session = db.session
+    # Queued jobs are counted by the kinds there are handlers for: a job of any other kind is a
+    # dead letter at the worker's next pass (``_process``), and is counted as one then.
+    kinds = sorted({*HANDLERS, *BATCH_HANDLERS})
+    failed = job.last_error.is_not(None)  # every dead letter has its reason (``_finish_failed``)
 
     def capped(*where: Any) -> int:
         found = select(literal(1)).select_from(job).where(*where).limit(cap + 1).subquery()
@@ -520,7 +525,10 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
     over: set[str] = set()
     for state in ("pending", "running", "dead"):
         for notice in notices:
-            found = capped(job.notice == notice, job.state == state)
+            if state == "dead":
+                found = capped(job.notice == notice, job.state == state, failed)
+            else:
+                found = capped(job.kind.in_(kinds), job.state == state, job.notice == notice)
             counts[state] = counts.get(state, 0) + found
             if found > cap:
                 over.add(state)
@@ -540,11 +548,10 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
                     oldest = first
     waiting: Counter[tuple[str, str, str]] = Counter()
     for notice in notices:
-        # A waiting job's reason starts with the class's name: the index range starts there, so
-        # the pending jobs with no reason, nearly all, are never read.
+        # A waiting job's reason starts with the class's name: the range starts there.
         rows = session.execute(
             select(job.kind, job.last_error)
-            .where(job.notice == notice, job.state == "pending", job.last_error >= _WAITING)
+            .where(job.notice == notice, job.state == "pending", failed, job.last_error >= _WAITING)
             .where(job.last_error.like(f"{_WAITING}%"))
             .limit(cap + 1)
         ).all()
@@ -553,7 +560,7 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
         waiting.update((kind, notice, str(reason)) for kind, reason in rows)  # each has one: it matched
     dead = session.execute(
         select(job.id, job.kind, job.notice, job.last_error)
-        .where(job.notice.in_(notices), job.state == "dead")
+        .where(job.notice.in_(notices), job.state == "dead", failed)
         .order_by(job.id)
         .limit(50)
     ).all()
