@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -175,6 +176,42 @@ def label(database: str) -> str:
 def percentile(ordered: list[float], share: float) -> float:
     """The value below which ``share`` of the sorted samples lie (nearest rank)."""
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+DASHBOARD_PASSWORD = "bench password 1234"  # noqa: S105 - a user of the benchmark's throwaway database
+
+
+def dashboard_viewer(service: Any) -> requests.Session:
+    """A viewer of both notices, made with the CLI, logged in as a browser logs in
+    (``service`` is a running ``tests.support.Service``)."""
+    both = ("--notice", "munkeby", "--notice", "mysoft")
+    made = service.flask(
+        "users", "create", "bench@munkeby.se", "--role", "viewer", "--password", DASHBOARD_PASSWORD, *both
+    )
+    assert made.returncode == 0, made.stderr
+    session = requests.Session()
+    page = session.get(service.url + "/dashboard/login").text
+    token = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', page)
+    assert token, "no CSRF token on the login page"
+    answer = session.post(
+        service.url + "/dashboard/login",
+        data={"csrf_token": token.group(1), "email": "bench@munkeby.se", "password": DASHBOARD_PASSWORD},
+        allow_redirects=False,
+    )
+    assert answer.status_code == 302, answer.text[:500]
+    return session
+
+
+def timed_pages(session: requests.Session, url: str, times: int, marker: str) -> list[float]:
+    """``times`` requests of ``url`` one after another: their durations in seconds, sorted. Each
+    answer must be 200 and hold ``marker`` (a page that is all there, not an error page)."""
+    taken = []
+    for _ in range(times):
+        began = time.perf_counter()
+        answer = session.get(url)
+        taken.append(time.perf_counter() - began)
+        assert answer.status_code == 200 and marker in answer.text, url
+    return sorted(taken)
 
 
 def report(title: str, rows: list[str]) -> None:
