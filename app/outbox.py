@@ -521,15 +521,15 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
         found = select(literal(1)).select_from(job).where(*where).limit(cap + 1).subquery()
         return int(session.execute(select(func.count()).select_from(found)).scalar_one())
 
-    counts: dict[str, int] = {}
+    counts = {state: 0 for state in ("pending", "running", "dead")}  # a user of no notice sees noughts
     over: set[str] = set()
-    for state in ("pending", "running", "dead"):
+    for state in counts:
         for notice in notices:
             if state == "dead":
                 found = capped(job.notice == notice, job.state == state, failed)
             else:
                 found = capped(job.kind.in_(kinds), job.state == state, job.notice == notice)
-            counts[state] = counts.get(state, 0) + found
+            counts[state] += found
             if found > cap:
                 over.add(state)
     # The oldest waiting opt-out is the first by id of each notice, state and kind (ids are
