@@ -465,7 +465,8 @@ def status(notices: Collection[str] | None = None, cap: int | None = None) -> di
     """The queue's health: all of it (the operator's CLI), or only the jobs of these notices (a dashboard user).
 
     With ``cap`` (the dashboard) every figure is read through an index and stops counting at
-    ``cap`` + 1 jobs a notice: ``over`` names the counts and notices that reached it.
+    ``cap`` + 1 jobs a notice: ``over`` names the counts that reached it, and a waiting line's
+    ``more`` says its notice's did.
     """
     if cap is not None and notices is not None:
         return _bounded_status(sorted(notices), cap)
@@ -547,6 +548,7 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
                 if first is not None and (oldest is None or first < oldest):
                     oldest = first
     waiting: Counter[tuple[str, str, str]] = Counter()
+    waiting_over: set[str] = set()  # the notices whose waiting jobs reached the cap
     for notice in notices:
         # A waiting job's reason starts with the class's name: the range starts there.
         rows = session.execute(
@@ -556,7 +558,7 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
             .limit(cap + 1)
         ).all()
         if len(rows) > cap:
-            over.add(f"waiting:{notice}")
+            waiting_over.add(notice)
         waiting.update((kind, notice, str(reason)) for kind, reason in rows)  # each has one: it matched
     dead = session.execute(
         select(job.id, job.kind, job.notice, job.last_error)
@@ -570,7 +572,7 @@ def _bounded_status(notices: list[str], cap: int) -> dict[str, Any]:
         "over": sorted(over),
         "oldest_pending_opt_out_age_seconds": round((utcnow() - oldest).total_seconds(), 1) if oldest else None,
         "waiting_for_configuration": [
-            {"kind": kind, "notice": notice, "reason": reason, "jobs": n, "more": f"waiting:{notice}" in over}
+            {"kind": kind, "notice": notice, "reason": reason, "jobs": n, "more": notice in waiting_over}
             for (kind, notice, reason), n in waiting.items()
         ],
         "dead_letters": [{"id": r.id, "kind": r.kind, "notice": r.notice, "reason": r.last_error} for r in dead],
